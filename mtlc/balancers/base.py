@@ -1,0 +1,156 @@
+"""The contract between a balancer and the trainer.
+
+A balancer owns the whole backward pass of a step rather than just returning a
+combined loss, because a gradient-level method (MGDA) needs per-task gradients
+before it can decide what to back-propagate. Loss-level balancers only
+implement :meth:`Balancer.combine`; the shared :meth:`Balancer.backward` does
+the rest, so the trainer has one code path for both levels.
+
+Learned quantities (uncertainty's ``s_t``) are ``nn.Parameter``s and
+non-learned state that must survive a resume (DTP's moving averages, MGDA's
+last α) are registered buffers: the trainer optimises ``balancer.parameters()``
+and checkpoints ``balancer.state_dict()`` like any other module.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+KINDS = ("classification", "regression")
+
+
+class BalancerError(ValueError):
+    """A balancer was configured or called in a way that cannot work."""
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    """A ' (did you mean ...?)' suffix, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def is_number(value: Any) -> bool:
+    """YAML gives ints where floats are meant; bools are ints in Python, but never numbers here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class Balancer(torch.nn.Module):
+    """Base of every balancer: validated task list and kinds, and a loss-level backward.
+
+    ``kinds[task]`` is ``"classification"`` or ``"regression"``; the trainer derives
+    it from the task's loss (``registry.CLASSIFICATION_LOSSES``).
+    """
+
+    level: ClassVar[str] = "loss"
+
+    def __init__(self, tasks: Sequence[str], kinds: Mapping[str, str], **options: Any) -> None:
+        super().__init__()
+        if options:
+            raise BalancerError(
+                f"{type(self).__name__} got unknown option(s): {', '.join(sorted(options))}"
+            )
+        tasks = tuple(tasks)
+        if not tasks:
+            raise BalancerError("a balancer needs at least one task")
+        for task in tasks:
+            if not isinstance(task, str):
+                raise BalancerError(f"task names must be strings, got {task!r}")
+        if len(set(tasks)) != len(tasks):
+            raise BalancerError(f"duplicate task names: {list(tasks)}")
+        self.tasks: tuple[str, ...] = tasks
+        self.kinds: dict[str, str] = {}
+        for task in tasks:
+            kind = kinds.get(task)
+            if kind not in KINDS:
+                raise BalancerError(
+                    f"task {task!r} has kind {kind!r}; expected one of {', '.join(KINDS)}"
+                )
+            self.kinds[task] = kind
+
+    # ----- helpers for subclasses -------------------------------------------------
+
+    def index(self, task: str) -> int:
+        return self.tasks.index(task)
+
+    def check_task(self, task: Any, where: str) -> str:
+        if task not in self.tasks:
+            raise BalancerError(
+                f"{where} names {task!r}, which is not a task{did_you_mean(str(task), self.tasks)};"
+                f" tasks: {', '.join(self.tasks)}"
+            )
+        return task
+
+    def per_task(
+        self,
+        option: str,
+        value: Any,
+        default: float,
+        check: Callable[[float], bool],
+        requirement: str,
+    ) -> dict[str, float]:
+        """A number for every task from a scalar or a ``{task: number}`` dict (missing → default)."""
+        if is_number(value):
+            value = dict.fromkeys(self.tasks, value)
+        elif not isinstance(value, Mapping):
+            raise BalancerError(
+                f"balancer option {option!r} must be a number or a mapping task → number,"
+                f" got {value!r}"
+            )
+        out = dict.fromkeys(self.tasks, float(default))
+        for task, v in value.items():
+            self.check_task(task, f"balancer option {option!r}")
+            if not is_number(v) or not math.isfinite(v) or not check(float(v)):
+                raise BalancerError(
+                    f"balancer option {option!r} for task {task!r} must be {requirement}, got {v!r}"
+                )
+            out[task] = float(v)
+        return out
+
+    def present(self, losses: Mapping[str, Tensor]) -> list[str]:
+        """The tasks with a loss this step, in declaration order.
+
+        A task may be missing from ``losses`` (e.g. a batch without its labels);
+        it then takes no part in the step.
+        """
+        for task in losses:
+            self.check_task(task, "the losses")
+        names = [t for t in self.tasks if t in losses]
+        if not names:
+            raise BalancerError("backward() got no task losses")
+        for t in names:
+            if not isinstance(losses[t], Tensor) or losses[t].numel() != 1:
+                raise BalancerError(f"the loss of task {t!r} must be a scalar tensor")
+        return names
+
+    # ----- the interface the trainer uses ------------------------------------------
+
+    def combine(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """The differentiable combined loss (loss-level balancers)."""
+        raise NotImplementedError
+
+    def backward(
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        shared_params: Sequence[Tensor],
+        shared_repr: Tensor | None = None,
+    ) -> Tensor:
+        """Back-propagate one step's losses; returns the combined loss, detached, for logging."""
+        total = self.combine(losses)
+        total.backward()
+        return total.detach()
+
+    def weights(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def observe(self, kpis: Mapping[str, float]) -> None:
+        """New per-task KPIs in [0, 1] after a step; only DTP uses them."""
+
+    def extra_state_for_log(self) -> dict[str, float]:
+        return {}

@@ -1,0 +1,138 @@
+"""The builder that sharing points and the compiler write fx nodes through.
+
+Every node gets a label in `node.meta["mtlc"]`: `block` (the topology node it
+implements), `stage`, `kind` (layer | unit | head | predictor | resize | input |
+output) and `owner` (the task or group it belongs to, None when shared). After the
+graph is complete the compiler adds `tasks`: the tasks whose predictions depend on the
+node. Profile and viz sum and colour by these labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from mtlc.layers.modules import build_module
+from mtlc.layers.vocab import Layer, Shape, infer_shape
+from mtlc.topology import Topology
+
+
+class Emitter:
+    """Owns the root module and the fx graph while a spec is compiled."""
+
+    def __init__(self, topology: Topology):
+        self.topology = topology
+        self.root = nn.Module()
+        self.graph = fx.Graph()
+        # topology node -> {task or output key: fx node carrying that task's value}
+        self.values: dict[str, dict[str, fx.Node]] = {}
+
+    # -- node attributes of the topology ------------------------------------------------
+    def attrs(self, block: str) -> dict[str, Any]:
+        return self.topology.graph.nodes[block]
+
+    def inputs(self, block: str) -> dict[str, dict[str, fx.Node]]:
+        """For each predecessor of `block`: the values it passes along the edge, per task."""
+        g = self.topology.graph
+        return {
+            src: {t: self.values[src][t] for t in g.edges[src, block]["tasks"]}
+            for src in g.predecessors(block)
+        }
+
+    # -- writing nodes --------------------------------------------------------------------
+    def add_module(self, qualname: str, module: nn.Module) -> str:
+        """Register `module` under a dotted name (containers are created as needed)."""
+        *parents, leaf = qualname.split(".")
+        parent = self.root
+        for part in parents:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        if hasattr(parent, leaf):
+            raise AssertionError(f"module name '{qualname}' is used twice")
+        parent.add_module(leaf, module)
+        return qualname
+
+    def _label(self, node: fx.Node, block: str, kind: str, owner: str | None) -> fx.Node:
+        attrs = self.attrs(block)
+        node.meta["mtlc"] = {
+            "block": block,
+            "stage": attrs.get("stage"),
+            "kind": kind,
+            "owner": owner,
+        }
+        return node
+
+    def call_module(
+        self,
+        qualname: str,
+        module: nn.Module,
+        args: tuple,
+        *,
+        block: str,
+        kind: str,
+        owner: str | None,
+    ) -> fx.Node:
+        target = self.add_module(qualname, module)
+        return self._label(self.graph.call_module(target, args), block, kind, owner)
+
+    def call_function(
+        self,
+        fn: Callable,
+        args: tuple,
+        kwargs: dict | None = None,
+        *,
+        block: str,
+        kind: str,
+        owner: str | None,
+    ) -> fx.Node:
+        return self._label(self.graph.call_function(fn, args, kwargs or {}), block, kind, owner)
+
+    def getitem(
+        self, value: fx.Node, index: int, *, block: str, kind: str, owner: str | None
+    ) -> fx.Node:
+        import operator
+
+        return self.call_function(
+            operator.getitem, (value, index), block=block, kind=kind, owner=owner
+        )
+
+    def layers(
+        self,
+        prefix: str,
+        layers: list[Layer],
+        x: fx.Node,
+        shape: Shape,
+        *,
+        block: str,
+        kind: str,
+        owner: str | None,
+    ) -> tuple[fx.Node, Shape]:
+        """Emit a layer list as one call_module node per layer, named `prefix.<layer><i>`."""
+        for i, layer in enumerate(layers):
+            x = self.call_module(
+                f"{prefix}.{layer.name}{i}",
+                build_module(layer, shape),
+                (x,),
+                block=block,
+                kind=kind,
+                owner=owner,
+            )
+            shape = infer_shape(layer, shape)
+        return x, shape
+
+    def resize(
+        self, x: fx.Node, size: tuple[int, ...], *, block: str, owner: str | None
+    ) -> fx.Node:
+        """Bilinear resize of a feature map to `size` (H, W)."""
+        return self.call_function(
+            torch.nn.functional.interpolate,
+            (x,),
+            {"size": tuple(size), "mode": "bilinear", "align_corners": False},
+            block=block,
+            kind="resize",
+            owner=owner,
+        )

@@ -1,0 +1,165 @@
+"""topology → torch.fx.Graph → GraphModule, node by node.
+
+We write the graph ourselves rather than trace a hand-written forward: each
+topology block becomes a run of labelled fx nodes, so the generated `.code` reads
+like the spec, and profile/viz can attribute every op to its stage and tasks.
+
+One graph is built with every prediction the trainer supervises (auxiliary tasks,
+PAD-Net initial predictions, JTRL steps, and the shared representation for MGDA-UB);
+the final model is the same graph with only the main tasks as outputs, dead code
+removed. Both GraphModules hold the *same* module objects, so training one trains the
+other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from torch import fx
+
+from mtlc import registry
+from mtlc.compiler.emitter import Emitter
+from mtlc.spec import Spec, load_spec
+from mtlc.topology import Topology, build_topology
+
+SHARED_KEY = "@shared"
+
+
+@dataclass
+class Compiled:
+    """The final model, the supervised model (same modules) and the topology they came from."""
+
+    model: fx.GraphModule
+    supervised: fx.GraphModule
+    topology: Topology
+
+    @property
+    def spec(self) -> Spec:
+        return self.topology.spec
+
+
+def _class_name(spec: Spec) -> str:
+    words = "".join(c if c.isalnum() else " " for c in spec.name).split()
+    return "".join(w[:1].upper() + w[1:] for w in words) or "MTLModel"
+
+
+def _emit_block(em: Emitter, block: str) -> None:
+    attrs = em.attrs(block)
+    kind = attrs["kind"]
+    g = em.topology.graph
+    if kind == "input":
+        x = em.graph.placeholder(attrs["name"])
+        x.meta["mtlc"] = {"block": block, "stage": None, "kind": "input", "owner": None}
+        em.values[block] = dict.fromkeys(attrs["tasks"], x)
+        return
+    if kind in ("output", "loss"):
+        return
+    if kind == "unit":
+        table = registry.DECODERS if attrs["stage"] == "decoder" else registry.SHARING
+        em.values[block] = registry.resolve(table, attrs["type"])(em, block)
+        return
+    (src,) = list(g.predecessors(block))
+    members = attrs["tasks"]
+    x = em.values[src][members[0]]
+    if kind == "head":
+        prefix = f"heads.{attrs['owner']}"
+    elif attrs["stage"] == "decoder":
+        prefix = "decoder." + ".".join(block.split("/")[1:])
+    else:
+        stage, who = block.split("/")
+        prefix = f"encoder.{stage}.{who.replace('+', '_')}"
+    x, shape = em.layers(
+        prefix,
+        attrs["layers"],
+        x,
+        attrs["in_shape"],
+        block=block,
+        kind="layer" if kind == "block" else kind,
+        owner=attrs["owner"],
+    )
+    if attrs.get("resize") and tuple(shape[1:]) != tuple(attrs["out_shape"][1:]):
+        x = em.resize(x, attrs["out_shape"][1:], block=block, owner=attrs["owner"])
+    em.values[block] = dict.fromkeys(members, x)
+
+
+def _value_of(em: Emitter, key: str, node: str) -> fx.Node:
+    """The fx node for prediction `key` (`task` or `task:tag`) coming out of `node`."""
+    values = em.values[node]
+    return values[key] if key in values else values[key.split(":")[0]]
+
+
+def _label_tasks(graph: fx.Graph, outputs: dict[str, fx.Node]) -> None:
+    """Add `tasks` to every node's label: the tasks whose predictions depend on it."""
+    users: dict[fx.Node, set[str]] = {n: set() for n in graph.nodes}
+    for key, node in outputs.items():
+        if key == SHARED_KEY:
+            continue
+        task = key.split(":")[0]
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if task in users[n]:
+                continue
+            users[n].add(task)
+            stack.extend(n.all_input_nodes)
+    for n in graph.nodes:
+        if "mtlc" in n.meta:
+            order = [t for t in outputs if ":" not in t and t != SHARED_KEY]
+            n.meta["mtlc"]["tasks"] = tuple(t for t in order if t in users[n])
+
+
+def compile_spec(
+    spec: Spec | str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
+) -> Compiled:
+    """Compile a spec into its final and supervised GraphModules (sharing modules)."""
+    spec = load_spec(spec, overrides)
+    topo = build_topology(spec)
+    em = Emitter(topo)
+    for block in nx.topological_sort(topo.graph):
+        _emit_block(em, block)
+
+    keys = sorted(topo.predictions, key=lambda k: (":" in k, topo.tasks.index(k.split(":")[0])))
+    supervised_out = {k: _value_of(em, k, topo.predictions[k]) for k in keys}
+    if topo.shared_repr is not None:
+        supervised_out[SHARED_KEY] = em.values[topo.shared_repr][topo.tasks[0]]
+    _label_tasks(em.graph, supervised_out)
+    full = em.graph
+    final = fx.Graph()
+    remap: dict[fx.Node, fx.Node] = {}
+    final.graph_copy(full, remap)
+    final.output({t: remap[supervised_out[t]] for t in topo.outputs})
+    full.output(supervised_out)
+    name = _class_name(spec)
+    supervised = fx.GraphModule(em.root, full, class_name=name + "Supervised")
+    model = fx.GraphModule(em.root, final, class_name=name)
+    model.graph.eliminate_dead_code()
+    model.delete_all_unused_submodules()
+    model.recompile()
+    for gm in (model, supervised):
+        gm.graph.lint()
+        gm.meta["mtlc"] = {
+            "spec": spec.name,
+            "tasks": list(topo.tasks),
+            "outputs": list(topo.outputs),
+        }
+    return Compiled(model, supervised, topo)
+
+
+def compile(
+    spec: Spec | str | Path | dict[str, Any],
+    *,
+    supervision: bool = False,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> fx.GraphModule:
+    """A spec's model as a `torch.fx.GraphModule` whose forward returns `{task: prediction}`.
+
+    With `supervision=True` the module instead returns every supervised prediction from
+    one forward: all tasks (auxiliary ones included), the intermediate predictions under
+    `task:tag` keys (`seg:initial`, `depth:step2`) and the shared representation under
+    `@shared` when the tasks have one.
+    """
+    compiled = compile_spec(spec, overrides)
+    return compiled.supervised if supervision else compiled.model

@@ -1,0 +1,353 @@
+"""``shapes``: small procedurally rendered 3-D scenes with five consistent dense labels.
+
+Each scene is a few primitives standing on a checkered ground plane in front of a back
+wall, seen by a pinhole camera and lit by one directional light (Lambertian, with ambient
+light and cast shadows). Every pixel's ray is cast analytically against the ground, the
+wall and each primitive in torch, over a batch of scenes at once, so all labels come from
+the same geometry:
+
+- ``image``  float32 [N, 3, S, S]: RGB in [0, 1] (not standardised): albedo × shading plus
+  a little pixel noise. Colour correlates with the class (a base hue per class) but every
+  object's colour is jittered, the wall takes a random colour per scene and shadows darken
+  the ground, so colour alone does not give the segmentation.
+- ``seg``    int64 [N, S, S]: 0 = background (ground and wall), 1 = sphere, 2 = box,
+  3 = cylinder, 4 = cone, 5 = ellipsoid (only the first ``classes - 1`` kinds are used).
+- ``depth``  float32 [N, 1, S, S]: z-depth along the optical axis, in scene units (about
+  3–20). Every pixel hits a surface, so depth is positive everywhere (0 is never used).
+- ``normal`` float32 [N, 3, S, S]: unit surface normals in the camera frame (x right,
+  y up, z towards the camera, so visible surfaces have z > 0), from the same ray hits.
+- ``edge``   float32 [N, 1, S, S] in {0, 1}: pixels with a 4-neighbour on another surface
+  (an object against the background or another object): every segmentation boundary and
+  every depth discontinuity (occlusion boundary); both sides of a boundary are marked.
+
+Options: ``train`` (2000) and ``val`` (500) scenes, ``size`` S (64), ``classes`` (5,
+counting the background; 2–6). The split's scenes are a pure function of ``seed`` and the
+split's name (train and val use different derived seeds); nothing is cached on disk.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mtlc.data import TensorData, check_options, check_range, check_split, derived_seed
+
+__all__ = ["CLASS_NAMES", "load", "render"]
+
+CLASS_NAMES = ("background", "sphere", "box", "cylinder", "cone", "ellipsoid")
+
+SCHEMA = {
+    "train": (int, 2000),
+    "val": (int, 500),
+    "size": (int, 64),
+    "classes": (int, 5),
+}
+
+_SLOTS = 4  # object slots per scene (each present with probability 0.85)
+_WALL_Z = 14.0  # the back wall is the plane z = _WALL_Z
+_FOV = math.radians(50.0)
+_AMBIENT = 0.3
+_CHUNK = 128  # scenes rendered at once
+
+# Base albedo of each object class (row = class id); objects jitter around it.
+_BASE_RGB = torch.tensor(
+    [
+        [0.50, 0.50, 0.50],
+        [0.85, 0.25, 0.20],
+        [0.25, 0.75, 0.30],
+        [0.20, 0.35, 0.85],
+        [0.90, 0.80, 0.20],
+        [0.75, 0.30, 0.80],
+    ]
+)
+
+# Kinds of primitive (geometry), by class id: 0 quadric-sphere, 1 box, 2 cylinder, 3 cone.
+# The ellipsoid is the sphere quadric with unequal scales.
+# Quadric in local coordinates: A(x² + z²) + B y² + C y + D = 0, clipped to 0 <= y <= ymax.
+_QUADRIC = {
+    1: (1.0, 1.0, -2.0, 0.0, 2.0),  # sphere: x² + (y-1)² + z² = 1
+    2: (0.0, 0.0, 0.0, 1.0, 0.0),  # box (slabs; quadric unused, never satisfied)
+    3: (1.0, 0.0, 0.0, -1.0, 1.0),  # cylinder: x² + z² = 1, top cap at y = 1
+    4: (1.0, -1.0, 2.0, -1.0, 1.0),  # cone: x² + z² = (1 - y)²
+    5: (1.0, 1.0, -2.0, 0.0, 2.0),  # ellipsoid
+}
+
+
+def load(split: str, *, seed: int = 0, **options) -> TensorData:
+    """Render the ``split`` of the ``shapes`` data set (see the module docstring)."""
+    check_split(split)
+    opts = check_options("shapes", options, SCHEMA)
+    for key in ("train", "val"):
+        check_range(key, opts[key], 1)
+    check_range("size", opts["size"], 8, 512)
+    check_range("classes", opts["classes"], 2, len(CLASS_NAMES))
+    g = torch.Generator().manual_seed(derived_seed(seed, "shapes", split))
+    tensors = render(opts[split], opts["size"], opts["classes"], generator=g)
+    size = opts["size"]
+    info = {
+        "num_classes": {"seg": opts["classes"]},
+        "inputs": {"image": [3, size, size]},
+        "class_names": list(CLASS_NAMES[: opts["classes"]]),
+    }
+    return TensorData(tensors, info)
+
+
+# --- scene sampling ----------------------------------------------------------------------
+
+
+def _uniform(g: torch.Generator, shape, lo: float, hi: float) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(shape, generator=g)
+
+
+def _sample_scenes(n: int, classes: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    k = _SLOTS
+    cam_h = _uniform(g, n, 2.2, 3.0)
+    pitch = torch.deg2rad(_uniform(g, n, 18.0, 28.0))
+    yaw = torch.deg2rad(_uniform(g, n, -8.0, 8.0))
+    cam_x = _uniform(g, n, -0.3, 0.3)
+    elev = torch.deg2rad(_uniform(g, n, 35.0, 70.0))
+    azim = torch.deg2rad(_uniform(g, n, -120.0, 120.0))
+    light = torch.stack(
+        [elev.cos() * azim.sin(), elev.sin(), -elev.cos() * azim.cos()], dim=-1
+    )  # unit vector towards the light
+
+    # Objects on a jittered 3x3 grid of ground cells (distinct cells: no interpenetration).
+    cells = torch.rand(n, 9, generator=g).argsort(dim=1)[:, :k]
+    row, col = cells // 3, cells % 3 - 1
+    oz = 5.0 + 2.2 * row.float() + _uniform(g, (n, k), -0.1, 0.1)
+    ox = col.float() * 0.34 * oz + _uniform(g, (n, k), -0.1, 0.1)
+    present = torch.rand(n, k, generator=g) < 0.85
+    present[:, 0] = True
+    cls = torch.randint(1, classes, (n, k), generator=g)
+    r = _uniform(g, (n, k), 0.4, 0.6)
+    u1, u2 = _uniform(g, (n, k), 0.0, 1.0), _uniform(g, (n, k), 0.0, 1.0)
+    obj_yaw = _uniform(g, (n, k), 0.0, math.pi)
+    sx, sy, sz = r.clone(), r.clone(), r.clone()  # sphere
+    box, cyl, cone, ell = cls == 2, cls == 3, cls == 4, cls == 5
+    sx = torch.where(box, r * (0.65 + 0.2 * u1), sx)
+    sz = torch.where(box, r * (0.65 + 0.2 * u2), sz)
+    sy = torch.where(box, r * (1.0 + 1.2 * u1), sy)
+    sx = torch.where(cyl, r * 0.8, sx)
+    sz = torch.where(cyl, r * 0.8, sz)
+    sy = torch.where(cyl, r * (1.5 + 1.3 * u2), sy)
+    sy = torch.where(cone, r * (1.8 + 1.2 * u1), sy)
+    sx = torch.where(ell, r * 1.2, sx)
+    sz = torch.where(ell, r * 0.7, sz)
+    sy = torch.where(ell, r * 0.55, sy)
+    scale = torch.stack([sx, sy, sz], dim=-1)
+
+    albedo = _BASE_RGB[cls] + 0.12 * torch.randn(n, k, 3, generator=g)
+    albedo = (albedo * _uniform(g, (n, k, 1), 0.75, 1.1)).clamp(0.05, 1.0)
+    ground = 0.45 + 0.1 * torch.randn(n, 1, generator=g) + 0.06 * torch.randn(n, 3, generator=g)
+    wall = _uniform(g, (n, 3), 0.3, 0.85)
+    checker = _uniform(g, n, 0.7, 1.6)  # checker square size on the ground
+    return {
+        "cam_h": cam_h,
+        "pitch": pitch,
+        "yaw": yaw,
+        "cam_x": cam_x,
+        "light": light,
+        "centre": torch.stack([ox, torch.zeros_like(ox), oz], dim=-1),
+        "obj_yaw": obj_yaw,
+        "scale": scale,
+        "cls": cls,
+        "present": present,
+        "albedo": albedo,
+        "ground": ground.clamp(0.1, 0.9),
+        "wall": wall,
+        "checker": checker,
+    }
+
+
+# --- ray casting -------------------------------------------------------------------------
+
+
+def _object_frames(sc: dict[str, torch.Tensor]) -> torch.Tensor:
+    """World -> object rotation (about y) per object, [n, K, 3, 3]."""
+    c, s = sc["obj_yaw"].cos(), sc["obj_yaw"].sin()
+    z, o = torch.zeros_like(c), torch.ones_like(c)
+    return torch.stack(
+        [torch.stack([c, z, -s], -1), torch.stack([z, o, z], -1), torch.stack([s, z, c], -1)],
+        dim=-2,
+    )
+
+
+def _cast(
+    origin: torch.Tensor,  # [n, P, 3] or [n, 1, 3]
+    dirs: torch.Tensor,  # [n, P, 3]
+    sc: dict[str, torch.Tensor],
+    rot: torch.Tensor,  # [n, K, 3, 3]
+    eps: float = 1e-4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hit distance of every ray with every object: t [n, P, K] (inf = miss), is_cap, local o/d."""
+    cls = sc["cls"]
+    coef = torch.tensor([[0.0] * 5] + [list(_QUADRIC[i]) for i in range(1, 6)])[cls]  # [n,K,5]
+    qa, qb, qc, qd, ymax = (coef[..., i].unsqueeze(1) for i in range(5))  # [n,1,K]
+    scale = sc["scale"].unsqueeze(1)  # [n,1,K,3]
+    rel = origin.unsqueeze(2) - sc["centre"].unsqueeze(1)  # [n,P|1,K,3]
+    lo = torch.einsum("nkij,npkj->npki", rot, rel) / scale
+    ld = torch.einsum("nkij,npj->npki", rot, dirs) / scale
+    ox, oy, oz = lo.unbind(-1)
+    dx, dy, dz = ld.unbind(-1)
+
+    # Quadric A(x²+z²) + B y² + C y + D = 0 along o + t d.
+    a = qa * (dx * dx + dz * dz) + qb * dy * dy
+    b = 2.0 * (qa * (ox * dx + oz * dz) + qb * oy * dy) + qc * dy
+    c = qa * (ox * ox + oz * oz) + qb * oy * oy + qc * oy + qd
+    a = torch.where(a.abs() < 1e-9, torch.full_like(a, 1e-9), a)
+    disc = b * b - 4.0 * a * c
+    sq = disc.clamp_min(0.0).sqrt()
+    t1, t2 = (-b - sq) / (2.0 * a), (-b + sq) / (2.0 * a)
+    tlo, thi = torch.minimum(t1, t2), torch.maximum(t1, t2)
+    hit = disc >= 0
+    ylo, yhi = oy + tlo * dy, oy + thi * dy
+    ok_lo = hit & (tlo > eps) & (ylo >= 0) & (ylo <= ymax)
+    ok_hi = hit & (thi > eps) & (yhi >= 0) & (yhi <= ymax)
+    inf = torch.full_like(tlo, math.inf)
+    t_quad = torch.where(ok_lo, tlo, torch.where(ok_hi, thi, inf))
+
+    # Top cap of the cylinder: the disc x² + z² <= 1 at y = 1.
+    dy_safe = torch.where(dy.abs() < 1e-12, torch.full_like(dy, 1e-12), dy)
+    t_cap = (1.0 - oy) / dy_safe
+    cx, cz = ox + t_cap * dx, oz + t_cap * dz
+    ok_cap = (cls == 3).unsqueeze(1) & (t_cap > eps) & (cx * cx + cz * cz <= 1.0)
+    t_cap = torch.where(ok_cap, t_cap, inf)
+
+    # Box: the slab test for [-1, 1] x [0, 1] x [-1, 1].
+    def slab(o, d, lo_, hi_):
+        d = torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+        ta, tb = (lo_ - o) / d, (hi_ - o) / d
+        return torch.minimum(ta, tb), torch.maximum(ta, tb)
+
+    xa, xb = slab(ox, dx, -1.0, 1.0)
+    ya, yb = slab(oy, dy, 0.0, 1.0)
+    za, zb = slab(oz, dz, -1.0, 1.0)
+    near = torch.maximum(torch.maximum(xa, ya), za)
+    far = torch.minimum(torch.minimum(xb, yb), zb)
+    t_box = torch.where((near <= far) & (near > eps), near, inf)
+
+    is_box = (cls == 2).unsqueeze(1)
+    t = torch.where(is_box, t_box, torch.minimum(t_quad, t_cap))
+    t = torch.where(sc["present"].unsqueeze(1), t, inf)
+    return t, t_cap <= t_quad, lo, ld
+
+
+def _camera(sc: dict[str, torch.Tensor], size: int):
+    """Camera origin [n,1,3], ray directions [n,P,3] (forward component 1) and basis."""
+    n = sc["cam_h"].shape[0]
+    p, yw = sc["pitch"], sc["yaw"]
+    fwd = torch.stack([p.cos() * yw.sin(), -p.sin(), p.cos() * yw.cos()], -1)
+    right = torch.stack([yw.cos(), torch.zeros_like(yw), -yw.sin()], -1)
+    up = torch.cross(right, fwd, dim=-1)
+    tan = math.tan(_FOV / 2)
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2.0 - 1.0
+    v, u = torch.meshgrid(coords, coords, indexing="ij")  # v: rows (down), u: columns
+    u, v = u.reshape(1, -1, 1) * tan, v.reshape(1, -1, 1) * tan
+    dirs = fwd.unsqueeze(1) + u * right.unsqueeze(1) - v * up.unsqueeze(1)
+    origin = torch.stack([sc["cam_x"], sc["cam_h"], torch.zeros(n)], -1).unsqueeze(1)
+    return origin, dirs, (right, up, fwd)
+
+
+def _render_chunk(sc: dict[str, torch.Tensor], size: int, g: torch.Generator):
+    n = sc["cam_h"].shape[0]
+    origin, dirs, (right, up, fwd) = _camera(sc, size)
+    rot = _object_frames(sc)
+
+    # Background: the ground y = 0 in front of the wall z = _WALL_Z, else the wall.
+    t_ground = -origin[..., 1] / dirs[..., 1].clamp(max=-1e-9)
+    gz = origin[..., 2] + t_ground * dirs[..., 2]
+    on_ground = (dirs[..., 1] < 0) & (gz < _WALL_Z)
+    t_wall = (_WALL_Z - origin[..., 2]) / dirs[..., 2]
+    t_bg = torch.where(on_ground, t_ground, t_wall)
+
+    t_obj, is_cap, lo, ld = _cast(origin, dirs, sc, rot)
+    t_min, k_min = t_obj.min(dim=-1)  # [n, P]
+    hit_obj = t_min < t_bg
+    depth = torch.where(hit_obj, t_min, t_bg)  # = z-depth since dirs · fwd = 1
+
+    # Normals (world frame).
+    idx = k_min.unsqueeze(-1)
+    lo_k = lo.expand(n, dirs.shape[1], -1, -1).gather(2, idx.unsqueeze(-1).expand(-1, -1, 1, 3))
+    ld_k = ld.gather(2, idx.unsqueeze(-1).expand(-1, -1, 1, 3))
+    p = (lo_k + t_min.unsqueeze(-1).unsqueeze(-1) * ld_k).squeeze(2)  # local hit point [n,P,3]
+    cls_k = sc["cls"].gather(1, k_min)  # [n, P]
+    cap_k = is_cap.gather(2, idx).squeeze(-1)
+    coef = torch.tensor([[0.0] * 5] + [list(_QUADRIC[i]) for i in range(1, 6)])[cls_k]
+    px, py, pz = p.unbind(-1)
+    grad_q = torch.stack(
+        [2 * coef[..., 0] * px, 2 * coef[..., 1] * py + coef[..., 2], 2 * coef[..., 0] * pz], -1
+    )
+    cap_n = torch.zeros_like(grad_q)
+    cap_n[..., 1] = 1.0
+    grad_q = torch.where((cap_k & (cls_k == 3)).unsqueeze(-1), cap_n, grad_q)
+    # Box: the face nearest to the hit point.
+    face = torch.stack([1 - px.abs(), 1 - py, 1 - pz.abs()], -1).argmin(-1, keepdim=True)
+    sign = torch.stack([px.sign(), torch.ones_like(py), pz.sign()], -1)
+    grad_b = torch.zeros_like(p).scatter(-1, face, sign.gather(-1, face))
+    grad_l = torch.where((cls_k == 2).unsqueeze(-1), grad_b, grad_q)
+    scale_k = sc["scale"].gather(1, k_min.unsqueeze(-1).expand(-1, -1, 3))
+    rot_k = rot.gather(1, k_min[..., None, None].expand(-1, -1, 3, 3))
+    n_obj = torch.einsum("npji,npj->npi", rot_k, grad_l / scale_k)
+    n_bg = torch.zeros(n, dirs.shape[1], 3)
+    n_bg[..., 1] = on_ground.float()
+    n_bg[..., 2] = -(~on_ground).float()
+    normal = torch.where(hit_obj.unsqueeze(-1), n_obj, n_bg)
+    normal = torch.nn.functional.normalize(normal, dim=-1)
+    facing = (normal * dirs).sum(-1, keepdim=True)
+    normal = torch.where(facing > 0, -normal, normal)
+
+    # Labels.
+    seg = torch.where(hit_obj, cls_k, torch.zeros_like(cls_k))
+    inst = torch.where(hit_obj, k_min + 1, torch.zeros_like(k_min)).view(n, size, size)
+    edge = torch.zeros(n, size, size, dtype=torch.bool)
+    dh = inst[:, :, 1:] != inst[:, :, :-1]
+    dv = inst[:, 1:, :] != inst[:, :-1, :]
+    edge[:, :, 1:] |= dh
+    edge[:, :, :-1] |= dh
+    edge[:, 1:, :] |= dv
+    edge[:, :-1, :] |= dv
+
+    # Shading: Lambert with ambient light and cast shadows from the objects.
+    light = sc["light"].unsqueeze(1)  # [n,1,3]
+    point = origin + depth.unsqueeze(-1) * dirs
+    lambert = (normal * light).sum(-1).clamp_min(0.0)
+    t_sh, _, _, _ = _cast(point + 2e-3 * normal, light.expand_as(point), sc, rot)
+    lit = t_sh.min(-1).values == math.inf
+    shade = _AMBIENT + (1.0 - _AMBIENT) * lambert * lit.float()
+    albedo_obj = sc["albedo"].gather(1, k_min.unsqueeze(-1).expand(-1, -1, 3))
+    sq = sc["checker"].unsqueeze(1)
+    check = ((point[..., 0] / sq).floor() + (point[..., 2] / sq).floor()).remainder(2.0)
+    albedo_ground = sc["ground"].unsqueeze(1) * (0.85 + 0.3 * check).unsqueeze(-1)
+    albedo_bg = torch.where(on_ground.unsqueeze(-1), albedo_ground, sc["wall"].unsqueeze(1))
+    albedo = torch.where(hit_obj.unsqueeze(-1), albedo_obj, albedo_bg)
+    image = albedo * shade.unsqueeze(-1) + 0.02 * torch.randn(albedo.shape, generator=g)
+    image = image.clamp(0.0, 1.0)
+
+    # World normals -> camera frame (x right, y up, z towards the camera).
+    basis = torch.stack([right, up, -fwd], dim=1)  # [n,3,3]
+    normal_cam = torch.einsum("nij,npj->npi", basis, normal)
+
+    def img(x, c):
+        return x.reshape(n, size, size, c).permute(0, 3, 1, 2).contiguous()
+
+    return {
+        "image": img(image, 3),
+        "seg": seg.view(n, size, size),
+        "depth": img(depth.unsqueeze(-1), 1),
+        "normal": img(normal_cam, 3),
+        "edge": edge.unsqueeze(1).float(),
+    }
+
+
+def render(
+    n: int, size: int = 64, classes: int = 5, *, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Render ``n`` random scenes at ``size``×``size``; see the module docstring."""
+    scenes = _sample_scenes(n, classes, generator)
+    parts: list[dict[str, torch.Tensor]] = []
+    with torch.no_grad():
+        for lo in range(0, n, _CHUNK):
+            chunk = {k: v[lo : lo + _CHUNK] for k, v in scenes.items()}
+            parts.append(_render_chunk(chunk, size, generator))
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

@@ -1,0 +1,330 @@
+"""The layer vocabulary: parsing `conv(64, 3, stride=2)` and inferring shapes, without torch.
+
+Layers are written as call-like strings or one-key dicts. Strings are parsed with
+`ast` and only literal arguments are accepted, so a spec can never run code. Shape
+inference is plain arithmetic here, so a spec whose stages cannot feed each other is
+rejected at validation time, with the layer's position, before torch is imported.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtlc.errors import unknown
+
+Shape = tuple[int, ...]
+REQUIRED = object()
+
+
+class LayerError(ValueError):
+    """A layer that cannot be parsed or cannot take its input shape."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One parsed layer: its name and every argument, defaults filled in."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        spec = LAYERS[self.name]
+        shown, in_order = [], True
+        for i, (key, value) in enumerate(self.args.items()):
+            if spec.params[key] is not REQUIRED and value == spec.params[key]:
+                in_order = False
+                continue
+            shown.append(repr(value) if in_order and i < spec.positional else f"{key}={value!r}")
+        return f"{self.name}({', '.join(shown)})" if shown else self.name
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    params: dict[str, Any]
+    infer: Callable[[Shape, dict[str, Any]], Shape]
+    doc: str
+    positional: int = 0  # how many params may be given without a keyword
+
+
+def _need_map(name: str, shape: Shape) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise LayerError(
+            f"{name} needs a feature map [C, H, W] but gets {list(shape)}"
+            + (" (a spatial layer after flatten/linear?)" if len(shape) == 1 else "")
+        )
+    return shape  # type: ignore[return-value]
+
+
+def _spatial(name: str, size: int) -> int:
+    if size < 1:
+        raise LayerError(f"{name} shrinks the feature map to nothing")
+    return size
+
+
+def conv_out(size: int, k: int, stride: int, padding: int, dilation: int = 1) -> int:
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def conv_padding(a: dict[str, Any]) -> int:
+    """Padding that keeps the size at stride 1 (`k // 2`, times the dilation) unless set."""
+    return a["padding"] if a["padding"] is not None else (a["k"] // 2) * a["dilation"]
+
+
+def deconv_padding(a: dict[str, Any]) -> tuple[int, int]:
+    """Padding and output padding that make a transposed conv scale H by exactly its stride."""
+    if a["padding"] is not None:
+        return a["padding"], 0
+    pad = (a["k"] - a["stride"] + 1) // 2
+    return max(pad, 0), max(2 * pad - (a["k"] - a["stride"]), 0)
+
+
+def _conv(shape: Shape, a: dict[str, Any]) -> Shape:
+    c, h, w = _need_map("conv", shape)
+    if c % a["groups"] or a["out"] % a["groups"]:
+        raise LayerError(
+            f"conv groups={a['groups']} must divide both {c} input and {a['out']} output channels"
+        )
+    p = conv_padding(a)
+    return (
+        a["out"],
+        _spatial("conv", conv_out(h, a["k"], a["stride"], p, a["dilation"])),
+        _spatial("conv", conv_out(w, a["k"], a["stride"], p, a["dilation"])),
+    )
+
+
+def _deconv(shape: Shape, a: dict[str, Any]) -> Shape:
+    _, h, w = _need_map("deconv", shape)
+    p, op = deconv_padding(a)
+    size = lambda n: (n - 1) * a["stride"] - 2 * p + a["k"] + op  # noqa: E731
+    return (a["out"], _spatial("deconv", size(h)), _spatial("deconv", size(w)))
+
+
+def _pool(name: str) -> Callable[[Shape, dict[str, Any]], Shape]:
+    def infer(shape: Shape, a: dict[str, Any]) -> Shape:
+        c, h, w = _need_map(name, shape)
+        s = a["stride"] or a["k"]
+        return (
+            c,
+            _spatial(name, conv_out(h, a["k"], s, a["padding"])),
+            _spatial(name, conv_out(w, a["k"], s, a["padding"])),
+        )
+
+    return infer
+
+
+def _adaptive(shape: Shape, a: dict[str, Any]) -> Shape:
+    c, _, _ = _need_map("adaptive_avgpool", shape)
+    return (c, a["size"], a["size"])
+
+
+def _upsample(shape: Shape, a: dict[str, Any]) -> Shape:
+    c, h, w = _need_map("upsample", shape)
+    if a["size"] is not None:
+        return (c, a["size"], a["size"])
+    return (c, int(math.floor(h * a["scale"])), int(math.floor(w * a["scale"])))
+
+
+def _linear(shape: Shape, a: dict[str, Any]) -> Shape:
+    return shape[:-1] + (a["out"],)
+
+
+def _norm(name: str) -> Callable[[Shape, dict[str, Any]], Shape]:
+    def infer(shape: Shape, a: dict[str, Any]) -> Shape:
+        if len(shape) not in (1, 3):
+            raise LayerError(
+                f"{name} takes a vector [F] or a feature map [C, H, W], not {list(shape)}"
+            )
+        return shape
+
+    return infer
+
+
+def _same(shape: Shape, a: dict[str, Any]) -> Shape:
+    return shape
+
+
+def _flatten(shape: Shape, a: dict[str, Any]) -> Shape:
+    return (math.prod(shape),)
+
+
+def _resblock(shape: Shape, a: dict[str, Any]) -> Shape:
+    c, h, w = _need_map("resblock", shape)
+    s = a["stride"]
+    return (
+        a["out"] or c,
+        _spatial("resblock", conv_out(h, 3, s, 1)),
+        _spatial("resblock", conv_out(w, 3, s, 1)),
+    )
+
+
+_ACT = "elementwise activation"
+LAYERS: dict[str, LayerSpec] = {
+    "conv": LayerSpec(
+        {
+            "out": REQUIRED,
+            "k": 3,
+            "stride": 1,
+            "padding": None,
+            "dilation": 1,
+            "groups": 1,
+            "bias": True,
+        },
+        _conv,
+        "2-D convolution; pads k//2 so stride alone sets the size",
+        positional=3,
+    ),
+    "deconv": LayerSpec(
+        {"out": REQUIRED, "k": 2, "stride": 2, "padding": None, "bias": True},
+        _deconv,
+        "transposed convolution; scales H and W by exactly `stride`",
+        positional=3,
+    ),
+    "linear": LayerSpec(
+        {"out": REQUIRED, "bias": True}, _linear, "fully connected on the last dim", positional=1
+    ),
+    "bn": LayerSpec(
+        {"momentum": 0.1, "eps": 1e-5, "affine": True},
+        _norm("bn"),
+        "batch norm (1-D or 2-D by input)",
+    ),
+    "ln": LayerSpec({"eps": 1e-5}, _norm("ln"), "layer norm; GroupNorm(1, C) on feature maps"),
+    "relu": LayerSpec({}, _same, _ACT),
+    "gelu": LayerSpec({}, _same, _ACT),
+    "silu": LayerSpec({}, _same, _ACT),
+    "sigmoid": LayerSpec({}, _same, _ACT),
+    "tanh": LayerSpec({}, _same, _ACT),
+    "identity": LayerSpec({}, _same, "passes its input through"),
+    "maxpool": LayerSpec(
+        {"k": 2, "stride": None, "padding": 0},
+        _pool("maxpool"),
+        "max pooling (stride defaults to k)",
+        positional=2,
+    ),
+    "avgpool": LayerSpec(
+        {"k": 2, "stride": None, "padding": 0},
+        _pool("avgpool"),
+        "average pooling (stride defaults to k)",
+        positional=2,
+    ),
+    "adaptive_avgpool": LayerSpec(
+        {"size": 1}, _adaptive, "average pooling to a fixed size", positional=1
+    ),
+    "flatten": LayerSpec({}, _flatten, "everything but the batch dim into one"),
+    "dropout": LayerSpec({"p": 0.5}, _same, "dropout", positional=1),
+    "upsample": LayerSpec(
+        {"scale": 2, "size": None, "mode": "bilinear"},
+        _upsample,
+        "resize by `scale` or to `size`",
+        positional=1,
+    ),
+    "resblock": LayerSpec(
+        {"out": None, "stride": 1},
+        _resblock,
+        "ResNet basic block (two 3x3 conv-bn, shortcut)",
+        positional=2,
+    ),
+}
+
+_POSITIVE_INT = {"out", "k", "stride", "dilation", "groups", "size"}
+_NON_NEGATIVE_INT = {"padding"}
+_CHOICES = {"mode": ("nearest", "bilinear", "bicubic")}
+
+
+def _check_value(layer: str, key: str, value: Any) -> Any:
+    if value is None:
+        return value
+    if key in _POSITIVE_INT | _NON_NEGATIVE_INT:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise LayerError(f"{layer}: {key} must be an integer, got {value!r}")
+        if value < (1 if key in _POSITIVE_INT else 0):
+            raise LayerError(
+                f"{layer}: {key} must be {'positive' if key in _POSITIVE_INT else '>= 0'}, got {value}"
+            )
+    elif key in ("bias", "affine"):
+        if not isinstance(value, bool):
+            raise LayerError(f"{layer}: {key} must be true or false, got {value!r}")
+    elif key in ("p", "momentum", "eps", "scale"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LayerError(f"{layer}: {key} must be a number, got {value!r}")
+        if key == "p" and not 0 <= value < 1:
+            raise LayerError(f"{layer}: p must be in [0, 1), got {value}")
+        if key != "p" and value <= 0:
+            raise LayerError(f"{layer}: {key} must be positive, got {value}")
+    elif key in _CHOICES and value not in _CHOICES[key]:
+        raise LayerError(f"{layer}: {key} must be one of {', '.join(_CHOICES[key])}, got {value!r}")
+    return value
+
+
+def make_layer(
+    name: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+) -> Layer:
+    """Bind arguments to a layer's parameters, checking names, count and values."""
+    if name not in LAYERS:
+        raise LayerError(unknown("layer", name, LAYERS))
+    spec = LAYERS[name]
+    kwargs = dict(kwargs or {})
+    names = list(spec.params)
+    if len(args) > spec.positional:
+        raise LayerError(
+            f"{name} takes at most {spec.positional} positional argument(s) ({', '.join(names[: spec.positional]) or 'none'}), got {len(args)}"
+        )
+    bound = dict(zip(names, args, strict=False))
+    for key, value in kwargs.items():
+        if key not in spec.params:
+            raise LayerError(f"{name}: {unknown('argument', key, names)}")
+        if key in bound:
+            raise LayerError(f"{name}: {key} given twice")
+        bound[key] = value
+    out = {}
+    for key, default in spec.params.items():
+        if key not in bound and default is REQUIRED:
+            raise LayerError(f"{name} needs `{key}`, e.g. {name}(64)")
+        out[key] = _check_value(name, key, bound.get(key, default))
+    return Layer(name, out)
+
+
+def parse_layer(item: Any) -> Layer:
+    """Parse `conv(64, 3, stride=2)`, `relu`, or `{conv: {out: 64, k: 3}}` into a Layer."""
+    if isinstance(item, dict):
+        if len(item) != 1:
+            raise LayerError(f"a layer dict has exactly one key, the layer name; got {list(item)}")
+        ((name, args),) = item.items()
+        if args is None:
+            args = {}
+        if isinstance(args, list):
+            return make_layer(str(name), tuple(args))
+        if not isinstance(args, dict):
+            return make_layer(str(name), (args,))
+        return make_layer(str(name), (), args)
+    if not isinstance(item, str):
+        raise LayerError(f"a layer is a string like 'conv(64, 3)' or a one-key dict, got {item!r}")
+    text = item.strip()
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        raise LayerError(f"cannot parse layer {item!r}: expected name or name(args)") from None
+    if isinstance(tree, ast.Name):
+        return make_layer(tree.id)
+    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)):
+        raise LayerError(f"cannot parse layer {item!r}: expected name or name(args)")
+    try:
+        args = tuple(ast.literal_eval(a) for a in tree.args)
+        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords if kw.arg}
+    except (ValueError, SyntaxError):
+        raise LayerError(
+            f"layer {item!r}: arguments must be literal numbers, strings or booleans"
+        ) from None
+    if any(kw.arg is None for kw in tree.keywords) or any(
+        isinstance(a, ast.Starred) for a in tree.args
+    ):
+        raise LayerError(f"layer {item!r}: no * or ** arguments")
+    return make_layer(tree.func.id, args, kwargs)
+
+
+def infer_shape(layer: Layer, shape: Shape) -> Shape:
+    """The output shape (no batch dim) of `layer` applied to `shape`."""
+    return tuple(LAYERS[layer.name].infer(tuple(shape), layer.args))

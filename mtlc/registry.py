@@ -1,0 +1,74 @@
+"""Every named thing a spec can refer to, mapped to where it lives.
+
+The tables hold import paths, not objects, so that validating a spec (and
+`mtlc --help`, `mtlc schema`, `mtlc list`) never imports torch. Adding a loss,
+metric, balancer, data set or sharing point is one file plus one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+LOSSES: dict[str, str] = {
+    "cross_entropy": "mtlc.losses:cross_entropy",
+    "bce": "mtlc.losses:bce",
+    "l1": "mtlc.losses:l1",
+    "mse": "mtlc.losses:mse",
+    "smooth_l1": "mtlc.losses:smooth_l1",
+    "cosine": "mtlc.losses:cosine",
+}
+
+METRICS: dict[str, str] = {
+    "miou": "mtlc.metrics:MeanIoU",
+    "pixel_acc": "mtlc.metrics:PixelAccuracy",
+    "accuracy": "mtlc.metrics:Accuracy",
+    "abs_err": "mtlc.metrics:AbsError",
+    "rel_err": "mtlc.metrics:RelError",
+    "rmse": "mtlc.metrics:RMSE",
+    "delta1": "mtlc.metrics:Delta1",
+    "angle_mean": "mtlc.metrics:AngleMean",
+    "angle_median": "mtlc.metrics:AngleMedian",
+    "within_11.25": "mtlc.metrics:Within11",
+    "within_22.5": "mtlc.metrics:Within22",
+    "within_30": "mtlc.metrics:Within30",
+}
+
+BALANCERS: dict[str, str] = {
+    "fixed": "mtlc.balancers.fixed:Fixed",
+    "uncertainty": "mtlc.balancers.uncertainty:Uncertainty",
+    "dtp": "mtlc.balancers.dtp:DTP",
+    "mgda": "mtlc.balancers.mgda:MGDA",
+}
+
+DATASETS: dict[str, str] = {
+    "shapes": "mtlc.data.shapes:load",
+    "correlated": "mtlc.data.correlated:load",
+    "nyuv2": "mtlc.data.npy_folders:load_nyuv2",
+    "cityscapes": "mtlc.data.npy_folders:load_cityscapes",
+    "callable": "mtlc.data.user:load",
+}
+
+# Encoder sharing points that add a unit after the stage's copies (`hard` and
+# `separate` add none: the topology makes their copies).
+SHARING: dict[str, str] = {
+    "cross_stitch": "mtlc.sharing.cross_stitch:emit",
+    "nddr": "mtlc.sharing.nddr:emit",
+    "attention": "mtlc.sharing.attention:emit",
+}
+
+# Decoder-focused interaction, set under `decoder.type`.
+DECODERS: dict[str, str] = {
+    "distillation": "mtlc.sharing.distillation:emit",
+    "affinity": "mtlc.sharing.affinity:emit",
+    "recursive": "mtlc.sharing.recursive:emit",
+}
+
+# Losses that treat the head's output as class scores (Kendall's c_i = 1, DTP KPIs).
+CLASSIFICATION_LOSSES = frozenset({"cross_entropy", "bce"})
+
+
+def resolve(table: dict[str, str], name: str) -> Any:
+    """Import the object a registry entry points at."""
+    module, _, attr = table[name].partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,63 @@
+"""Cross-stitch units (Misra et al., CVPR 2016).
+
+After a stage that every task runs in its own copy, task t continues with
+`x̃_t = Σ_s α[t, s] · x_s`: a full T×T mix (not one combination shared by all tasks),
+per channel (α of shape [T, T, C], the survey's code) or one scalar per task pair.
+α starts at `init[0]` on the diagonal and `init[1]` elsewhere (0.9 / 0.1 by default,
+as the survey's code), so training starts close to independent columns.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from mtlc.compiler.emitter import Emitter
+
+
+class CrossStitch(nn.Module):
+    """Mixes T same-shaped task features with a learned [T, T(, C)] matrix α."""
+
+    def __init__(
+        self,
+        tasks: int,
+        channels: int,
+        init: tuple[float, float],
+        granularity: str,
+        lr_mult: float = 1.0,
+    ):
+        super().__init__()
+        own, other = init
+        alpha = torch.full((tasks, tasks), float(other)).fill_diagonal_(float(own))
+        if granularity == "channel":
+            alpha = alpha.unsqueeze(-1).repeat(1, 1, channels)
+        self.alpha = nn.Parameter(alpha)
+        self.lr_mult = lr_mult  # read by the trainer to build parameter groups
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        stacked = torch.stack(xs)  # [S, N, C, ...]
+        extra = stacked.dim() - 3  # spatial dims after C
+        alpha = self.alpha if self.alpha.dim() == 3 else self.alpha.unsqueeze(-1)
+        alpha = alpha.reshape(*alpha.shape, *([1] * extra))  # [T, S, C or 1, 1...]
+        mixed = (alpha.unsqueeze(2) * stacked.unsqueeze(0)).sum(1)  # [T, N, C, ...]
+        return tuple(mixed.unbind(0))
+
+
+def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
+    attrs = em.attrs(unit)
+    tasks, opts = attrs["tasks"], attrs["options"]
+    columns: dict[str, fx.Node] = {}
+    for values in em.inputs(unit).values():
+        columns.update(values)
+    xs = tuple(columns[t] for t in tasks)
+    stage = attrs["stage"]
+    name = f"encoder.{stage}." + (
+        "cross_stitch"
+        if attrs["owner"] is None
+        else f"cross_stitch_{attrs['owner'].replace('+', '_')}"
+    )
+    module = CrossStitch(
+        len(tasks), attrs["shape"][0], tuple(opts["init"]), opts["granularity"], opts["lr_mult"]
+    )
+    mixed = em.call_module(name, module, xs, block=unit, kind="unit", owner=attrs["owner"])
+    return {t: em.getitem(mixed, i, block=unit, kind="unit", owner=t) for i, t in enumerate(tasks)}

@@ -1,0 +1,279 @@
+"""The spec format, version 1, as pydantic models.
+
+This module is the single definition of what a spec may contain: validation, the
+JSON Schema (`mtlc schema`) and the did-you-mean hints all come from it. It imports no
+torch. Option models of sharing points and balancers live here, beside the rest of the
+format, so that the format can be checked and published without loading any model code.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
+
+from mtlc import registry
+
+LayerItem = str | dict[str, Any]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _name_to_type(value: Any) -> Any:
+    """`s1: hard` is short for `s1: {type: hard}`."""
+    return {"type": value} if isinstance(value, str) else value
+
+
+Pair = Annotated[tuple[float, float], Field(description="[own-task weight, other-task weight]")]
+Groups = list[list[str]]
+
+
+# -- encoder sharing points ------------------------------------------------------------
+
+
+class StageSharing(Strict):
+    """Options common to the sharing points of an encoder stage.
+
+    `layout` tells the topology how many copies of the stage exist: one shared by all
+    tasks (or per group), one per task, or a shared trunk with per-task attention.
+    """
+
+    layout: ClassVar[Literal["shared", "per_task", "trunk"]] = "shared"
+    groups: Groups | None = Field(
+        None, description="task groups; sharing happens within a group only"
+    )
+
+
+class Hard(StageSharing):
+    """One copy of the stage per group (one in all by default)."""
+
+    type: Literal["hard"] = "hard"
+
+
+class Separate(StageSharing):
+    """Every task its own copy of the stage, no exchange."""
+
+    layout: ClassVar = "per_task"
+    type: Literal["separate"]
+    groups: None = None
+
+
+class CrossStitch(StageSharing):
+    """Misra et al. 2016: own copy per task, then a learned linear mix of the columns."""
+
+    layout: ClassVar = "per_task"
+    type: Literal["cross_stitch"]
+    init: Pair = (0.9, 0.1)
+    granularity: Literal["channel", "scalar"] = "channel"
+    lr_mult: float = Field(1.0, gt=0, description="learning-rate multiplier for the mixing weights")
+
+
+class NDDR(StageSharing):
+    """Gao et al. 2019: own copy per task, then concat + 1x1 conv + BN + ReLU per task."""
+
+    layout: ClassVar = "per_task"
+    type: Literal["nddr"]
+    init: Pair = (0.9, 0.1)
+    bn_momentum: float = Field(0.05, gt=0, le=1)
+    lr_mult: float = Field(1.0, gt=0)
+
+
+class Attention(StageSharing):
+    """Liu et al. 2019 (MTAN): shared trunk, a task-specific attention mask per stage."""
+
+    layout: ClassVar = "trunk"
+    type: Literal["attention"]
+    groups: None = None
+    hidden: int | None = Field(
+        None, gt=0, description="channels inside the attention module (default: the stage's)"
+    )
+
+
+Sharing = Annotated[
+    Hard | Separate | CrossStitch | NDDR | Attention,
+    Field(discriminator="type"),
+    BeforeValidator(_name_to_type),
+]
+
+# -- decoder-focused interaction -----------------------------------------------------
+
+
+class DecoderBase(Strict):
+    features: int = Field(64, gt=0, description="channels of the per-task initial features")
+    supervision: float = Field(1.0, ge=0, description="loss weight of the intermediate predictions")
+
+
+class Distillation(DecoderBase):
+    """Xu et al. 2018 (PAD-Net): multi-modal distillation between initial task features."""
+
+    type: Literal["distillation"]
+
+
+class Affinity(DecoderBase):
+    """Zhang et al. 2019 (PAP-Net): pattern-affinitive propagation across tasks."""
+
+    type: Literal["affinity"]
+    downsample: int = Field(
+        2, ge=1, description="the affinity is computed at 1/downsample resolution"
+    )
+    iterations: int = Field(3, ge=1)
+    beta: float = Field(0.05, gt=0, lt=1)
+    learn_beta: bool = False
+
+
+class Recursive(DecoderBase):
+    """Zhang et al. 2018 (JTRL): tasks refine each other in turns."""
+
+    type: Literal["recursive"]
+    order: list[str] | None = Field(
+        None, description="the order tasks take turns in (default: spec order)"
+    )
+    steps: int = Field(2, ge=1, description="rounds of turns")
+
+
+Decoder = Annotated[Distillation | Affinity | Recursive, Field(discriminator="type")]
+
+# -- tasks -----------------------------------------------------------------------------
+
+
+class LossSpec(Strict):
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+class Task(Strict):
+    head: list[LayerItem] = Field(min_length=1)
+    loss: str | LossSpec
+    metrics: list[str] = []
+    target: str | None = Field(
+        None, description="the batch entry holding this task's labels (default: the task's name)"
+    )
+    auxiliary: bool = Field(False, description="trained, but not an output of the final model")
+
+    @property
+    def loss_name(self) -> str:
+        return self.loss if isinstance(self.loss, str) else self.loss.type
+
+    @property
+    def loss_options(self) -> dict[str, Any]:
+        return {} if isinstance(self.loss, str) else dict(self.loss.model_extra or {})
+
+
+# -- balancers -------------------------------------------------------------------------
+
+
+class Fixed(Strict):
+    type: Literal["fixed"] = "fixed"
+    weights: dict[str, float] = {}
+
+
+class Uncertainty(Strict):
+    type: Literal["uncertainty"]
+    init: float = Field(0.0, description="initial s = log sigma^2")
+
+
+class DTP(Strict):
+    type: Literal["dtp"]
+    gamma: float | dict[str, float] = 1.0
+    momentum: float = Field(
+        0.9, ge=0, lt=1, description="weight of the old value in the KPI moving average"
+    )
+    kpi: dict[str, str] = Field(
+        {}, description="task -> metric used as its KPI (default: its first metric)"
+    )
+    init: float = Field(0.5, gt=0, lt=1)
+
+
+class MGDA(Strict):
+    type: Literal["mgda"]
+    normalize: Literal["l2", "loss", "loss+", "none"] = "loss+"
+    mode: Literal["exact", "ub"] = "exact"
+    max_iter: int = Field(250, ge=1)
+    tol: float = Field(1e-6, gt=0)
+
+
+Balancer = Annotated[
+    Fixed | Uncertainty | DTP | MGDA, Field(discriminator="type"), BeforeValidator(_name_to_type)
+]
+
+# -- training --------------------------------------------------------------------------
+
+
+class DataSpec(BaseModel):
+    """Which data set; every other key is passed to its loader, which checks it."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in registry.DATASETS:
+            from mtlc.errors import unknown
+
+            raise ValueError(unknown("data set", value, registry.DATASETS))
+        return value
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Optimizer(Strict):
+    type: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, description="sgd only")
+
+
+class Train(Strict):
+    data: DataSpec = DataSpec(name="shapes")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Optimizer = Optimizer()
+    scheduler: Literal["none", "cosine"] = "none"
+    grad_clip: float | None = Field(None, gt=0)
+    seed: int = 0
+
+
+# -- the spec --------------------------------------------------------------------------
+
+
+class Encoder(Strict):
+    stages: dict[str, list[LayerItem]] = Field(
+        min_length=1, description="ordered stages, each a list of layers"
+    )
+    sharing: dict[str, Sharing] = Field(
+        {}, description="per stage; a stage not listed is hard-shared"
+    )
+
+
+class Spec(Strict):
+    mtlc: Literal[1] = Field(description="format version")
+    name: str = Field(min_length=1)
+    input: dict[str, list[int]] = Field(min_length=1, max_length=1)
+    encoder: Encoder
+    tasks: dict[str, Task] = Field(min_length=1)
+    decoder: Decoder | None = None
+    balancer: Balancer = Fixed()
+    train: Train = Train()
+
+    _source: Any = PrivateAttr(None)
+
+    @property
+    def input_name(self) -> str:
+        return next(iter(self.input))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.input[self.input_name])
+
+    @property
+    def outputs(self) -> list[str]:
+        """The tasks whose predictions the final model returns."""
+        return [t for t, task in self.tasks.items() if not task.auxiliary]
+
+    def sharing_of(self, stage: str) -> StageSharing:
+        return self.encoder.sharing.get(stage) or Hard()

@@ -1,0 +1,381 @@
+"""Turn a validated spec into its task-sharing topology.
+
+The topology is the block-level picture every later layer reads: compile emits torch
+code per block, viz draws blocks, diff compares them, profile rolls op costs up to
+them. Node ids are stable, readable strings (`s2/seg`, `s2/cross_stitch`,
+`head/depth`), so two specs can be compared node by node.
+
+Node attributes (all nodes): `kind` — input | block | unit | predictor | head | output
+| loss; `stage` — the stage name, "decoder" or None; `owner` — the task or group the node
+belongs to, None when shared by all; `tasks` — the tasks whose features pass through it.
+Blocks, heads and predictors carry `layers`, `in_shape`, `out_shape`; units carry
+`type`, `options` and `shape`. Edges carry `tasks`: whose stream flows along them.
+
+While building we follow each task's *stream* (the node whose output it reads). A
+hard stage needs every task of a group to read the same node, which is what makes
+sharing a tree: groups may split later, never merge again.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from mtlc.layers.vocab import Layer, LayerError, Shape, infer_shape, parse_layer
+from mtlc.spec.schema import Spec
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DECODER_STAGE = "decoder"
+
+
+@dataclass
+class Topology:
+    """The DAG plus the facts about it that every consumer asks for."""
+
+    graph: nx.DiGraph
+    spec: Spec
+    tasks: list[str]
+    outputs: list[str]
+    stages: list[str]
+    # supervised output key -> predictor/head node, e.g. "seg", "seg:initial"
+    predictions: dict[str, str] = field(default_factory=dict)
+    # the node every task reads after the encoder, when there is one (MGDA-UB's z)
+    shared_repr: str | None = None
+
+    def nodes_of(self, kind: str) -> list[str]:
+        return [n for n, d in self.graph.nodes(data=True) if d["kind"] == kind]
+
+
+def _err(spec: Spec, path: tuple, message: str, key: bool = False):
+    from mtlc.spec.load import spec_error
+
+    return spec_error(spec, path, message, key=key)
+
+
+def _layers(spec: Spec, items: list, path: tuple, shape: Shape) -> tuple[list[Layer], Shape]:
+    """Parse a layer list and push `shape` through it, locating any problem."""
+    layers = []
+    for i, item in enumerate(items):
+        try:
+            layer = parse_layer(item)
+            shape = infer_shape(layer, shape)
+        except LayerError as exc:
+            raise _err(spec, path + (i,), str(exc)) from None
+        layers.append(layer)
+    return layers, shape
+
+
+def _who(tasks: tuple[str, ...], all_tasks: list[str]) -> str:
+    return "shared" if len(tasks) == len(all_tasks) and len(all_tasks) > 1 else "+".join(tasks)
+
+
+def build_topology(spec: Spec) -> Topology:
+    """The topology of a validated spec; raises a located SpecError where it cannot be built."""
+    for t in spec.tasks:
+        if not _IDENT.match(t):
+            raise _err(
+                spec,
+                ("tasks", t),
+                f"task name '{t}' must be an identifier (letters, digits, _)",
+                key=True,
+            )
+    for s in spec.encoder.stages:
+        if not _IDENT.match(s) or s == DECODER_STAGE:
+            raise _err(
+                spec,
+                ("encoder", "stages", s),
+                f"stage name '{s}' must be an identifier other than 'decoder'",
+                key=True,
+            )
+
+    g = nx.DiGraph(name=spec.name)
+    tasks = list(spec.tasks)
+    topo = Topology(g, spec, tasks, spec.outputs, list(spec.encoder.stages))
+    inp = f"input/{spec.input_name}"
+    g.add_node(
+        inp,
+        kind="input",
+        stage=None,
+        owner=None,
+        tasks=tuple(tasks),
+        shape=spec.input_shape,
+        name=spec.input_name,
+    )
+
+    stream: dict[str, str] = dict.fromkeys(tasks, inp)
+    shape: Shape = spec.input_shape
+    trunk: str | None = None  # the shared trunk of consecutive attention stages
+
+    def link(src: str, dst: str, flowing: tuple[str, ...]) -> None:
+        if g.has_edge(src, dst):
+            g.edges[src, dst]["tasks"] = tuple(
+                sorted(set(g.edges[src, dst]["tasks"]) | set(flowing), key=tasks.index)
+            )
+        else:
+            g.add_edge(src, dst, tasks=tuple(flowing))
+
+    for stage, items in spec.encoder.stages.items():
+        sharing = spec.sharing_of(stage)
+        path = ("encoder", "stages", stage)
+        if sharing.layout == "trunk":
+            if trunk is None and len(set(stream.values())) > 1:
+                raise _err(
+                    spec,
+                    ("encoder", "sharing", stage),
+                    "attention needs one shared trunk, but the tasks already have separate features here",
+                )
+            src = trunk or next(iter(stream.values()))
+            layers, out = _layers(spec, items, path, shape)
+            if len(out) != 3:
+                raise _err(
+                    spec,
+                    ("encoder", "sharing", stage),
+                    f"attention needs feature maps [C, H, W]; stage '{stage}' outputs {list(out)}",
+                )
+            block = f"{stage}/shared"
+            g.add_node(
+                block,
+                kind="block",
+                stage=stage,
+                owner=None,
+                tasks=tuple(tasks),
+                layers=layers,
+                in_shape=shape,
+                out_shape=out,
+                sharing=sharing.type,
+            )
+            link(src, block, tuple(tasks))
+            for t in tasks:
+                gate = f"{stage}/attention/{t}"
+                g.add_node(
+                    gate,
+                    kind="unit",
+                    type="attention",
+                    stage=stage,
+                    owner=t,
+                    tasks=(t,),
+                    shape=out,
+                    options=sharing.model_dump(exclude={"type"}),
+                )
+                link(block, gate, (t,))
+                if trunk is not None:
+                    link(stream[t], gate, (t,))
+                stream[t] = gate
+            trunk, shape = block, out
+            continue
+
+        trunk = None
+        groups = sharing.groups or [tasks]
+        if sharing.layout == "shared":
+            copies = [tuple(gr) for gr in groups]
+        else:
+            copies = [(t,) for t in tasks]
+        layers_out: Shape | None = None
+        for members in copies:
+            sources = {stream[t] for t in members}
+            if len(sources) > 1:
+                apart = ", ".join(members)
+                raise _err(
+                    spec,
+                    ("encoder", "sharing", stage) if stage in spec.encoder.sharing else path,
+                    f"tasks {apart} are hard-shared in stage '{stage}' but already have separate features: sharing can split in later stages, never merge again",
+                )
+            layers, layers_out = _layers(spec, items, path, shape)
+            block = f"{stage}/{_who(members, tasks)}"
+            owner = None if len(members) == len(tasks) and len(tasks) > 1 else "+".join(members)
+            g.add_node(
+                block,
+                kind="block",
+                stage=stage,
+                owner=owner,
+                tasks=members,
+                layers=layers,
+                in_shape=shape,
+                out_shape=layers_out,
+                sharing=sharing.type,
+            )
+            link(sources.pop(), block, members)
+            for t in members:
+                stream[t] = block
+        shape = layers_out
+        if sharing.layout == "per_task" and sharing.type != "separate":
+            for members in [tuple(gr) for gr in (sharing.groups or [tasks])]:
+                if len(members) < 2:
+                    continue
+                unit = f"{stage}/{sharing.type}" + (
+                    "" if len(members) == len(tasks) else f"/{'+'.join(members)}"
+                )
+                g.add_node(
+                    unit,
+                    kind="unit",
+                    type=sharing.type,
+                    stage=stage,
+                    owner=None if len(members) == len(tasks) else "+".join(members),
+                    tasks=members,
+                    shape=shape,
+                    options=sharing.model_dump(exclude={"type", "groups"}),
+                )
+                for t in members:
+                    link(stream[t], unit, (t,))
+                    stream[t] = unit
+
+    last = set(stream.values())
+    if len(last) == 1 and g.nodes[next(iter(last))]["kind"] in ("block", "input"):
+        topo.shared_repr = last.pop()
+    if spec.decoder is not None:
+        stream = _decoder(spec, topo, stream, shape, link)
+    _heads(spec, topo, stream, shape, link)
+    return topo
+
+
+def _decoder(
+    spec: Spec, topo: Topology, stream: dict[str, str], shape: Shape, link
+) -> dict[str, str]:
+    """Per-task features and initial predictions, then the decoder unit between them."""
+    g, dec = topo.graph, spec.decoder
+    if len(shape) != 3:
+        raise _err(
+            spec,
+            ("decoder", "type"),
+            f"decoder '{dec.type}' needs feature maps [C, H, W] from the encoder, which outputs {list(shape)}",
+        )
+    feat_shape = (dec.features, shape[1], shape[2])
+    feature_layers = [
+        parse_layer(f"conv({dec.features}, 3)"),
+        parse_layer("bn"),
+        parse_layer("relu"),
+    ]
+    order = getattr(dec, "order", None) or topo.tasks
+    members = tuple(t for t in topo.tasks if t in order)
+    if len(members) < 2:
+        raise _err(spec, ("decoder",), "a decoder needs at least two tasks to exchange features")
+    out_shapes = {t: _head_shape(spec, t, feat_shape) for t in topo.tasks}
+    unit = f"{DECODER_STAGE}/{dec.type}"
+    g.add_node(
+        unit,
+        kind="unit",
+        type=dec.type,
+        stage=DECODER_STAGE,
+        owner=None,
+        tasks=members,
+        shape=feat_shape,
+        options=dec.model_dump(exclude={"type"}) | {"order": list(order)},
+        out_shapes={t: out_shapes[t] for t in members},
+    )
+    new_stream = dict(stream)
+    for t in members:
+        feat = f"{DECODER_STAGE}/{t}/features"
+        g.add_node(
+            feat,
+            kind="block",
+            stage=DECODER_STAGE,
+            owner=t,
+            tasks=(t,),
+            layers=feature_layers,
+            in_shape=shape,
+            out_shape=feat_shape,
+            sharing=dec.type,
+        )
+        link(stream[t], feat, (t,))
+        task = spec.tasks[t]
+        pred = f"{DECODER_STAGE}/{t}/initial"
+        if task.auxiliary:
+            layers, _ = _layers(spec, task.head, ("tasks", t, "head"), feat_shape)
+        else:
+            layers = [parse_layer(f"conv({out_shapes[t][0]}, 1)")]
+        g.add_node(
+            pred,
+            kind="predictor",
+            stage=DECODER_STAGE,
+            owner=t,
+            tasks=(t,),
+            layers=layers,
+            in_shape=feat_shape,
+            out_shape=out_shapes[t],
+            resize=not task.auxiliary,
+        )
+        link(feat, pred, (t,))
+        topo.predictions[t if task.auxiliary else f"{t}:initial"] = pred
+        link(feat, unit, (t,))
+        if not task.auxiliary:
+            new_stream[t] = unit
+        else:
+            new_stream.pop(t)
+    if dec.type == "recursive":
+        for step in range(1, dec.steps + 1):
+            for t in order:
+                if not spec.tasks[t].auxiliary:
+                    topo.predictions[f"{t}:step{step}"] = unit
+    return new_stream
+
+
+def _head_shape(spec: Spec, t: str, shape: Shape) -> Shape:
+    return _layers(spec, spec.tasks[t].head, ("tasks", t, "head"), shape)[1]
+
+
+_LOSS_NEEDS = {
+    "cross_entropy": (2, "class scores with at least 2 channels"),
+    "cosine": (2, "a direction with at least 2 channels"),
+}
+
+
+def _heads(spec: Spec, topo: Topology, stream: dict[str, str], shape: Shape, link) -> None:
+    g = topo.graph
+    in_shape = {
+        t: (spec.decoder.features, shape[1], shape[2]) if spec.decoder is not None else shape
+        for t in stream
+    }
+    for t in topo.tasks:
+        if t not in stream:  # an auxiliary task ended at its initial prediction
+            _output(
+                spec, topo, t, topo.predictions[t], g.nodes[topo.predictions[t]]["out_shape"], link
+            )
+            continue
+        task = spec.tasks[t]
+        layers, out = _layers(spec, task.head, ("tasks", t, "head"), in_shape[t])
+        head = f"head/{t}"
+        g.add_node(
+            head,
+            kind="head",
+            stage=None,
+            owner=t,
+            tasks=(t,),
+            layers=layers,
+            in_shape=in_shape[t],
+            out_shape=out,
+        )
+        link(stream[t], head, (t,))
+        topo.predictions[t] = head
+        _output(spec, topo, t, head, out, link)
+
+
+def _output(spec: Spec, topo: Topology, t: str, src: str, out: Shape, link) -> None:
+    task = spec.tasks[t]
+    need = _LOSS_NEEDS.get(task.loss_name)
+    if need and out[0] < need[0]:
+        raise _err(
+            spec,
+            ("tasks", t, "head"),
+            f"loss '{task.loss_name}' needs {need[1]}, but the head outputs {list(out)}",
+        )
+    if task.loss_name == "cosine" and len(out) not in (1, 3):
+        raise _err(
+            spec,
+            ("tasks", t, "head"),
+            f"loss 'cosine' needs [C] or [C, H, W], but the head outputs {list(out)}",
+        )
+    g = topo.graph
+    g.add_node(
+        f"output/{t}",
+        kind="output",
+        stage=None,
+        owner=t,
+        tasks=(t,),
+        shape=out,
+        auxiliary=task.auxiliary,
+    )
+    link(src, f"output/{t}", (t,))
+    g.add_node(f"loss/{t}", kind="loss", stage=None, owner=t, tasks=(t,), loss=task.loss_name)
+    link(f"output/{t}", f"loss/{t}", (t,))
