@@ -13,15 +13,18 @@ the same geometry:
 - ``seg``    int64 [N, S, S]: 0 = background (ground and wall), 1 = sphere, 2 = box,
   3 = cylinder, 4 = cone, 5 = ellipsoid (only the first ``classes - 1`` kinds are used).
 - ``depth``  float32 [N, 1, S, S]: z-depth along the optical axis, in scene units (about
-  3–20). Every pixel hits a surface, so depth is positive everywhere (0 is never used).
-- ``normal`` float32 [N, 3, S, S]: unit surface normals in the camera frame (x right,
-  y up, z towards the camera, so visible surfaces have z > 0), from the same ray hits.
+  2.5–16). Every pixel hits a surface, so depth is positive everywhere (0 is never used).
+- ``normal`` float32 [N, 3, S, S]: unit surface normals in the right-handed camera frame
+  (x right, y up, z towards the camera; NYUv2-style values in [-1, 1]) from the same ray
+  hits; every normal faces the viewing ray (n · ray < 0).
 - ``edge``   float32 [N, 1, S, S] in {0, 1}: pixels with a 4-neighbour on another surface
   (an object against the background or another object): every segmentation boundary and
   every depth discontinuity (occlusion boundary); both sides of a boundary are marked.
 
 Options: ``train`` (2000) and ``val`` (500) scenes, ``size`` S (64), ``classes`` (5,
-counting the background; 2–6). The split's scenes are a pure function of ``seed`` and the
+counting the background; 2–6). The camera has a 50° field of view (``info["fov_degrees"]``)
+with square pixels, so depth back-projects as X = u·tan(25°)·d, Y = −v·tan(25°)·d, Z = −d
+for pixel centres u, v in (−1, 1) (v grows downwards). The split's scenes are a pure function of ``seed`` and the
 split's name (train and val use different derived seeds); nothing is cached on disk.
 """
 
@@ -46,7 +49,8 @@ SCHEMA = {
 
 _SLOTS = 4  # object slots per scene (each present with probability 0.85)
 _WALL_Z = 14.0  # the back wall is the plane z = _WALL_Z
-_FOV = math.radians(50.0)
+FOV_DEGREES = 50.0
+_FOV = math.radians(FOV_DEGREES)
 _AMBIENT = 0.3
 _CHUNK = 128  # scenes rendered at once
 
@@ -62,9 +66,10 @@ _BASE_RGB = torch.tensor(
     ]
 )
 
-# Kinds of primitive (geometry), by class id: 0 quadric-sphere, 1 box, 2 cylinder, 3 cone.
-# The ellipsoid is the sphere quadric with unequal scales.
-# Quadric in local coordinates: A(x² + z²) + B y² + C y + D = 0, clipped to 0 <= y <= ymax.
+# Geometry by class id. Every object lives in a local frame (rotated about the vertical,
+# scaled per axis, base on the ground at y = 0). All but the box are the quadric
+# A(x² + z²) + B y² + C y + D = 0 clipped to 0 <= y <= ymax (the ellipsoid is the sphere
+# with unequal scales); the box is [-1, 1] x [0, 1] x [-1, 1] by the slab test.
 _QUADRIC = {
     1: (1.0, 1.0, -2.0, 0.0, 2.0),  # sphere: x² + (y-1)² + z² = 1
     2: (0.0, 0.0, 0.0, 1.0, 0.0),  # box (slabs; quadric unused, never satisfied)
@@ -72,6 +77,8 @@ _QUADRIC = {
     4: (1.0, -1.0, 2.0, -1.0, 1.0),  # cone: x² + z² = (1 - y)²
     5: (1.0, 1.0, -2.0, 0.0, 2.0),  # ellipsoid
 }
+
+_COEF = torch.tensor([[0.0, 0.0, 0.0, 1.0, 0.0]] + [list(_QUADRIC[i]) for i in range(1, 6)])
 
 
 def load(split: str, *, seed: int = 0, **options) -> TensorData:
@@ -89,6 +96,7 @@ def load(split: str, *, seed: int = 0, **options) -> TensorData:
         "num_classes": {"seg": opts["classes"]},
         "inputs": {"image": [3, size, size]},
         "class_names": list(CLASS_NAMES[: opts["classes"]]),
+        "fov_degrees": FOV_DEGREES,
     }
     return TensorData(tensors, info)
 
@@ -102,8 +110,8 @@ def _uniform(g: torch.Generator, shape, lo: float, hi: float) -> torch.Tensor:
 
 def _sample_scenes(n: int, classes: int, g: torch.Generator) -> dict[str, torch.Tensor]:
     k = _SLOTS
-    cam_h = _uniform(g, n, 2.2, 3.0)
-    pitch = torch.deg2rad(_uniform(g, n, 18.0, 28.0))
+    cam_h = _uniform(g, n, 2.4, 3.2)
+    pitch = torch.deg2rad(_uniform(g, n, 24.0, 34.0))
     yaw = torch.deg2rad(_uniform(g, n, -8.0, 8.0))
     cam_x = _uniform(g, n, -0.3, 0.3)
     elev = torch.deg2rad(_uniform(g, n, 35.0, 70.0))
@@ -112,21 +120,21 @@ def _sample_scenes(n: int, classes: int, g: torch.Generator) -> dict[str, torch.
         [elev.cos() * azim.sin(), elev.sin(), -elev.cos() * azim.cos()], dim=-1
     )  # unit vector towards the light
 
-    # Objects on a jittered 3x3 grid of ground cells (distinct cells: no interpenetration).
+    # Objects on a jittered 3x3 grid of ground cells (distinct cells, so they rarely touch).
     cells = torch.rand(n, 9, generator=g).argsort(dim=1)[:, :k]
     row, col = cells // 3, cells % 3 - 1
-    oz = 5.0 + 2.2 * row.float() + _uniform(g, (n, k), -0.1, 0.1)
-    ox = col.float() * 0.34 * oz + _uniform(g, (n, k), -0.1, 0.1)
+    oz = 4.2 + 1.8 * row.float() + _uniform(g, (n, k), -0.1, 0.1)
+    ox = col.float() * 0.4 * oz + _uniform(g, (n, k), -0.1, 0.1)
     present = torch.rand(n, k, generator=g) < 0.85
     present[:, 0] = True
     cls = torch.randint(1, classes, (n, k), generator=g)
-    r = _uniform(g, (n, k), 0.4, 0.6)
+    r = _uniform(g, (n, k), 0.45, 0.7)
     u1, u2 = _uniform(g, (n, k), 0.0, 1.0), _uniform(g, (n, k), 0.0, 1.0)
     obj_yaw = _uniform(g, (n, k), 0.0, math.pi)
     sx, sy, sz = r.clone(), r.clone(), r.clone()  # sphere
     box, cyl, cone, ell = cls == 2, cls == 3, cls == 4, cls == 5
-    sx = torch.where(box, r * (0.65 + 0.2 * u1), sx)
-    sz = torch.where(box, r * (0.65 + 0.2 * u2), sz)
+    sx = torch.where(box, r * (0.6 + 0.2 * u1), sx)
+    sz = torch.where(box, r * (0.6 + 0.2 * u2), sz)
     sy = torch.where(box, r * (1.0 + 1.2 * u1), sy)
     sx = torch.where(cyl, r * 0.8, sx)
     sz = torch.where(cyl, r * 0.8, sz)
@@ -173,25 +181,46 @@ def _object_frames(sc: dict[str, torch.Tensor]) -> torch.Tensor:
     )
 
 
-def _cast(
-    origin: torch.Tensor,  # [n, P, 3] or [n, 1, 3]
-    dirs: torch.Tensor,  # [n, P, 3]
-    sc: dict[str, torch.Tensor],
-    rot: torch.Tensor,  # [n, K, 3, 3]
-    eps: float = 1e-4,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hit distance of every ray with every object: t [n, P, K] (inf = miss), is_cap, local o/d."""
+def _bounds(sc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bounding sphere per object: centre [n, K, 3] and radius [n, K] (0 if absent)."""
+    sx, sy, sz = sc["scale"].unbind(-1)
     cls = sc["cls"]
-    coef = torch.tensor([[0.0] * 5] + [list(_QUADRIC[i]) for i in range(1, 6)])[cls]  # [n,K,5]
-    qa, qb, qc, qd, ymax = (coef[..., i].unsqueeze(1) for i in range(5))  # [n,1,K]
-    scale = sc["scale"].unsqueeze(1)  # [n,1,K,3]
-    rel = origin.unsqueeze(2) - sc["centre"].unsqueeze(1)  # [n,P|1,K,3]
-    lo = torch.einsum("nkij,npkj->npki", rot, rel) / scale
-    ld = torch.einsum("nkij,npj->npki", rot, dirs) / scale
+    height = torch.where((cls == 1) | (cls == 5), 2.0 * sy, sy)
+    half_w = torch.maximum(sx, sz) * torch.where(cls == 2, math.sqrt(2.0), 1.0)
+    centre = sc["centre"].clone()
+    centre[..., 1] = height / 2
+    radius = (half_w.square() + (height / 2).square()).sqrt() * 1.01 + 1e-3
+    return centre, torch.where(sc["present"], radius, torch.zeros_like(radius))
+
+
+def _candidates_primary(origin, dirs, bc, br) -> torch.Tensor:
+    """[n, P, K]: rays from the camera whose cone can meet the object's bounding sphere."""
+    w = bc - origin  # [n, K, 3]
+    dist = w.norm(dim=-1)
+    cos_lim = (1.0 - (br / dist.clamp_min(1e-6)).clamp(max=1.0).square()).sqrt()
+    cos = torch.bmm(torch.nn.functional.normalize(dirs, dim=-1), (w / dist.unsqueeze(-1)).mT)
+    return (cos >= cos_lim.unsqueeze(1)) & (br > 0).unsqueeze(1)
+
+
+def _candidates_shadow(points, light, bc, br) -> torch.Tensor:
+    """[n, P, K]: rays point + s·light (s > 0) that can meet the bounding sphere."""
+    cq = torch.bmm(points, bc.mT)  # c·q, [n, P, K]
+    s = (bc * light).sum(-1).unsqueeze(1) - (points * light).sum(-1, keepdim=True)
+    v2 = bc.square().sum(-1).unsqueeze(1) - 2.0 * cq + points.square().sum(-1, keepdim=True)
+    r2 = br.square().unsqueeze(1)
+    return (v2 - s.square() < r2) & (s > -br.unsqueeze(1)) & (br > 0).unsqueeze(1)
+
+
+def _intersect(o, d, centre, rot, scale, cls, eps: float = 1e-4) -> torch.Tensor:
+    """Ray parameter t of the first hit of rays o + t·d with single objects, all [M, ...]."""
+    lo = torch.einsum("mij,mj->mi", rot, o - centre) / scale
+    ld = torch.einsum("mij,mj->mi", rot, d) / scale
     ox, oy, oz = lo.unbind(-1)
     dx, dy, dz = ld.unbind(-1)
+    qa, qb, qc, qd, ymax = _COEF[cls].unbind(-1)
+    inf = torch.full_like(ox, math.inf)
 
-    # Quadric A(x²+z²) + B y² + C y + D = 0 along o + t d.
+    # Quadric A(x²+z²) + B y² + C y + D = 0 along o + t d, clipped to 0 <= y <= ymax.
     a = qa * (dx * dx + dz * dz) + qb * dy * dy
     b = 2.0 * (qa * (ox * dx + oz * dz) + qb * oy * dy) + qc * dy
     c = qa * (ox * ox + oz * oz) + qb * oy * oy + qc * oy + qd
@@ -200,24 +229,22 @@ def _cast(
     sq = disc.clamp_min(0.0).sqrt()
     t1, t2 = (-b - sq) / (2.0 * a), (-b + sq) / (2.0 * a)
     tlo, thi = torch.minimum(t1, t2), torch.maximum(t1, t2)
-    hit = disc >= 0
     ylo, yhi = oy + tlo * dy, oy + thi * dy
-    ok_lo = hit & (tlo > eps) & (ylo >= 0) & (ylo <= ymax)
-    ok_hi = hit & (thi > eps) & (yhi >= 0) & (yhi <= ymax)
-    inf = torch.full_like(tlo, math.inf)
+    ok_lo = (disc >= 0) & (tlo > eps) & (ylo >= 0) & (ylo <= ymax)
+    ok_hi = (disc >= 0) & (thi > eps) & (yhi >= 0) & (yhi <= ymax)
     t_quad = torch.where(ok_lo, tlo, torch.where(ok_hi, thi, inf))
 
     # Top cap of the cylinder: the disc x² + z² <= 1 at y = 1.
     dy_safe = torch.where(dy.abs() < 1e-12, torch.full_like(dy, 1e-12), dy)
     t_cap = (1.0 - oy) / dy_safe
     cx, cz = ox + t_cap * dx, oz + t_cap * dz
-    ok_cap = (cls == 3).unsqueeze(1) & (t_cap > eps) & (cx * cx + cz * cz <= 1.0)
-    t_cap = torch.where(ok_cap, t_cap, inf)
+    ok_cap = (cls == 3) & (t_cap > eps) & (cx * cx + cz * cz <= 1.0)
+    t_quad = torch.minimum(t_quad, torch.where(ok_cap, t_cap, inf))
 
     # Box: the slab test for [-1, 1] x [0, 1] x [-1, 1].
-    def slab(o, d, lo_, hi_):
-        d = torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
-        ta, tb = (lo_ - o) / d, (hi_ - o) / d
+    def slab(o_, d_, lo_, hi_):
+        d_ = torch.where(d_.abs() < 1e-12, torch.full_like(d_, 1e-12), d_)
+        ta, tb = (lo_ - o_) / d_, (hi_ - o_) / d_
         return torch.minimum(ta, tb), torch.maximum(ta, tb)
 
     xa, xb = slab(ox, dx, -1.0, 1.0)
@@ -226,11 +253,49 @@ def _cast(
     near = torch.maximum(torch.maximum(xa, ya), za)
     far = torch.minimum(torch.minimum(xb, yb), zb)
     t_box = torch.where((near <= far) & (near > eps), near, inf)
+    return torch.where(cls == 2, t_box, t_quad)
 
-    is_box = (cls == 2).unsqueeze(1)
-    t = torch.where(is_box, t_box, torch.minimum(t_quad, t_cap))
-    t = torch.where(sc["present"].unsqueeze(1), t, inf)
-    return t, t_cap <= t_quad, lo, ld
+
+def _cast(origin, dirs, sc, rot, candidates) -> torch.Tensor:
+    """Hit distance t [n, P, K] of every candidate (ray, object) pair; inf elsewhere."""
+    si, pi, ki = candidates.nonzero(as_tuple=True)
+    o = origin[si, pi if origin.shape[1] > 1 else torch.zeros_like(pi)]
+    d = dirs[si, pi if dirs.shape[1] > 1 else torch.zeros_like(pi)]
+    t_pairs = _intersect(
+        o, d, sc["centre"][si, ki], rot[si, ki], sc["scale"][si, ki], sc["cls"][si, ki]
+    )
+    t = torch.full(candidates.shape, math.inf)
+    t[si, pi, ki] = t_pairs
+    return t
+
+
+def _normals(point, k_min, hit_obj, on_ground, sc, rot) -> torch.Tensor:
+    """World-frame unit normals [n, P, 3] at the visible surface points."""
+    n, npix = k_min.shape
+    gather3 = k_min.unsqueeze(-1).expand(-1, -1, 3)
+    centre_k = sc["centre"].gather(1, gather3)
+    scale_k = sc["scale"].gather(1, gather3)
+    rot_k = rot.gather(1, k_min[..., None, None].expand(-1, -1, 3, 3))
+    cls_k = sc["cls"].gather(1, k_min)
+    p = torch.einsum("npij,npj->npi", rot_k, point - centre_k) / scale_k  # local hit point
+    px, py, pz = p.unbind(-1)
+    qa, qb, qc, _, _ = _COEF[cls_k].unbind(-1)
+    grad_q = torch.stack([2 * qa * px, 2 * qb * py + qc, 2 * qa * pz], -1)
+    # A cylinder point nearer its top plane than its side lies on the cap.
+    on_cap = (cls_k == 3) & ((py - 1).abs() < ((px * px + pz * pz).sqrt() - 1).abs())
+    up = torch.tensor([0.0, 1.0, 0.0]).expand_as(grad_q)
+    grad_q = torch.where(on_cap.unsqueeze(-1), up, grad_q)
+    # Box: the face nearest to the hit point.
+    face = torch.stack([1 - px.abs(), 1 - py, 1 - pz.abs()], -1).argmin(-1, keepdim=True)
+    sign = torch.stack([px.sign(), torch.ones_like(py), pz.sign()], -1)
+    grad_b = torch.zeros_like(p).scatter(-1, face, sign.gather(-1, face))
+    grad_l = torch.where((cls_k == 2).unsqueeze(-1), grad_b, grad_q)
+    n_obj = torch.einsum("npji,npj->npi", rot_k, grad_l / scale_k)
+    n_bg = torch.zeros(n, npix, 3)
+    n_bg[..., 1] = on_ground.float()
+    n_bg[..., 2] = -(~on_ground).float()
+    normal = torch.where(hit_obj.unsqueeze(-1), n_obj, n_bg)
+    return torch.nn.functional.normalize(normal, dim=-1)
 
 
 def _camera(sc: dict[str, torch.Tensor], size: int):
@@ -238,7 +303,9 @@ def _camera(sc: dict[str, torch.Tensor], size: int):
     n = sc["cam_h"].shape[0]
     p, yw = sc["pitch"], sc["yaw"]
     fwd = torch.stack([p.cos() * yw.sin(), -p.sin(), p.cos() * yw.cos()], -1)
-    right = torch.stack([yw.cos(), torch.zeros_like(yw), -yw.sin()], -1)
+    # right = fwd × world-up (normalised) and up = right × fwd: (right, up, -fwd) is a
+    # right-handed frame, the camera frame in which normals are reported.
+    right = torch.stack([-yw.cos(), torch.zeros_like(yw), yw.sin()], -1)
     up = torch.cross(right, fwd, dim=-1)
     tan = math.tan(_FOV / 2)
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2.0 - 1.0
@@ -261,39 +328,14 @@ def _render_chunk(sc: dict[str, torch.Tensor], size: int, g: torch.Generator):
     t_wall = (_WALL_Z - origin[..., 2]) / dirs[..., 2]
     t_bg = torch.where(on_ground, t_ground, t_wall)
 
-    t_obj, is_cap, lo, ld = _cast(origin, dirs, sc, rot)
+    bc, br = _bounds(sc)
+    t_obj = _cast(origin, dirs, sc, rot, _candidates_primary(origin, dirs, bc, br))
     t_min, k_min = t_obj.min(dim=-1)  # [n, P]
     hit_obj = t_min < t_bg
     depth = torch.where(hit_obj, t_min, t_bg)  # = z-depth since dirs · fwd = 1
-
-    # Normals (world frame).
-    idx = k_min.unsqueeze(-1)
-    lo_k = lo.expand(n, dirs.shape[1], -1, -1).gather(2, idx.unsqueeze(-1).expand(-1, -1, 1, 3))
-    ld_k = ld.gather(2, idx.unsqueeze(-1).expand(-1, -1, 1, 3))
-    p = (lo_k + t_min.unsqueeze(-1).unsqueeze(-1) * ld_k).squeeze(2)  # local hit point [n,P,3]
-    cls_k = sc["cls"].gather(1, k_min)  # [n, P]
-    cap_k = is_cap.gather(2, idx).squeeze(-1)
-    coef = torch.tensor([[0.0] * 5] + [list(_QUADRIC[i]) for i in range(1, 6)])[cls_k]
-    px, py, pz = p.unbind(-1)
-    grad_q = torch.stack(
-        [2 * coef[..., 0] * px, 2 * coef[..., 1] * py + coef[..., 2], 2 * coef[..., 0] * pz], -1
-    )
-    cap_n = torch.zeros_like(grad_q)
-    cap_n[..., 1] = 1.0
-    grad_q = torch.where((cap_k & (cls_k == 3)).unsqueeze(-1), cap_n, grad_q)
-    # Box: the face nearest to the hit point.
-    face = torch.stack([1 - px.abs(), 1 - py, 1 - pz.abs()], -1).argmin(-1, keepdim=True)
-    sign = torch.stack([px.sign(), torch.ones_like(py), pz.sign()], -1)
-    grad_b = torch.zeros_like(p).scatter(-1, face, sign.gather(-1, face))
-    grad_l = torch.where((cls_k == 2).unsqueeze(-1), grad_b, grad_q)
-    scale_k = sc["scale"].gather(1, k_min.unsqueeze(-1).expand(-1, -1, 3))
-    rot_k = rot.gather(1, k_min[..., None, None].expand(-1, -1, 3, 3))
-    n_obj = torch.einsum("npji,npj->npi", rot_k, grad_l / scale_k)
-    n_bg = torch.zeros(n, dirs.shape[1], 3)
-    n_bg[..., 1] = on_ground.float()
-    n_bg[..., 2] = -(~on_ground).float()
-    normal = torch.where(hit_obj.unsqueeze(-1), n_obj, n_bg)
-    normal = torch.nn.functional.normalize(normal, dim=-1)
+    point = origin + depth.unsqueeze(-1) * dirs
+    cls_k = sc["cls"].gather(1, k_min)
+    normal = _normals(point, k_min, hit_obj, on_ground, sc, rot)
     facing = (normal * dirs).sum(-1, keepdim=True)
     normal = torch.where(facing > 0, -normal, normal)
 
@@ -310,10 +352,10 @@ def _render_chunk(sc: dict[str, torch.Tensor], size: int, g: torch.Generator):
 
     # Shading: Lambert with ambient light and cast shadows from the objects.
     light = sc["light"].unsqueeze(1)  # [n,1,3]
-    point = origin + depth.unsqueeze(-1) * dirs
     lambert = (normal * light).sum(-1).clamp_min(0.0)
-    t_sh, _, _, _ = _cast(point + 2e-3 * normal, light.expand_as(point), sc, rot)
-    lit = t_sh.min(-1).values == math.inf
+    start = point + 2e-3 * normal
+    cand = _candidates_shadow(start, light, bc, br) & (lambert > 0).unsqueeze(-1)
+    lit = _cast(start, light, sc, rot, cand).min(-1).values == math.inf
     shade = _AMBIENT + (1.0 - _AMBIENT) * lambert * lit.float()
     albedo_obj = sc["albedo"].gather(1, k_min.unsqueeze(-1).expand(-1, -1, 3))
     sq = sc["checker"].unsqueeze(1)
@@ -345,9 +387,16 @@ def render(
 ) -> dict[str, torch.Tensor]:
     """Render ``n`` random scenes at ``size``×``size``; see the module docstring."""
     scenes = _sample_scenes(n, classes, generator)
-    parts: list[dict[str, torch.Tensor]] = []
+    out = {
+        "image": torch.empty(n, 3, size, size),
+        "seg": torch.empty(n, size, size, dtype=torch.int64),
+        "depth": torch.empty(n, 1, size, size),
+        "normal": torch.empty(n, 3, size, size),
+        "edge": torch.empty(n, 1, size, size),
+    }
     with torch.no_grad():
         for lo in range(0, n, _CHUNK):
             chunk = {k: v[lo : lo + _CHUNK] for k, v in scenes.items()}
-            parts.append(_render_chunk(chunk, size, generator))
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            for key, value in _render_chunk(chunk, size, generator).items():
+                out[key][lo : lo + _CHUNK] = value
+    return out

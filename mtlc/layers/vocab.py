@@ -325,6 +325,29 @@ def parse_layer(item: Any) -> Layer:
     return make_layer(tree.func.id, args, kwargs)
 
 
+def rejoin_calls(items: list[Any]) -> list[Any]:
+    """Join `['conv(64', 3, '1)']` back into `['conv(64, 3, 1)']`.
+
+    `yaml.safe_load` splits the flow list `[conv(64, 3, 1), bn]` at every comma; specs
+    read from files are mended with exact positions while parsing, and this mends
+    dicts that a user loaded with PyYAML before handing them to mtlc.
+    """
+    out: list[Any] = []
+    pending: list[str] = []
+    for item in items:
+        if pending:
+            pending.append(str(item))
+            text = ", ".join(pending)
+            if text.count("(") <= text.count(")"):
+                out.append(text)
+                pending = []
+        elif isinstance(item, str) and item.count("(") > item.count(")"):
+            pending = [item]
+        else:
+            out.append(item)
+    return out + pending
+
+
 def infer_shape(layer: Layer, shape: Shape) -> Shape:
     """The output shape (no batch dim) of `layer` applied to `shape`."""
     return tuple(LAYERS[layer.name].infer(tuple(shape), layer.args))

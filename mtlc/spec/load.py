@@ -35,6 +35,10 @@ class Source(Positions):
         for n in range(len(path), 0, -1):
             if path[:n] in self.overrides:
                 return Location(f"--set {self.overrides[path[:n]]}")
+        if path not in self.values:  # a key that only an override created
+            made = [text for p, text in self.overrides.items() if p[: len(path)] == path]
+            if made:
+                return Location(f"--set {made[0]}")
         return super().locate(path, key=key)
 
     def error(self, path: tuple, message: str, *, key: bool = False) -> SpecError:
@@ -176,7 +180,9 @@ _FRIENDLY = {
 
 def _translate(exc: ValidationError, data: dict, src: Source) -> SpecError:
     """The first pydantic error as one located line (the rest follow once it is fixed)."""
-    err = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # a misspelt key also makes its correct name "missing": the unknown key explains both
+    err = min(errors, key=lambda e: e["type"] != "extra_forbidden")
     loc = tuple(err["loc"])
     path = _data_path(loc, data)
     kind = err["type"]

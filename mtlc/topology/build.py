@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from mtlc.layers.vocab import Layer, LayerError, Shape, infer_shape, parse_layer
+from mtlc.layers.vocab import Layer, LayerError, Shape, infer_shape, parse_layer, rejoin_calls
 from mtlc.spec.schema import Spec
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -57,7 +57,7 @@ def _err(spec: Spec, path: tuple, message: str, key: bool = False):
 def _layers(spec: Spec, items: list, path: tuple, shape: Shape) -> tuple[list[Layer], Shape]:
     """Parse a layer list and push `shape` through it, locating any problem."""
     layers = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(rejoin_calls(items)):
         try:
             layer = parse_layer(item)
             shape = infer_shape(layer, shape)

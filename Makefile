@@ -1,0 +1,40 @@
+# Quick start: `make demo` trains the default example on built-in data; `make test` runs the suite.
+# Both install what is missing into the current Python environment (use a virtualenv).
+
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+TORCH_CPU ?= 2.13.0
+DEMO_SPEC ?= specs/hard.yaml
+DEMO_ARGS ?= --epochs 3 --force
+
+.PHONY: torch install dev demo test lint bench gallery clean
+
+# A CPU build of torch when none is installed: a plain `pip install torch` pulls a multi-GB CUDA build.
+torch:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==$(TORCH_CPU)" \
+	  || $(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu
+
+install: torch
+	@$(PYTHON) -c "import mtlc, rich, graphviz" 2>/dev/null || $(PIP) install -q -e .
+
+dev: torch
+	@$(PIP) install -q -e ".[dev]"
+
+demo: install
+	$(PYTHON) -m mtlc.cli train $(DEMO_SPEC) $(DEMO_ARGS)
+
+test: dev
+	$(PYTHON) -m pytest -q
+
+lint: dev
+	$(PYTHON) -m ruff check mtlc tests benchmarks
+	$(PYTHON) -m ruff format --check mtlc tests benchmarks
+
+bench: install
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PYTHON) $$b || exit 1; done
+
+gallery: install
+	@for s in specs/*.yaml; do $(PYTHON) -m mtlc.cli viz $$s -o docs/gallery/$$(basename $$s .yaml).png || exit 1; done
+
+clean:
+	rm -rf runs build *.egg-info .pytest_cache .ruff_cache

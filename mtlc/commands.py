@@ -1,0 +1,241 @@
+"""`mtlc build`, `mtlc schema` and `mtlc list`: the commands of the spec and compiler layers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from mtlc.clitools import console, fail, guarded, set_option
+
+
+def _fmt(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def build_report(spec_path: str, overrides: tuple[str, ...] = ()) -> tuple[dict, object]:
+    """Compile a spec and collect what `mtlc build` shows (also its --json output)."""
+    from mtlc.compiler import compile_spec
+    from mtlc.compiler.labels import count_parameters
+
+    compiled = compile_spec(spec_path, overrides)
+    topo = compiled.topology
+    params = count_parameters(compiled.supervised)
+    report = {
+        "name": topo.spec.name,
+        "tasks": list(topo.tasks),
+        "outputs": {t: list(topo.graph.nodes[f"output/{t}"]["shape"]) for t in topo.outputs},
+        "auxiliary": [t for t in topo.tasks if t not in topo.outputs],
+        "params": {k: params[k] for k in ("total", "shared", "tasks")},
+        "blocks": params["blocks"],
+    }
+    try:
+        from mtlc.profile import summarize
+    except ImportError:
+        summarize = None
+    if summarize is not None:
+        cost = summarize(compiled, batch=1)
+        report["flops"], report["macs"] = cost["flops"], cost["macs"]
+    return report, compiled
+
+
+def _table(report: dict, compiled) -> object:
+    from rich.table import Table
+
+    topo = compiled.topology
+    g = topo.graph
+    blocks = report["blocks"]
+    table = Table(
+        title=f"{report['name']}: stages × tasks (output shape · parameters)", show_lines=True
+    )
+    table.add_column("stage", style="bold")
+    for t in topo.tasks:
+        table.add_column(t + (" (aux)" if t in report["auxiliary"] else ""))
+
+    def cell(node: str) -> str:
+        d = g.nodes[node]
+        shape = d.get("out_shape") or d.get("shape")
+        who = node.split("/", 1)[1]
+        return f"{who}\n{'×'.join(map(str, shape))} · {_fmt(blocks.get(node, 0))}"
+
+    rows: dict[str, dict[str, list[str]]] = {}
+    for node, d in g.nodes(data=True):
+        if d["kind"] in ("block", "unit", "predictor", "head"):
+            row = d["stage"] or "head"
+            if d["kind"] == "unit":
+                row = f"{row} ⨯ {d['type']}"
+            elif d["kind"] == "predictor":
+                row = "decoder initial"
+            for t in d["tasks"]:
+                rows.setdefault(row, {}).setdefault(t, []).append(node)
+    for row, per_task in rows.items():
+        table.add_row(row, *["\n".join(cell(n) for n in per_task.get(t, [])) for t in topo.tasks])
+    return table
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--code", is_flag=True, help="Print the generated GraphModule code.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Save the compiled model (torch.save)."
+)
+@click.option("--force", is_flag=True, help="Overwrite the -o file if it exists.")
+@guarded
+def build(
+    spec: str,
+    overrides: tuple[str, ...],
+    as_json: bool,
+    code: bool,
+    output: str | None,
+    force: bool,
+) -> None:
+    """Validate and compile SPEC; print its stages, shapes and parameters."""
+    if output and Path(output).exists() and not force:
+        fail(f"{output}: exists; pass --force to overwrite it")
+    report, compiled = build_report(spec, overrides)
+    if output:
+        _save_model(compiled.model, Path(output))
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in report.items() if k != "blocks"}, indent=2))
+        return
+    if code:
+        click.echo(compiled.model.code)
+        return
+    out = console()
+    out.print(_table(report, compiled))
+    p = report["params"]
+    out.print(
+        f"parameters: total {p['total']:,} · shared {p['shared']:,} · "
+        + " · ".join(f"{t} {n:,}" for t, n in p["tasks"].items())
+    )
+    if "flops" in report:
+        f = report["flops"]
+        out.print(
+            f"forward FLOPs per sample (2 per multiply-add): total {_fmt(f['total'])} · shared {_fmt(f['shared'])} · "
+            + " · ".join(f"{t} {_fmt(n)}" for t, n in f["tasks"].items())
+        )
+    out.print(
+        "outputs: "
+        + ", ".join(f"{t} {v}" for t, v in report["outputs"].items())
+        + (
+            f"; auxiliary (trained only): {', '.join(report['auxiliary'])}"
+            if report["auxiliary"]
+            else ""
+        )
+    )
+    if output:
+        out.print(
+            f"saved the model to {output} (load it with torch.load(path, weights_only=False))"
+        )
+
+
+def _save_model(model, path: Path) -> None:
+    """Write atomically, so an interrupted save never leaves half a file where a model was."""
+    import os
+    import tempfile
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(model, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def schema_document() -> dict:
+    """The JSON Schema of the spec format; sharing entries also accept a bare type name."""
+    from mtlc.spec.schema import Spec
+
+    doc = Spec.model_json_schema()
+    doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    doc["title"] = "mtlc spec, format 1"
+    sharing = doc["$defs"]["Encoder"]["properties"]["sharing"]
+    names = sorted(m["$ref"].rsplit("/", 1)[1] for m in sharing["additionalProperties"]["oneOf"])
+    types = [doc["$defs"][n]["properties"]["type"].get("const") for n in names]
+    sharing["additionalProperties"] = {"anyOf": [{"enum": types}, sharing["additionalProperties"]]}
+    return doc
+
+
+@click.command()
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout."
+)
+@guarded
+def schema(output: str | None) -> None:
+    """Print the JSON Schema of the spec format (for editors: `# yaml-language-server: $schema=...`)."""
+    text = json.dumps(schema_document(), indent=2)
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+def names() -> dict[str, list[str]]:
+    """Everything a spec can name, by kind."""
+    from typing import get_args
+
+    from mtlc import registry
+    from mtlc.layers.vocab import LAYERS
+    from mtlc.spec import schema as s
+
+    def types(union) -> list[str]:
+        members = get_args(get_args(union)[0])
+        return [get_args(m.model_fields["type"].annotation)[0] for m in members]
+
+    return {
+        "layers": list(LAYERS),
+        "sharing": types(s.Sharing),
+        "decoders": types(s.Decoder),
+        "losses": list(registry.LOSSES),
+        "metrics": list(registry.METRICS),
+        "balancers": types(s.Balancer),
+        "datasets": list(registry.DATASETS),
+    }
+
+
+@click.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def list_names(as_json: bool) -> None:
+    """List the layers, sharing types, decoders, losses, metrics, balancers and data sets."""
+    found = names()
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    from rich.table import Table
+
+    from mtlc.layers.vocab import LAYERS
+
+    out = console()
+    for kind, items in found.items():
+        if kind == "layers":
+            table = Table(title="layers", show_header=True)
+            table.add_column("layer")
+            table.add_column("arguments (defaults)")
+            table.add_column("what it does")
+            for name in items:
+                spec = LAYERS[name]
+                args = ", ".join(
+                    k if v is _required() else f"{k}={v!r}" for k, v in spec.params.items()
+                )
+                table.add_row(name, args, spec.doc)
+            out.print(table)
+        else:
+            out.print(f"[bold]{kind}[/bold]: {', '.join(items)}")
+
+
+def _required():
+    from mtlc.layers.vocab import REQUIRED
+
+    return REQUIRED

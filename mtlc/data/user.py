@@ -1,0 +1,83 @@
+"""``callable``: a data set made by the user's own function.
+
+Spec::
+
+    train:
+      data: {name: callable, function: "mypkg.data:make_data", size: 128}
+
+``function`` is ``"module.path:attribute"``. The module is imported only when its
+top-level package is named with ``--allow-import`` (importing runs arbitrary code); the
+function is then called as ``fn(split=split, seed=seed, **extra)`` with the remaining keys
+as ``extra``, and must return a :class:`~mtlc.data.TensorData` or a dict of tensors that
+share their first dimension.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from mtlc.data import DataError, TensorData, check_split
+
+__all__ = ["load", "resolve_function"]
+
+
+def resolve_function(spec: Any, allow_import: frozenset[str]) -> Any:
+    """Import ``"pkg.module:attr"`` if ``pkg`` is allowed and return the attribute."""
+    key = "train.data.function"
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise DataError(f"{key}: expected 'package.module:function', got {spec!r}.")
+    module_name, attr = spec.split(":")
+    if not module_name or not attr or not all(p.isidentifier() for p in module_name.split(".")):
+        raise DataError(f"{key}: expected 'package.module:function', got {spec!r}.")
+    top = module_name.split(".")[0]
+    if top not in allow_import:
+        raise DataError(f"{key}: importing {top!r} needs --allow-import {top}.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DataError(f"{key}: cannot import module {module_name!r} ({exc}).") from exc
+    fn = module
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise DataError(f"{key}: module {module_name!r} has no attribute {attr!r}.")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise DataError(f"{key}: {spec!r} is not callable.")
+    return fn
+
+
+def load(
+    split: str,
+    *,
+    seed: int = 0,
+    allow_import: frozenset[str] = frozenset(),
+    function: Any = None,
+    **extra: Any,
+) -> TensorData:
+    """Call the user's function for ``split`` and validate what it returns."""
+    check_split(split)
+    if function is None:
+        raise DataError("train.data.function: data set 'callable' needs this option.")
+    fn = resolve_function(function, frozenset(allow_import))
+    result = fn(split=split, seed=seed, **extra)
+    if isinstance(result, TensorData):
+        return result
+    if not isinstance(result, Mapping):
+        raise DataError(
+            f"train.data.function: {function!r} returned {type(result).__name__}; "
+            "expected a dict of tensors or a TensorData."
+        )
+    for key, value in result.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise DataError(
+                f"train.data.function: {function!r} returned entry {key!r} of type "
+                f"{type(value).__name__}; expected str keys and torch.Tensor values."
+            )
+    try:
+        return TensorData(dict(result), {})
+    except DataError as exc:
+        raise DataError(f"train.data.function: {function!r} returned bad data: {exc}") from exc

@@ -1,0 +1,108 @@
+"""Wall-clock latency of a spec's model on a real device (`mtlc profile --latency`).
+
+Counting runs on meta tensors; timing cannot, so this compiles the spec for real
+(weights initialised as for training) on the chosen device. Forward is the final model
+in eval mode without autograd (what serving runs); forward+backward is the supervised
+graph in train mode with every prediction in the loss (the shared representation
+`@shared` aside, which no loss reads) (what a training step runs,
+less the optimizer). Each is timed after warm-up iterations, synchronising CUDA so the
+clock sees the kernels finish.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mtlc.errors import MtlcError
+
+
+def resolve_device(name: str):
+    """`auto` is CUDA when present, else CPU; asking for CUDA without one is the user's error."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MtlcError("--device cuda: no CUDA device is available here (use --device cpu)")
+    return torch.device(name)
+
+
+def describe(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _time(fn: Callable[[], None], sync: Callable[[], None], warmup: int, iters: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append((time.perf_counter() - start) * 1e3)
+    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "iqr": q[2] - q[0],
+        "samples": samples,
+    }
+
+
+def measure(
+    spec: Any,
+    *,
+    batch: int,
+    device: str = "auto",
+    overrides: list[str] | tuple[str, ...] = (),
+    warmup: int = 3,
+    iters: int = 10,
+) -> dict[str, Any]:
+    """Median and spread (ms) of forward and of forward+backward at this batch size."""
+    import torch
+
+    from mtlc.compiler import SHARED_KEY, compile_spec
+
+    dev = resolve_device(device)
+    compiled = compile_spec(spec, overrides)
+    compiled.supervised.to(dev)  # the final model shares these modules
+    x = torch.randn(batch, *compiled.spec.input_shape, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def forward() -> None:
+        with torch.no_grad():
+            compiled.model(x)
+
+    def train_step() -> None:
+        out = compiled.supervised(x)
+        loss = sum(v.float().mean() for k, v in out.items() if k != SHARED_KEY)
+        loss.backward()
+        compiled.supervised.zero_grad(set_to_none=True)
+
+    try:
+        compiled.model.eval()
+        fwd = _time(forward, sync, warmup, iters)
+        compiled.supervised.train()
+        both = _time(train_step, sync, warmup, iters)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise MtlcError(
+            f"--latency: the model fails on {dev.type} at batch {batch}: {first}"
+        ) from None
+    return {
+        "device": describe(dev),
+        "batch": batch,
+        "warmup": warmup,
+        "iterations": iters,
+        "forward_ms": fwd,
+        "forward_backward_ms": both,
+    }

@@ -1,0 +1,124 @@
+"""Task attention over a shared trunk (Liu et al., CVPR 2019, MTAN).
+
+The stage runs once, shared by every task (the trunk feature u_j). Each task t keeps
+its own attended feature `p_t = a_t ⊙ u_j`, with the soft mask
+
+    a_t = σ(BN(Conv1×1(ReLU(BN(Conv1×1(input))))))        (values in [0, 1])
+
+whose inside has `hidden` channels (default: the stage's C). At the first attention
+stage of a run the input is u_j alone; from the second on it is `[u_j, p̃_t]`, where
+p̃_t is the task's previous attended feature passed through a refinement block
+(3×3 conv–BN–ReLU, C_{j-1} → C_j, one module shared by all tasks, as MTAN's
+`encoder_block_att`) and max-pooled down to u_j's size. So each task's masks form a
+chain through the encoder while the trunk's weights stay shared.
+
+Pooling is by an integer factor k per axis such that pooling p̃_t's H×W by k gives
+exactly u_j's (as `maxpool(k)` in the trunk would); any other change of size (growing,
+or a stride that rounds differently) is a located error naming the stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import fx, nn
+
+from mtlc.compiler.emitter import Emitter
+from mtlc.spec.load import spec_error
+
+
+class AttentionMask(nn.Sequential):
+    """MTAN's attention layer: 1×1 conv → BN → ReLU → 1×1 conv → BN → sigmoid."""
+
+    def __init__(self, cin: int, hidden: int, cout: int):
+        super().__init__(
+            nn.Conv2d(cin, hidden, 1),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(),
+            nn.Conv2d(hidden, cout, 1),
+            nn.BatchNorm2d(cout),
+            nn.Sigmoid(),
+        )
+
+
+class Refine(nn.Sequential):
+    """MTAN's shared refinement between attention stages: 3×3 conv–BN–ReLU, then max-pool."""
+
+    def __init__(self, cin: int, cout: int, pool: tuple[int, int]):
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout)]
+        layers.append(nn.ReLU())
+        if pool != (1, 1):
+            layers.append(nn.MaxPool2d(pool))
+        super().__init__(*layers)
+
+
+def _pool_factor(before: tuple[int, ...], after: tuple[int, ...]) -> tuple[int, int] | None:
+    """The integer (kH, kW) whose max-pool maps `before`'s H×W onto `after`'s, if any."""
+    factors = []
+    for b, a in zip(before[1:], after[1:]):
+        k = b // a
+        if k < 1 or b // k != a:
+            return None
+        factors.append(k)
+    return factors[0], factors[1]
+
+
+def _call_shared(
+    em: Emitter, qualname: str, make: Callable[[], nn.Module], args: tuple, *, block: str
+) -> fx.Node:
+    """Call the module at `qualname`, registering it (`make()`) on its first use."""
+    try:
+        em.root.get_submodule(qualname)
+    except AttributeError:
+        return em.call_module(qualname, make(), args, block=block, kind="unit", owner=None)
+    node = em.graph.call_module(qualname, args)
+    return em._label(node, block, "unit", None)
+
+
+def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
+    """Task t's mask over the trunk feature (chained to its previous one) and its gating."""
+    attrs = em.attrs(unit)
+    (task,) = attrs["tasks"]
+    stage, shape = attrs["stage"], attrs["shape"]
+    u: fx.Node | None = None
+    previous: tuple[fx.Node, tuple[int, ...]] | None = None
+    for src, values in em.inputs(unit).items():
+        if em.attrs(src)["kind"] == "unit":
+            previous = values[task], em.attrs(src)["shape"]
+        else:
+            u = values[task]
+    assert u is not None, f"attention unit {unit} has no trunk input"
+
+    mask_in = u
+    if previous is not None:
+        p, before = previous
+        pool = _pool_factor(before, shape)
+        if pool is None:
+            raise spec_error(
+                em.topology.spec,
+                ("encoder", "sharing", stage),
+                f"attention cannot carry the previous stage's attended features {list(before)} to stage '{stage}' ({list(shape)}): "
+                "its H and W must shrink by an integer pooling factor",
+            )
+        refined = _call_shared(
+            em,
+            f"encoder.{stage}.refine",
+            lambda: Refine(before[0], shape[0], pool),
+            (p,),
+            block=unit,
+        )
+        mask_in = em.call_function(
+            torch.cat, ((u, refined),), {"dim": 1}, block=unit, kind="unit", owner=task
+        )
+    channels = shape[0]
+    hidden = attrs["options"].get("hidden") or channels
+    mask = em.call_module(
+        f"encoder.{stage}.attention.{task}",
+        AttentionMask(channels * (1 if previous is None else 2), hidden, channels),
+        (mask_in,),
+        block=unit,
+        kind="unit",
+        owner=task,
+    )
+    return {task: em.call_function(torch.mul, (mask, u), block=unit, kind="unit", owner=task)}

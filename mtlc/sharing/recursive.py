@@ -1,0 +1,100 @@
+"""Task-recursive learning (JTRL, Zhang et al., ECCV 2018).
+
+JTRL has no official code anywhere; this is built from the paper (and mtlc's design
+notes), not ported. Each task in `order` starts from its initial features F_t (the
+topology's `decoder/<task>/features`, deep-supervised through `decoder/<task>/initial`)
+as its *state*. The tasks then take turns, in `order`, for `steps` rounds. On its turn
+task a runs a task-attentional module over the latest states (a task that already had
+its turn this round passes its new state):
+
+    per other task b:  g_b = σ(conv3×3([S_a, S_b]))  (C channels),  m_b = g_b ⊙ S_a + (1−g_b) ⊙ S_b
+    x = mean_b m_b
+    x = σ(conv3×3(x) → 1 channel) ⊙ x                 (spatial attention)
+    S_a ← S_a + ReLU(BN(conv3×3(x)))                  (residual update)
+
+and a predictor (1×1 conv, bilinear resize to the final head's output size) turns the
+new state into the prediction `a:step<k>`, supervised like the final one. The final
+head reads the last state.
+
+Choices the paper leaves to us, documented here:
+- The paper refines two tasks (segmentation and depth). With more, each turn mixes the
+  balance-gated pairs (a, b) by their mean, so the module's scale does not grow with
+  the number of tasks; tasks go round-robin.
+- Each (task, step) has its own task-attentional module, as each JTRL step is its own
+  decoder block; the predictor is shared across the steps of a task, so every step is
+  judged by the same read-out.
+- An auxiliary task in `order` lends its initial features to the others but takes no
+  turns: it ends at its initial prediction, so a state of its own would have no
+  supervision of its own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from mtlc.compiler.emitter import Emitter
+
+
+class TaskAttention(nn.Module):
+    """One turn of a task: balance-gate each other state, attend spatially, update."""
+
+    def __init__(self, channels: int, others: int):
+        super().__init__()
+        self.gates = nn.ModuleList(
+            nn.Conv2d(2 * channels, channels, 3, padding=1) for _ in range(others)
+        )
+        self.attention = nn.Conv2d(channels, 1, 3, padding=1)
+        self.update = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+        )
+
+    def forward(self, own: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+        mixed = []
+        for gate, other in zip(self.gates, others, strict=True):
+            g = torch.sigmoid(gate(torch.cat([own, other], dim=1)))
+            mixed.append(g * own + (1 - g) * other)
+        x = torch.stack(mixed).mean(0)
+        x = torch.sigmoid(self.attention(x)) * x
+        return own + self.update(x)
+
+
+def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
+    attrs = em.attrs(unit)
+    spec, opts = em.topology.spec, attrs["options"]
+    state: dict[str, fx.Node] = {}
+    for values in em.inputs(unit).values():
+        state.update(values)
+    members = set(attrs["tasks"])
+    order = [t for t in opts["order"] if t in members]
+    turns = [t for t in order if not spec.tasks[t].auxiliary]
+    channels = attrs["shape"][0]
+    predictors = {}
+    for t in turns:
+        name = f"decoder.recursive.{t}.predict"
+        em.add_module(name, nn.Conv2d(channels, attrs["out_shapes"][t][0], 1))
+        predictors[t] = name
+
+    out: dict[str, fx.Node] = {}
+    for step in range(1, opts["steps"] + 1):
+        for a in turns:
+            others = [b for b in order if b != a]
+            state[a] = em.call_module(
+                f"decoder.recursive.{a}.step{step}",
+                TaskAttention(channels, len(others)),
+                (state[a], *(state[b] for b in others)),
+                block=unit,
+                kind="unit",
+                owner=a,
+            )
+            # the predictor is one module called once per step
+            pred = em._label(em.graph.call_module(predictors[a], (state[a],)), unit, "predictor", a)
+            size = tuple(attrs["out_shapes"][a][1:])
+            if tuple(attrs["shape"][1:]) != size:
+                pred = em.resize(pred, size, block=unit, owner=a)
+            out[f"{a}:step{step}"] = pred
+    # tasks outside `order` read their initial features, untouched by the recursion
+    out.update({t: state[t] for t in attrs["tasks"] if not spec.tasks[t].auxiliary})
+    return out

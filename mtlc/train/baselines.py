@@ -1,0 +1,101 @@
+"""Single-task baselines for Δm: each task trained alone with the same backbone.
+
+A task's baseline spec is derived from the multi-task spec: the same input, encoder
+stages, head, loss, metrics, data and training settings, but only that task, hard
+sharing everywhere (with one task, every sharing point degenerates to a plain column),
+no decoder and a fixed balancer. It is trained once into ``<run>/baselines/<task>/`` (a
+run folder of its own) and reused as long as its resolved spec is unchanged; a stopped
+baseline run is resumed. Δm compares *final* (last-epoch) validation metrics of the
+baselines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from mtlc.errors import MtlcError
+from mtlc.spec import Spec, load_spec
+from mtlc.train import runfolder
+
+
+def baseline_tasks(spec: Spec) -> list[str]:
+    """The tasks Δm averages over: outputs (not auxiliary) that have metrics."""
+    return [t for t in spec.outputs if spec.tasks[t].metrics]
+
+
+def single_task_spec(spec: Spec, task: str) -> Spec:
+    """The spec of ``task``'s single-task baseline (module docstring)."""
+    data = spec.model_dump(mode="json")
+    one = dict(data["tasks"][task])
+    one["auxiliary"] = False
+    data["name"] = f"{spec.name}-{task}"
+    data["tasks"] = {task: one}
+    data["encoder"]["sharing"] = {}
+    data["decoder"] = None
+    data["balancer"] = {"type": "fixed"}
+    return load_spec(data)
+
+
+def _cached(spec: Spec, folder: Path) -> dict[str, Any] | None:
+    """The summary of a completed baseline run trained from exactly ``spec``."""
+    try:
+        summary = runfolder.read_summary(folder)
+        saved = yaml.safe_load((folder / runfolder.SPEC).read_text(encoding="utf-8"))
+    except (MtlcError, OSError, yaml.YAMLError):
+        return None
+    if summary.get("status") != "completed" or saved != spec.model_dump(mode="json"):
+        return None
+    return summary
+
+
+def find_baselines(spec: Spec, run_dir: Path) -> dict[str, dict[str, float]] | None:
+    """Baseline metrics already in ``run_dir/baselines`` for every Δm task, else None."""
+    tasks = baseline_tasks(spec)
+    found = {}
+    for t in tasks:
+        summary = _cached(single_task_spec(spec, t), run_dir / runfolder.BASELINES / t)
+        if summary is None or not summary.get("final"):
+            return None
+        found[t] = summary["final"]["metrics"][t]
+    return found or None
+
+
+def baseline_metrics(
+    spec: Spec,
+    run_dir: Path,
+    *,
+    device: torch.device,
+    allow_import: frozenset[str] | tuple[str, ...] = frozenset(),
+    console: Any = None,
+) -> dict[str, dict[str, float]]:
+    """Train (or reuse) every baseline of ``spec`` under ``run_dir/baselines``."""
+    from mtlc.train.loop import Trainer, TrainError, check_resumable
+
+    tasks = baseline_tasks(spec)
+    if not tasks:
+        raise TrainError("--baselines: no output task has metrics, so there is no Δm to compute")
+    found = {}
+    for i, t in enumerate(tasks, 1):
+        single = single_task_spec(spec, t)
+        folder = run_dir / runfolder.BASELINES / t
+        summary = _cached(single, folder)
+        if summary is None:
+            if console is not None:
+                console.print(f"[bold]baseline {i}/{len(tasks)}: {t} alone[/] → {folder}")
+            resume = (folder / runfolder.LAST).is_file()
+            if resume:
+                try:
+                    check_resumable(single, folder)
+                except TrainError:
+                    resume = False
+            runfolder.prepare(folder, resume=resume, force=not resume)
+            trainer = Trainer(single, device=device, allow_import=allow_import, console=console)
+            summary = trainer.fit(folder, resume=resume).summary
+        elif console is not None:
+            console.print(f"baseline {i}/{len(tasks)}: {t} (cached in {folder})")
+        found[t] = summary["final"]["metrics"][t]
+    return found

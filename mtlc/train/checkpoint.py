@@ -1,0 +1,69 @@
+"""Checkpoints: one dict written atomically, read back with ``weights_only=True``.
+
+The format (version 1) is a plain dict of tensors, numbers, strings, lists and dicts, so
+loading it never unpickles arbitrary objects::
+
+    {"format": "mtlc-checkpoint", "version": 1,
+     "spec": <the resolved spec as a plain dict>,
+     "model": <state_dict of the supervised GraphModule (the final model's modules too)>,
+     "balancer": <balancer state_dict>, "optimizer": ..., "scheduler": ... | None,
+     "epoch": <epochs finished>, "step": <optimizer steps taken>,
+     "batch": <batches of the current epoch done>, "rng": {...}, "progress": {...}}
+
+A write goes to a temporary file in the same folder, is flushed to disk and then
+renamed over the target (``os.replace`` is atomic on POSIX and Windows), so a crash or a
+Ctrl-C while saving leaves the previous checkpoint intact, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtlc.errors import MtlcError
+
+FORMAT = "mtlc-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(MtlcError):
+    """A checkpoint that is missing, unreadable, or not one mtlc wrote."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` (format keys added) to ``path`` atomically."""
+    path = Path(path)
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; raise CheckpointError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot read checkpoint ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an mtlc checkpoint")
+    if state.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {state.get('version')!r}; this mtlc reads {VERSION}"
+        )
+    return state

@@ -1,0 +1,913 @@
+"""The training loop: a compiled spec, its data, its losses and its balancer.
+
+One forward of the *supervised* GraphModule gives every prediction the spec supervises:
+the tasks (auxiliary ones included), intermediate predictions under ``task:tag`` keys
+(PAD-Net's initial predictions, JTRL's steps) and ``@shared``, the shared representation
+MGDA-UB differentiates against. Task t's loss for the balancer is its final loss plus
+``decoder.supervision`` × each of its intermediate losses, so deep supervision is
+balanced together with the task it belongs to.
+
+Choices worth knowing (the README repeats them):
+
+* **Reproducible, resumable.** ``train.seed`` seeds torch before the model is built and
+  seeds the generator that shuffles the training split; the data sets themselves are fixed
+  by their own ``train.data.seed`` (0 by default), so runs with different training seeds
+  see the same scenes. A checkpoint holds the torch RNG state, the shuffling generator's
+  state at the start of the epoch and the number of batches done, so ``--resume`` replays
+  the same permutation, skips the batches already seen and continues bit for bit: on the
+  CPU, stopping and resuming gives the same weights as an uninterrupted run.
+* **Stopping.** Ctrl-C is turned into a request that the loop honours between steps (an
+  optimizer step is never cut in half): it saves ``last.pt`` and raises
+  :class:`Interrupted` (the CLI exits 130). A second Ctrl-C aborts at once without saving.
+  A non-finite task loss is caught *before* the backward pass; the run stops with
+  :class:`Diverged` naming the task and the step (the CLI exits 1: the command was
+  right, the training failed), and ``last.pt``/``best.pt`` keep the last good epoch.
+* **best.pt** is the epoch with the highest Δm against single-task baselines when the
+  run has them (``--baselines``); without baselines, a new epoch replaces the best one when
+  its Δm *measured against the best epoch* is positive, i.e. when on average over the
+  tasks its metrics improved relative to the best ones (tasks without metrics count with
+  their validation loss). The first epoch is always the first best.
+* **Shared parameters** (what MGDA ``mode: exact`` differentiates) are the parameters of
+  modules whose graph nodes serve two or more tasks (:func:`shared_parameters`).
+* **Learning rates.** Modules with an ``lr_mult`` attribute (cross-stitch and NDDR units)
+  get their own parameter group at ``lr × lr_mult``; the cosine schedule multiplies every
+  group's own base rate, so it keeps the multiplier (the survey's code lost it to its
+  schedule). The balancer's learned parameters (uncertainty's s_t) train at the base rate
+  without weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from mtlc import registry
+from mtlc.errors import MtlcError
+from mtlc.spec import Spec, load_spec, spec_error
+from mtlc.train import runfolder
+from mtlc.train.checkpoint import load_checkpoint, save_checkpoint
+
+SHARED_KEY = "@shared"
+
+
+class TrainError(MtlcError):
+    """The run cannot start or go on as asked (reported as one line, exit 2)."""
+
+
+class Diverged(MtlcError):
+    """A task loss became NaN or infinite; the message names the task and the step."""
+
+    def __init__(self, message: str, *, task: str, step: int, run_dir: Path):
+        super().__init__(message)
+        self.task, self.step, self.run_dir = task, step, run_dir
+
+
+class Interrupted(MtlcError):
+    """The user stopped the run (Ctrl-C); ``last.pt`` holds where it stopped."""
+
+    def __init__(self, message: str, *, run_dir: Path, step: int):
+        super().__init__(message)
+        self.run_dir, self.step = run_dir, step
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+# -- helpers the trainer, eval and the benchmarks share ----------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when a device is visible, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TrainError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"--device {name}: no CUDA device is available (use cpu or auto)")
+    if device.type not in ("cpu", "cuda"):
+        raise TrainError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def shared_parameters(gm: fx.GraphModule) -> list[nn.Parameter]:
+    """Parameters of the modules whose graph nodes serve two or more tasks.
+
+    These are the parameters every task's gradient reaches, the ``W_sh`` of MGDA: the
+    shared encoder stages, and also cross-stitch/NDDR units and the per-task columns
+    feeding them, since a unit mixes each column into every task. Order follows the
+    graph, so the list is the same every time a spec is compiled.
+    """
+    seen: set[int] = set()
+    params: list[nn.Parameter] = []
+
+    def add(p: Any) -> None:
+        if isinstance(p, nn.Parameter) and p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            params.append(p)
+
+    for node in gm.graph.nodes:
+        label = node.meta.get("mtlc")
+        if label is None or len(label.get("tasks", ())) < 2:
+            continue
+        if node.op == "call_module":
+            for p in gm.get_submodule(node.target).parameters():
+                add(p)
+        elif node.op == "get_attr":
+            *parent, leaf = node.target.split(".")
+            add(getattr(gm.get_submodule(".".join(parent)), leaf))
+    return params
+
+
+def task_kinds(spec: Spec) -> dict[str, str]:
+    """classification | regression per task, from its loss (Kendall's c_t, DTP)."""
+    return {
+        t: "classification" if task.loss_name in registry.CLASSIFICATION_LOSSES else "regression"
+        for t, task in spec.tasks.items()
+    }
+
+
+def loss_functions(spec: Spec) -> dict[str, Any]:
+    """task -> ``f(pred, target)`` with the spec's loss options bound."""
+    out = {}
+    for t, task in spec.tasks.items():
+        fn = registry.resolve(registry.LOSSES, task.loss_name)
+        options = task.loss_options
+        out[t] = (lambda f, o: lambda p, y: f(p, y, **o))(fn, options)
+    return out
+
+
+def build_optimizer(
+    spec: Spec, model: nn.Module, extra: list[nn.Parameter]
+) -> torch.optim.Optimizer:
+    """The spec's optimizer over the model (lr_mult groups) and the balancer's parameters."""
+    opt = spec.train.optimizer
+    by_mult: dict[float, list[nn.Parameter]] = {}
+    grouped: set[int] = set()
+    for module in model.modules():
+        mult = getattr(module, "lr_mult", None)
+        if mult is None or mult == 1.0:
+            continue
+        for p in module.parameters():
+            if id(p) not in grouped:
+                grouped.add(id(p))
+                by_mult.setdefault(float(mult), []).append(p)
+    base = [p for p in model.parameters() if id(p) not in grouped]
+    groups: list[dict[str, Any]] = [{"params": base}]
+    groups += [{"params": ps, "lr": opt.lr * m} for m, ps in by_mult.items()]
+    if extra:
+        groups.append({"params": extra, "weight_decay": 0.0})
+    groups = [g for g in groups if g["params"]]
+    if opt.type == "sgd":
+        return torch.optim.SGD(
+            groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
+        )
+    cls = torch.optim.AdamW if opt.type == "adamw" else torch.optim.Adam
+    return cls(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def _cosine(total: int):
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def load_split(spec: Spec, split: str, allow_import: frozenset[str]):
+    """One split of the spec's data, checked against the spec's input and task targets."""
+    from mtlc.data import DataError, load_dataset
+
+    data_spec = spec.train.data
+    options = {"name": data_spec.name, **data_spec.options}
+    try:
+        data = load_dataset(options, split, allow_import=allow_import)
+    except DataError as exc:
+        raise TrainError(str(exc)) from None
+    keys = data.keys()
+    if spec.input_name not in keys:
+        raise spec_error(
+            spec,
+            ("input", spec.input_name),
+            f"data set '{data_spec.name}' has no entry '{spec.input_name}' (it has: {', '.join(keys)})",
+            key=True,
+        )
+    got = tuple(data[spec.input_name].shape[1:])
+    if got != spec.input_shape:
+        raise spec_error(
+            spec,
+            ("input", spec.input_name),
+            f"the spec says {list(spec.input_shape)} but data set '{data_spec.name}' gives "
+            f"{list(got)} (set both, e.g. --set input.{spec.input_name}={list(got)})",
+        )
+    for t, task in spec.tasks.items():
+        target = task.target or t
+        if target not in keys:
+            raise spec_error(
+                spec,
+                ("tasks", t, "target") if task.target else ("tasks", t),
+                f"task '{t}' reads batch entry '{target}', which data set '{data_spec.name}' "
+                f"does not have (it has: {', '.join(keys)}); set tasks.{t}.target",
+                key=task.target is None,
+            )
+    return data
+
+
+def best_reference(
+    spec: Spec, metrics: dict[str, dict[str, float]], val_loss: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """What best.pt compares between epochs: each output task's metrics, else its val loss."""
+    out = {}
+    for t in spec.outputs:
+        values = {k: v for k, v in metrics.get(t, {}).items() if math.isfinite(v)}
+        out[t] = values or {"loss": val_loss[t]}
+    return out
+
+
+def safe_delta_m(
+    results: dict[str, dict[str, float]], baselines: dict[str, dict[str, float]]
+) -> float | None:
+    """Δm (the survey's sign), or None when a value it needs is missing or not finite."""
+    from mtlc.delta import delta_m
+
+    try:
+        shared = {t: {k: results[t][k] for k in b} for t, b in baselines.items()}
+        return delta_m(shared, baselines, {"loss": False})
+    except (KeyError, ValueError, ZeroDivisionError):
+        return None
+
+
+def is_better(new: dict[str, Any], best: dict[str, Any] | None, baselines: dict | None) -> bool:
+    """The rule for best.pt (module docstring): Δm against baselines, else against the best."""
+    if best is None:
+        return True
+    if baselines:
+        a, b = new.get("delta_m"), best.get("delta_m")
+        return a is not None and (b is None or a > b)
+    gain = safe_delta_m(new["reference"], best["reference"])
+    return gain is not None and gain > 0
+
+
+# -- the trainer ---------------------------------------------------------------------------
+
+
+class Trainer:
+    """Owns the model, data, balancer and optimizer of one run; :meth:`fit` trains it."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        *,
+        device: str | torch.device = "auto",
+        allow_import: frozenset[str] | tuple[str, ...] = frozenset(),
+        console: Any = None,
+        progress: bool = True,
+        splits: tuple[str, ...] = ("train", "val"),
+    ):
+        from mtlc.balancers import BalancerError, build_balancer
+        from mtlc.compiler import compile_spec
+
+        self.spec = spec
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.console = console
+        self.show_progress = progress and console is not None
+        allow = frozenset(allow_import)
+        self.train_data = load_split(spec, "train", allow) if "train" in splits else None
+        self.val_data = load_split(spec, "val", allow)
+
+        torch.manual_seed(spec.train.seed)
+        self.compiled = compile_spec(spec)
+        self.model = self.compiled.supervised.to(self.device)
+        self.tasks = list(self.compiled.topology.tasks)
+        self.pred_keys = [k for k in self.compiled.topology.predictions]
+        self.pred_keys.sort(key=lambda k: (":" in k, self.tasks.index(k.split(":")[0])))
+        self.targets = {t: task.target or t for t, task in spec.tasks.items()}
+        self.losses = loss_functions(spec)
+        self.supervision = spec.decoder.supervision if spec.decoder is not None else 1.0
+
+        options = spec.balancer.model_dump()
+        try:
+            self.balancer = build_balancer(options, self.tasks, task_kinds(spec)).to(self.device)
+        except BalancerError as exc:
+            raise spec_error(spec, ("balancer",), str(exc)) from None
+        if options.get("mode") == "ub" and self.compiled.topology.shared_repr is None:
+            raise spec_error(
+                spec,
+                ("balancer", "mode"),
+                "mgda mode 'ub' needs one shared representation that every task reads, "
+                "but this spec's tasks leave the encoder with separate features; "
+                "use mode: exact",
+            )
+        self.use_shared_repr = options.get("mode") == "ub"
+        self.shared = shared_parameters(self.model)
+        self.kpi_metric: dict[str, str] = {}
+        if options.get("type") == "dtp":
+            for t, task in spec.tasks.items():
+                name = options.get("kpi", {}).get(t) or (task.metrics[0] if task.metrics else None)
+                if name is not None:
+                    self.kpi_metric[t] = name
+        self.optimizer = build_optimizer(spec, self.model, list(self.balancer.parameters()))
+        samples = len(self.train_data) if self.train_data is not None else 0
+        self.batches_per_epoch = -(-samples // spec.train.batch_size)
+        self.scheduler = None
+        if spec.train.scheduler == "cosine":
+            total = spec.train.epochs * self.batches_per_epoch
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(total))
+        self.generator = torch.Generator().manual_seed(spec.train.seed)
+
+        # progress of the run, all of it saved in checkpoints
+        self.epoch = 0  # epochs finished (trained and validated)
+        self.step = 0  # optimizer steps taken
+        self.batch = 0  # batches of the epoch in progress done
+        self.epoch_generator = self.generator.get_state()
+        self.epoch_sums = dict.fromkeys(self.tasks, 0.0)
+        self.epoch_count = 0
+        self.best: dict[str, Any] | None = None
+        self.last: dict[str, Any] | None = None
+        self.train_time = 0.0
+        self.samples = 0
+        self._stop = False
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "generator": self.generator.get_state(),
+            "epoch_generator": self.epoch_generator,
+        }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "spec": self.spec.model_dump(mode="json"),
+            "model": self.model.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch": self.batch,
+            "rng": rng,
+            "progress": {
+                "epoch_sums": dict(self.epoch_sums),
+                "epoch_count": self.epoch_count,
+                "best": self.best,
+                "last": self.last,
+                "train_time": self.train_time,
+                "samples": self.samples,
+            },
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.balancer.load_state_dict(state["balancer"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise TrainError(f"the checkpoint does not fit this spec's model: {first}") from None
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step, self.batch = state["epoch"], state["step"], state["batch"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["generator"])
+        self.epoch_generator = rng["epoch_generator"]
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        p = state["progress"]
+        self.epoch_sums, self.epoch_count = dict(p["epoch_sums"]), p["epoch_count"]
+        self.best, self.last = p["best"], p["last"]
+        self.train_time, self.samples = p["train_time"], p["samples"]
+
+    # -- one step ---------------------------------------------------------------------------
+    def forward_losses(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(outputs, per-task balancer losses, every supervised prediction's own loss)."""
+        out = self.model(batch[self.spec.input_name])
+        parts = {
+            k: self.losses[k.split(":")[0]](out[k], batch[self.targets[k.split(":")[0]]])
+            for k in self.pred_keys
+        }
+        per_task: dict[str, torch.Tensor] = {}
+        for key, loss in parts.items():
+            task = key.split(":")[0]
+            if task in per_task:
+                per_task[task] = per_task[task] + self.supervision * loss
+            else:
+                per_task[task] = loss
+        return out, per_task, parts
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        self.model.train()
+        out, per_task, parts = self.forward_losses(batch)
+        values = torch.stack([v.detach().float() for v in per_task.values()]).tolist()
+        losses = dict(zip(per_task, values))
+        for task, value in losses.items():
+            if not math.isfinite(value):
+                raise Diverged(
+                    f"the loss of task '{task}' is {value} at step {self.step + 1} "
+                    f"(epoch {self.epoch + 1})",
+                    task=task,
+                    step=self.step + 1,
+                    run_dir=Path("."),
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        total = self.balancer.backward(
+            per_task,
+            shared_params=self.shared,
+            shared_repr=out.get(SHARED_KEY) if self.use_shared_repr else None,
+        )
+        weights = self.balancer.weights()
+        if self.spec.train.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.kpi_metric:
+            self.balancer.observe(self._batch_kpis(out, batch))
+        self.step += 1
+        record: dict[str, Any] = {
+            "type": "step",
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "loss": losses,
+            "total": float(total),
+            "weights": weights,
+            "lr": lr,
+        }
+        if len(parts) > len(per_task):
+            part_values = torch.stack([v.detach().float() for v in parts.values()]).tolist()
+            record["parts"] = {k: v for k, v in zip(parts, part_values) if ":" in k}
+        extra = self.balancer.extra_state_for_log()
+        if extra:
+            record["balancer"] = extra
+        return record
+
+    @torch.no_grad()
+    def _batch_kpis(
+        self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """DTP's per-step KPIs: the task's KPI metric on this batch, mapped into [0, 1]."""
+        from mtlc.metrics import build_metric, kpi
+
+        kpis = {}
+        for t, name in self.kpi_metric.items():
+            metric = build_metric(name)
+            metric.update(out[t], batch[self.targets[t]])
+            value = metric.compute()
+            if math.isfinite(value):
+                kpis[t] = kpi(name, value)
+        return kpis
+
+    # -- validation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """Validation loss per task and every task's metrics over the whole split."""
+        from mtlc.data.batches import iterate_batches
+        from mtlc.metrics import build_metric
+
+        self.model.eval()
+        metrics = {t: {m: build_metric(m) for m in self.spec.tasks[t].metrics} for t in self.tasks}
+        sums = dict.fromkeys(self.tasks, 0.0)
+        n = 0
+        for batch in iterate_batches(self.val_data, self.spec.train.batch_size, shuffle=False):
+            batch = self._to_device(batch)
+            out, per_task, _ = self.forward_losses(batch)
+            size = batch[self.spec.input_name].shape[0]
+            values = torch.stack([v.float() for v in per_task.values()]).tolist()
+            for t, v in zip(per_task, values):
+                sums[t] += v * size
+            n += size
+            for t, ms in metrics.items():
+                for m in ms.values():
+                    m.update(out[t], batch[self.targets[t]])
+        val_loss = {t: s / max(n, 1) for t, s in sums.items()}
+        results = {t: {k: m.compute() for k, m in ms.items()} for t, ms in metrics.items() if ms}
+        return val_loss, results
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.device.type == "cpu":
+            return batch
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The epoch in progress, from where it stopped (same permutation as before)."""
+        from mtlc.data.batches import iterate_batches
+
+        self.generator.set_state(self.epoch_generator)
+        it = iterate_batches(
+            self.train_data, self.spec.train.batch_size, shuffle=True, generator=self.generator
+        )
+        for i, batch in enumerate(it):
+            if i >= self.batch:
+                yield batch
+
+    def request_stop(self) -> None:
+        """Ask the loop to save and stop after the current step (what Ctrl-C does)."""
+        self._stop = True
+
+    # -- the run ----------------------------------------------------------------------------
+    def fit(
+        self,
+        run_dir: Path,
+        *,
+        resume: bool = False,
+        baselines: dict[str, dict[str, float]] | None = None,
+        tensorboard: bool = False,
+    ) -> RunResult:
+        """Train to ``spec.train.epochs`` in ``run_dir`` (prepared by the caller)."""
+        from mtlc.train.plots import write_plots
+
+        if resume:
+            self.load_state(load_checkpoint(run_dir / runfolder.LAST, self.device))
+        runfolder.write_spec(run_dir, self.spec.model_dump(mode="json"))
+        log = runfolder.MetricsLog(run_dir, keep=(self.epoch, self.step) if resume else None)
+        writer = _tensorboard(run_dir) if tensorboard else None
+        self.baselines = baselines
+        previous = _install_sigint(self)
+        status = "completed"
+        try:
+            self._loop(run_dir, log, writer)
+        except Diverged as exc:
+            status = "diverged"
+            exc.run_dir = run_dir
+            where = (
+                f"{run_dir / runfolder.LAST} (epoch {self.epoch}) is the last good checkpoint"
+                if (run_dir / runfolder.LAST).exists()
+                else "no checkpoint was written before it"
+            )
+            exc.args = (f"{exc.args[0]}; training stopped. {where}",)
+            raise
+        except Interrupted:
+            status = "interrupted"
+            raise
+        finally:
+            _restore_sigint(previous)
+            log.close()
+            if writer is not None:
+                writer.close()
+            summary = self.summary(status)
+            runfolder.write_summary(run_dir, summary)
+            self.plot_note = write_plots(run_dir)
+        return RunResult(run_dir, summary)
+
+    def _loop(self, run_dir: Path, log: runfolder.MetricsLog, writer: Any) -> None:
+        epochs = self.spec.train.epochs
+        while self.epoch < epochs:
+            with self._progress() as bar:
+                task_id = bar.add_task(
+                    f"epoch {self.epoch + 1}/{epochs}",
+                    total=self.batches_per_epoch,
+                    completed=self.batch,
+                    losses="",
+                )
+                for batch in self._batches():
+                    start = time.perf_counter()
+                    batch = self._to_device(batch)
+                    record = self.train_step(batch)
+                    size = batch[self.spec.input_name].shape[0]
+                    for t, v in record["loss"].items():
+                        self.epoch_sums[t] += v * size
+                    self.epoch_count += size
+                    self.batch += 1
+                    self.samples += size
+                    self.train_time += time.perf_counter() - start
+                    log.write(record)
+                    if writer is not None:
+                        _tb_step(writer, record)
+                    bar.update(task_id, advance=1, losses=_short(record["loss"]))
+                    if self._stop:
+                        self._save_interrupted(run_dir)
+            if self._stop:
+                self._save_interrupted(run_dir)
+            self._end_epoch(run_dir, log, writer)
+
+    def _save_interrupted(self, run_dir: Path) -> None:
+        save_checkpoint(self.state(), run_dir / runfolder.LAST)
+        raise Interrupted(
+            f"interrupted at step {self.step} (epoch {self.epoch + 1}); saved "
+            f"{run_dir / runfolder.LAST}; continue with --resume",
+            run_dir=run_dir,
+            step=self.step,
+        )
+
+    def _end_epoch(self, run_dir: Path, log: runfolder.MetricsLog, writer: Any) -> None:
+        val_loss, metrics = self.validate()
+        train_loss = {t: s / max(self.epoch_count, 1) for t, s in self.epoch_sums.items()}
+        self.epoch += 1
+        self.batch = 0
+        self.epoch_generator = self.generator.get_state()
+        self.epoch_sums, self.epoch_count = dict.fromkeys(self.tasks, 0.0), 0
+        entry = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "metrics": metrics,
+            "val_loss": val_loss,
+            "train_loss": train_loss,
+            "weights": self.balancer.weights(),
+            "reference": best_reference(self.spec, metrics, val_loss),
+            "delta_m": safe_delta_m(metrics, self.baselines) if self.baselines else None,
+        }
+        better = is_better(entry, self.best, self.baselines)
+        if better:
+            self.best = entry
+        self.last = entry
+        record = {"type": "epoch", **{k: v for k, v in entry.items() if k != "reference"}}
+        record["best"] = better
+        log.write(record)
+        if writer is not None:
+            _tb_epoch(writer, record)
+        save_checkpoint(self.state(), run_dir / runfolder.LAST)
+        if better:
+            _copy_atomic(run_dir / runfolder.LAST, run_dir / runfolder.BEST)
+        if self.console is not None:
+            self.console.print(epoch_table(self.spec, record))
+
+    def _progress(self):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        return Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[losses]}"),
+            console=self.console,
+            disable=not self.show_progress,
+            transient=True,
+        )
+
+    def summary(self, status: str) -> dict[str, Any]:
+        def public(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+            if entry is None:
+                return None
+            return {k: v for k, v in entry.items() if k != "reference"}
+
+        return {
+            "format": "mtlc-run",
+            "version": 1,
+            "name": self.spec.name,
+            "status": status,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "device": str(self.device),
+            "tasks": self.tasks,
+            "outputs": list(self.spec.outputs),
+            "balancer": self.spec.balancer.type,
+            "params": sum(p.numel() for p in self.compiled.model.parameters()),
+            "final": public(self.last),
+            "best": public(self.best),
+            "baselines": self.baselines,
+            "train_time_s": self.train_time,
+            "train_samples_per_s": self.samples / self.train_time if self.train_time else None,
+        }
+
+
+# -- small pieces -----------------------------------------------------------------------------
+
+
+def _short(losses: dict[str, float]) -> str:
+    return "  ".join(f"{t} {v:.3f}" for t, v in losses.items())
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    import os
+    import shutil
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _install_sigint(trainer: Trainer) -> Any:
+    """First Ctrl-C: stop after this step and save; second: the default (abort)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        if trainer._stop:
+            raise KeyboardInterrupt
+        trainer.request_stop()
+        if trainer.console is not None:
+            trainer.console.print(
+                "[yellow]stopping after this step (Ctrl-C again aborts without saving)"
+            )
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _restore_sigint(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainError(
+            "--tensorboard needs the tensorboard package: pip install 'mtlc[tensorboard]'"
+        ) from None
+    return SummaryWriter(str(run_dir / runfolder.TENSORBOARD))
+
+
+def _tb_step(writer: Any, record: dict[str, Any]) -> None:
+    step = record["step"]
+    for t, v in record["loss"].items():
+        writer.add_scalar(f"loss/{t}", v, step)
+    for t, v in record["weights"].items():
+        writer.add_scalar(f"weight/{t}", v, step)
+    writer.add_scalar("lr", record["lr"], step)
+
+
+def _tb_epoch(writer: Any, record: dict[str, Any]) -> None:
+    step = record["step"]
+    for t, ms in record["metrics"].items():
+        for k, v in ms.items():
+            writer.add_scalar(f"val/{t}/{k}", v, step)
+    for t, v in record["val_loss"].items():
+        writer.add_scalar(f"val_loss/{t}", v, step)
+    if record["delta_m"] is not None:
+        writer.add_scalar("val/delta_m", record["delta_m"], step)
+
+
+def epoch_table(spec: Spec, record: dict[str, Any]) -> Any:
+    """The end-of-epoch table: per task train/val loss, balancer weight and val metrics."""
+    from rich.table import Table
+
+    title = f"epoch {record['epoch']}/{spec.train.epochs}  step {record['step']}"
+    if record.get("delta_m") is not None:
+        title += f"  Δm {record['delta_m']:+.2f}%"
+    if record.get("best"):
+        title += "  (best so far)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("task")
+    table.add_column("train loss", justify="right")
+    table.add_column("val loss", justify="right")
+    table.add_column("weight", justify="right")
+    table.add_column("validation metrics")
+    for t in record["val_loss"]:
+        aux = " (aux)" if spec.tasks[t].auxiliary else ""
+        metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in record["metrics"].get(t, {}).items())
+        table.add_row(
+            t + aux,
+            _fmt(record["train_loss"].get(t)),
+            _fmt(record["val_loss"][t]),
+            _fmt(record["weights"].get(t)),
+            metrics,
+        )
+    return table
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
+
+
+# -- entry points -------------------------------------------------------------------------------
+
+
+def resolve_spec(
+    spec: Any,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    epochs: int | None = None,
+    seed: int | None = None,
+) -> Spec:
+    """The spec with ``--set`` overrides, then ``--epochs``/``--seed`` applied."""
+    extra = list(overrides)
+    if epochs is not None:
+        extra.append(f"train.epochs={epochs}")
+    if seed is not None:
+        extra.append(f"train.seed={seed}")
+    return load_spec(spec, extra)
+
+
+def check_resumable(spec: Spec, run_dir: Path) -> None:
+    """Resuming needs the same spec as the stopped run, except for the number of epochs."""
+    saved = load_checkpoint(run_dir / runfolder.LAST)["spec"]
+    now = spec.model_dump(mode="json")
+    diffs = [p for p in _diff(saved, now) if p != "train.epochs"]
+    if diffs:
+        shown = ", ".join(diffs[:5]) + (" …" if len(diffs) > 5 else "")
+        raise TrainError(
+            f"{run_dir}: the spec differs from the run being resumed ({shown}); "
+            "use --force to start over, or --out for a new run folder"
+        )
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def train(
+    spec: Any,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    out: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    device: str = "auto",
+    allow_import: frozenset[str] | tuple[str, ...] = frozenset(),
+    tensorboard: bool = False,
+    baselines: bool | dict[str, dict[str, float]] = False,
+    console: Any = None,
+    progress: bool = True,
+) -> RunResult:
+    """Train a spec into a run folder; the Python face of ``mtlc train``.
+
+    ``baselines=True`` trains (or reuses) the single-task baselines in
+    ``<run>/baselines/`` first; a dict gives their metrics directly. Raises
+    :class:`TrainError`/``SpecError`` before anything is written, :class:`Diverged` or
+    :class:`Interrupted` after.
+    """
+    from mtlc.train.baselines import baseline_metrics, find_baselines
+
+    spec = load_spec(spec, overrides)
+    run_dir = Path(out) if out is not None else runfolder.default_run_dir(spec.name)
+    torch_device = resolve_device(device)
+    if tensorboard:
+        _tensorboard_available()
+    runfolder.prepare(run_dir, resume=resume, force=force)
+    if resume:
+        check_resumable(spec, run_dir)
+    if baselines is True:
+        found = baseline_metrics(
+            spec, run_dir, device=torch_device, allow_import=allow_import, console=console
+        )
+    elif isinstance(baselines, dict):
+        found = baselines
+    else:
+        found = find_baselines(spec, run_dir)
+    trainer = Trainer(
+        spec, device=torch_device, allow_import=allow_import, console=console, progress=progress
+    )
+    result = trainer.fit(run_dir, resume=resume, baselines=found, tensorboard=tensorboard)
+    result.summary["plots"] = trainer.plot_note
+    return result
+
+
+def _tensorboard_available() -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise TrainError(
+            "--tensorboard needs the tensorboard package: pip install 'mtlc[tensorboard]'"
+        ) from None
+
+
+def evaluate(
+    spec: Any,
+    checkpoint: str | Path,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str = "auto",
+    allow_import: frozenset[str] | tuple[str, ...] = frozenset(),
+) -> dict[str, Any]:
+    """Validation losses and metrics of a checkpoint on the spec's validation split."""
+    spec = load_spec(spec, overrides)
+    state = load_checkpoint(checkpoint)
+    trainer = Trainer(spec, device=device, allow_import=allow_import, console=None, splits=("val",))
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise TrainError(f"{checkpoint}: does not fit this spec's model ({first})") from None
+    val_loss, metrics = trainer.validate()
+    return {
+        "checkpoint": str(checkpoint),
+        "epoch": state.get("epoch"),
+        "val_loss": val_loss,
+        "metrics": metrics,
+    }

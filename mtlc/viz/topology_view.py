@@ -1,0 +1,707 @@
+"""A spec's task-sharing topology as graphviz DOT, laid out the way papers draw it.
+
+Input on top, one row per encoder stage (a left-hand ruler names each row and its
+sharing type), one column per task in a fixed colour that the task keeps everywhere:
+its blocks, its edges, its head, its output and its legend entry. A hard stage is one
+box spanning the columns it serves (a group box spans its group, striped in its
+members' colours). Every sharing point keeps the shape its paper gives it, so a reader
+recognises the method before reading a label:
+
+- cross-stitch: per task a mixing node Σα fed by every column it mixes (T² edges,
+  labelled and weighted by α when a checkpoint says what was learned);
+- NDDR: every column into one concat bar, then a 1×1 conv per task;
+- MTAN attention: a per-task gate beside the shared trunk, chained stage to stage;
+- PAD-Net: initial predictions, then distillation edges between the tasks' features;
+- PAP-Net: per task an affinity matrix, exchanged across tasks into each diffusion;
+- JTRL: the alternating chain of turns, `order` × `steps` nodes long.
+
+Auxiliary tasks are dashed. Node ids are the topology's own (`s2/seg`, `head/depth`);
+a unit drawn as several nodes uses `unit#part` ids inside a `cluster_unit` box, so a
+reader of the DOT or SVG (tests, diff) can always find the topology node again.
+This module imports no torch: numbers arrive through `Notes`.
+"""
+
+from __future__ import annotations
+
+import html
+import textwrap
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from mtlc.topology import Topology
+
+# Tableau 10: distinct, print-safe, and the order most readers know from matplotlib.
+PALETTE = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+)
+SHARED = "#555555"
+SHARED_FILL = "#eeeeee"
+STATUS = {"added": "#1a9641", "removed": "#d7191c", "changed": "#f39c12"}
+COLUMN_WIDTH = 2.3  # inches; a block serving k tasks is k columns wide
+NODESEP = 0.3
+
+
+@dataclass
+class Notes:
+    """Numbers and learned values a drawing shows beside the structure.
+
+    `alpha[unit][t][s]` is cross-stitch's weight of source task s in target task t;
+    `nddr[unit][t][s]` the strength of source s's block in t's 1×1 conv; both are in
+    the unit's task order. `status` marks nodes (and `edge_status` edges) of a diff.
+    """
+
+    params: dict[str, int] = field(default_factory=dict)
+    flops: dict[str, int] | None = None
+    task_params: dict[str, int] = field(default_factory=dict)
+    task_flops: dict[str, int] | None = None
+    total_params: int | None = None
+    shared_params: int | None = None
+    total_flops: int | None = None
+    alpha: dict[str, list[list[float]]] = field(default_factory=dict)
+    nddr: dict[str, list[list[float]]] = field(default_factory=dict)
+    sigma: dict[str, float] = field(default_factory=dict)
+    status: dict[str, str] = field(default_factory=dict)
+    edge_status: dict[tuple[str, str], str] = field(default_factory=dict)
+    caption: str | None = None
+
+
+def task_colours(tasks: Iterable[str]) -> dict[str, str]:
+    """One colour per task, by its position in the spec."""
+    return {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(tasks)}
+
+
+def tint(colour: str, amount: float = 0.82) -> str:
+    """`colour` mixed with white, for fills that keep black text readable."""
+    rgb = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(c + (255 - c) * amount):02x}" for c in rgb)
+
+
+def si(n: float, unit: str = "") -> str:
+    """12345 -> '12.3k': three significant digits are what a picture has room for."""
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            v = n / div
+            text = f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+            return f"{text}{suffix}{unit}" if not unit else f"{text} {suffix}{unit}"
+    return f"{n:g}" + (f" {unit}" if unit else "")
+
+
+def shape_text(shape: Iterable[int]) -> str:
+    return "×".join(str(s) for s in shape)
+
+
+def layer_text(layer) -> str:
+    """Short layer text for a box: convs show their kernel, which `str(layer)` hides."""
+    a = layer.args
+    if layer.name in ("conv", "deconv"):
+        k = a["k"]
+        text = f"{layer.name}{k}×{k} {a['out']}"
+        if a.get("stride", 1) != 1:
+            text += f" /{a['stride']}" if layer.name == "conv" else f" ×{a['stride']}"
+        return text
+    return str(layer)
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _attrs(attrs: dict[str, object]) -> str:
+    parts = []
+    for k, v in attrs.items():
+        if v is None:
+            continue
+        if isinstance(v, str) and v.startswith("<") and v.endswith(">"):
+            parts.append(f"{k}={v}")  # an HTML-like label
+        elif isinstance(v, float):
+            parts.append(f"{k}={v:.3g}")
+        else:
+            parts.append(f"{k}={_q(str(v))}")
+    return " [" + ", ".join(parts) + "]" if parts else ""
+
+
+def _html(lines: list[tuple[str, str]]) -> str:
+    """An HTML-like label from (style, text) lines: 'b' bold title, 's' small, '' plain."""
+    out = []
+    for style, text in lines:
+        t = html.escape(text, quote=False)
+        if style == "b":
+            out.append(f"<B>{t}</B>")
+        elif style == "s":
+            out.append(f'<FONT POINT-SIZE="9">{t}</FONT>')
+        else:
+            out.append(t)
+    return "<" + "<BR/>".join(out) + ">"
+
+
+class _Dot:
+    """Just enough of a DOT writer: statements, nested subgraphs, quoting."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.depth = 1
+
+    def add(self, line: str) -> None:
+        self.lines.append("  " * self.depth + line)
+
+    def node(self, name: str, **attrs: object) -> None:
+        self.add(_q(name) + _attrs(attrs))
+
+    def edge(self, a: str, b: str, **attrs: object) -> None:
+        self.add(f"{_q(a)} -> {_q(b)}" + _attrs(attrs))
+
+    def open(self, name: str = "", **attrs: object) -> None:
+        self.add(f"subgraph {_q(name)} {{" if name else "{")
+        self.depth += 1
+        for k, v in attrs.items():
+            self.add(f"{k}={v}" if isinstance(v, str) and v.startswith("<") else f"{k}={_q(str(v))}")
+
+    def close(self) -> None:
+        self.depth -= 1
+        self.add("}")
+
+
+def topology_dot(topo: Topology, notes: Notes | None = None) -> str:
+    """DOT source for the topology; `notes` adds costs, learned values and diff marks."""
+    return _Drawer(topo, notes or Notes()).draw()
+
+
+class _Drawer:
+    def __init__(self, topo: Topology, notes: Notes):
+        self.topo, self.g, self.notes = topo, topo.graph, notes
+        self.tasks = list(topo.tasks)
+        self.colour = task_colours(self.tasks)
+        self.aux = {
+            d["owner"]: bool(d.get("auxiliary"))
+            for _, d in self.g.nodes(data=True)
+            if d["kind"] == "output"
+        }
+        self.dot = _Dot()
+        # topology node -> how its edges attach: ("in"/"out", task) -> DOT node
+        self.drawn: set[str] = set()
+
+    # -- helpers ----------------------------------------------------------------------
+    def _col(self, tasks: Iterable[str]) -> int:
+        return min((self.tasks.index(t) for t in tasks if t in self.tasks), default=0)
+
+    def _edge_style(self, tasks: tuple[str, ...]) -> dict[str, object]:
+        tasks = tuple(t for t in tasks if t in self.colour)
+        if len(tasks) > 1 and len(tasks) == len(self.tasks):
+            colour = SHARED
+        else:
+            colour = ":".join(self.colour[t] for t in tasks) or SHARED
+        dashed = bool(tasks) and all(self.aux.get(t) for t in tasks)
+        return {"color": colour, "style": "dashed" if dashed else None}
+
+    def _fill(self, owner_tasks: tuple[str, ...]) -> dict[str, object]:
+        tasks = tuple(t for t in owner_tasks if t in self.colour)
+        if not tasks or (len(tasks) == len(self.tasks) and len(tasks) > 1):
+            return {"style": "filled", "fillcolor": SHARED_FILL, "color": SHARED}
+        if len(tasks) == 1:
+            t = tasks[0]
+            style = "filled,dashed" if self.aux.get(t) else "filled"
+            return {"style": style, "fillcolor": tint(self.colour[t]), "color": self.colour[t]}
+        return {
+            "style": "striped",
+            "fillcolor": ":".join(tint(self.colour[t]) for t in tasks),
+            "color": SHARED,
+        }
+
+    def _cost_lines(self, node: str) -> list[tuple[str, str]]:
+        parts = []
+        if node in self.notes.params:
+            parts.append(f"{si(self.notes.params[node])} params")
+        if self.notes.flops is not None and node in self.notes.flops:
+            parts.append(f"{si(self.notes.flops[node], 'FLOPs')}")
+        return [("s", " · ".join(parts))] if parts else []
+
+    def _status(self, node: str, attrs: dict[str, object]) -> dict[str, object]:
+        status = self.notes.status.get(node)
+        if status:
+            attrs = dict(attrs, color=STATUS[status], penwidth=3.0)
+            if status == "removed":
+                attrs["fontcolor"] = STATUS["removed"]
+        return attrs
+
+    def _width(self, tasks: Iterable[str]) -> float:
+        k = max(1, len([t for t in tasks if t in self.colour]))
+        return k * COLUMN_WIDTH + (k - 1) * NODESEP
+
+    def _group(self, tasks: tuple[str, ...]) -> str | None:
+        return tasks[0] if len(tasks) == 1 else None
+
+    def _row(self, label: str, sub: str, nodes: list[str]) -> None:
+        """A rank=same row with a ruler label on the left and its nodes in column order."""
+        if not nodes:
+            return
+        ruler = f"~row/{label}"
+        d = self.dot
+        d.open()
+        d.add("rank=same")
+        d.node(
+            ruler,
+            shape="plaintext",
+            label=_html([("b", label)] + ([("s", sub)] if sub else [])),
+            fontcolor="#444444",
+        )
+        for n in nodes:
+            d.add(_q(n))
+        chain = [ruler, *nodes]
+        for a, b in zip(chain, chain[1:]):
+            d.edge(a, b, style="invis")
+        d.close()
+
+    # -- the picture ----------------------------------------------------------------
+    def draw(self) -> str:
+        d, g = self.dot, self.g
+        title = self.notes.caption or self.topo.spec.name
+        d.add("rankdir=TB")
+        d.add(f"nodesep={NODESEP}")
+        d.add("ranksep=0.45")
+        d.add("newrank=true")
+        d.add('fontname="Helvetica"')
+        d.add("labelloc=t")
+        d.add(f"label={_html([('b', title)])}")
+        d.add('node [fontname="Helvetica", fontsize=11, shape=box, margin="0.12,0.06"]')
+        d.add('edge [fontname="Helvetica", fontsize=9, penwidth=1.6, arrowsize=0.7]')
+
+        inputs = self.topo.nodes_of("input")
+        for n in inputs:
+            attrs = g.nodes[n]
+            d.node(
+                n,
+                label=_html([("b", attrs["name"]), ("s", shape_text(attrs["shape"]))]),
+                style="rounded,filled",
+                fillcolor="white",
+                color=SHARED,
+                width=self._width(self.tasks),
+            )
+        self._row("input", "", inputs + ["~legend"])
+        self._legend()
+
+        for stage in self._stages():
+            self._stage(stage)
+        self._decoder()
+        heads = sorted(self.topo.nodes_of("head"), key=lambda n: self._col(g.nodes[n]["tasks"]))
+        for n in heads:
+            self._box(n, f"head · {g.nodes[n]['owner']}")
+        self._row("heads", "", heads)
+        outputs = sorted(self.topo.nodes_of("output"), key=lambda n: self._col(g.nodes[n]["tasks"]))
+        for n in outputs:
+            self._output(n)
+        self._row("outputs", "", outputs)
+        self._edges()
+        return "digraph mtlc {\n" + "\n".join(d.lines) + "\n}\n"
+
+    def _stages(self) -> list[str]:
+        seen = list(self.topo.stages)
+        for _, d in self.g.nodes(data=True):  # a diff's union may hold stages of both sides
+            if d.get("stage") and d["stage"] != "decoder" and d["stage"] not in seen:
+                seen.append(d["stage"])
+        return seen
+
+    def _box(self, n: str, title: str) -> None:
+        a = self.g.nodes[n]
+        lines = [("b", title)]
+        layers = " · ".join(layer_text(layer) for layer in a.get("layers", []))
+        lines += [("s", line) for line in textwrap.wrap(layers, 40)]
+        lines.append(("s", f"{shape_text(a['in_shape'])} → {shape_text(a['out_shape'])}"))
+        lines += self._cost_lines(n)
+        attrs = {
+            "label": _html(lines),
+            "width": self._width(a["tasks"]),
+            "group": self._group(a["tasks"]),
+        }
+        attrs.update(self._fill(a["tasks"]))
+        if a["kind"] == "head":
+            attrs["style"] = str(attrs["style"]) + ",bold"
+        self.dot.node(n, **self._status(n, attrs))
+        self.drawn.add(n)
+
+    def _output(self, n: str) -> None:
+        a = self.g.nodes[n]
+        t = a["owner"]
+        loss = next(
+            (self.g.nodes[s].get("loss") for s in self.g.successors(n) if self.g.nodes[s]["kind"] == "loss"),
+            None,
+        )
+        lines = [("b", t), ("s", shape_text(a["shape"]) + (f" · {loss}" if loss else ""))]
+        if a.get("auxiliary"):
+            lines.append(("s", "auxiliary"))
+        if t in self.notes.sigma:
+            lines.append(("s", f"σ = {self.notes.sigma[t]:.3g}"))
+        colour = self.colour.get(t, SHARED)
+        attrs = {
+            "label": _html(lines),
+            "shape": "ellipse",
+            "style": "filled,dashed" if a.get("auxiliary") else "filled",
+            "fillcolor": colour,
+            "fontcolor": "white",
+            "color": colour,
+            "group": t,
+        }
+        self.dot.node(n, **self._status(n, attrs))
+        self.drawn.add(n)
+
+    # -- encoder --------------------------------------------------------------------
+    def _stage(self, stage: str) -> None:
+        g = self.g
+        blocks = sorted(
+            (n for n, d in g.nodes(data=True) if d["kind"] == "block" and d["stage"] == stage),
+            key=lambda n: self._col(g.nodes[n]["tasks"]),
+        )
+        sharing = {g.nodes[b].get("sharing") for b in blocks}
+        for b in blocks:
+            who = b.split("/", 1)[1]
+            self._box(b, f"{stage} · {who}")
+        self._row(stage, " / ".join(sorted(s.replace("_", "-") for s in sharing if s)), blocks)
+        units = sorted(
+            (n for n, d in g.nodes(data=True) if d["kind"] == "unit" and d["stage"] == stage),
+            key=lambda n: self._col(g.nodes[n]["tasks"]),
+        )
+        gates = [u for u in units if g.nodes[u]["type"] == "attention"]
+        for u in units:
+            self._unit(u)
+        if gates:
+            self._row(f"{stage} att", "", gates)
+
+    def _unit(self, u: str) -> None:
+        kind = self.g.nodes[u]["type"]
+        draw = {
+            "cross_stitch": self._cross_stitch,
+            "nddr": self._nddr,
+            "attention": self._attention,
+            "distillation": self._distillation,
+            "affinity": self._affinity,
+            "recursive": self._recursive,
+        }.get(kind, self._generic_unit)
+        draw(u)
+        self.drawn.add(u)
+
+    def _cluster(self, u: str, title: str, detail: str) -> None:
+        lines = [("b", title), ("s", detail)] + self._cost_lines(u)
+        status = self.notes.status.get(u)
+        self.dot.open(
+            f"cluster_{u}",
+            label=_html(lines),
+            style="rounded,dashed",
+            color=STATUS[status] if status else "#888888",
+            penwidth=3 if status else 1,
+            fontname="Helvetica",
+            fontsize=10,
+        )
+
+    def _part(self, n: str, t: str | None, label: str, **attrs: object) -> None:
+        base = {"label": label, "group": t}
+        base.update(self._fill((t,) if t else tuple(self.tasks)))
+        base.update(attrs)
+        self.dot.node(n, **base)
+
+    def _ordered(self, nodes: list[str]) -> None:
+        d = self.dot
+        d.open()
+        d.add("rank=same")
+        for n in nodes:
+            d.add(_q(n))
+        for a, b in zip(nodes, nodes[1:]):
+            d.edge(a, b, style="invis")
+        d.close()
+
+    def _cross_stitch(self, u: str) -> None:
+        a = self.g.nodes[u]
+        opts = a.get("options", {})
+        init = opts.get("init", (0.9, 0.1))
+        gran = opts.get("granularity", "channel")
+        self._cluster(
+            u,
+            f"cross-stitch · {a['stage']}",
+            f"α {len(a['tasks'])}×{len(a['tasks'])}"
+            + (f"×{a['shape'][0]}" if gran == "channel" else "")
+            + f", init {init[0]:g}/{init[1]:g}",
+        )
+        parts = [f"{u}#{t}" for t in a["tasks"]]
+        for t, p in zip(a["tasks"], parts):
+            self._part(p, t, _html([("b", "Σα")]), shape="circle", width=0.55, fixedsize="true")
+        self._ordered(parts)
+        self.dot.close()
+
+    def _nddr(self, u: str) -> None:
+        a = self.g.nodes[u]
+        tasks = a["tasks"]
+        c = a["shape"][0]
+        init = a.get("options", {}).get("init", (0.9, 0.1))
+        self._cluster(u, f"NDDR · {a['stage']}", f"init {init[0]:g}·I / {init[1]:g}·I")
+        self._part(
+            f"{u}#concat",
+            None,
+            _html([("s", f"concat  {len(tasks)}×{c} = {len(tasks) * c} ch")]),
+            width=self._width(tasks),
+            height=0.25,
+            fillcolor="#444444",
+            fontcolor="white",
+            style="filled",
+        )
+        parts = [f"{u}#{t}" for t in tasks]
+        strengths = self.notes.nddr.get(u)
+        for i, (t, p) in enumerate(zip(tasks, parts)):
+            lines = [("b", "1×1 conv · BN · ReLU"), ("s", f"{len(tasks) * c} → {c}")]
+            if strengths:
+                lines.append(
+                    ("s", " ".join(f"{s} {strengths[i][j]:.2f}" for j, s in enumerate(tasks)))
+                )
+            self._part(p, t, _html(lines), width=COLUMN_WIDTH)
+            self.dot.edge(f"{u}#concat", p, **self._edge_style((t,)))
+        self._ordered(parts)
+        self.dot.close()
+
+    def _attention(self, u: str) -> None:
+        a = self.g.nodes[u]
+        t = a["owner"]
+        lines = [("b", f"attention · {t}"), ("s", "σ(conv1×1 …) ⊙ shared")] + self._cost_lines(u)
+        attrs = {"label": _html(lines), "shape": "invtrapezium", "group": t, "width": COLUMN_WIDTH * 0.8}
+        attrs.update(self._fill((t,)))
+        self.dot.node(u, **self._status(u, attrs))
+
+    def _generic_unit(self, u: str) -> None:
+        a = self.g.nodes[u]
+        lines = [("b", f"{a['type']} · {a['stage']}")] + self._cost_lines(u)
+        attrs = {"label": _html(lines), "shape": "hexagon", "width": self._width(a["tasks"])}
+        attrs.update(self._fill(tuple(self.tasks)))
+        self.dot.node(u, **self._status(u, attrs))
+
+    # -- decoder --------------------------------------------------------------------
+    def _decoder(self) -> None:
+        g = self.g
+        dec = [n for n, d in g.nodes(data=True) if d["stage"] == "decoder"]
+        if not dec:
+            return
+        feats = sorted(
+            (n for n in dec if g.nodes[n]["kind"] == "block"),
+            key=lambda n: self._col(g.nodes[n]["tasks"]),
+        )
+        for n in feats:
+            self._box(n, f"features F · {g.nodes[n]['owner']}")
+        self._row("decoder", "task features", feats)
+        preds = sorted(
+            (n for n in dec if g.nodes[n]["kind"] == "predictor"),
+            key=lambda n: self._col(g.nodes[n]["tasks"]),
+        )
+        for n in preds:
+            a = g.nodes[n]
+            aux = self.aux.get(a["owner"])
+            lines = [("b", f"{'prediction' if aux else 'initial'} · {a['owner']}")]
+            lines += [("s", " · ".join(layer_text(x) for x in a["layers"]))]
+            lines += [("s", f"→ {shape_text(a['out_shape'])}")] + self._cost_lines(n)
+            attrs = {"label": _html(lines), "shape": "note", "group": a["owner"]}
+            attrs.update(self._fill(a["tasks"]))
+            self.dot.node(n, **self._status(n, attrs))
+            self.drawn.add(n)
+        self._row("initial", "deep supervision", preds)
+        for u in (n for n in dec if g.nodes[n]["kind"] == "unit"):
+            self._unit(u)
+
+    def _main(self, tasks: Iterable[str]) -> list[str]:
+        return [t for t in tasks if not self.aux.get(t)]
+
+    def _distillation(self, u: str) -> None:
+        a = self.g.nodes[u]
+        self._cluster(u, "PAD-Net distillation", "Fᵏ + Σ σ(W Fˡ) ⊙ Fˡ")
+        parts = []
+        for t in self._main(a["tasks"]):
+            p = f"{u}#{t}"
+            self._part(p, t, _html([("b", f"F°  · {t}"), ("s", "distilled")]), width=COLUMN_WIDTH)
+            parts.append(p)
+        self._ordered(parts)
+        self.dot.close()
+
+    def _affinity(self, u: str) -> None:
+        a = self.g.nodes[u]
+        o = a.get("options", {})
+        self._cluster(
+            u,
+            "PAP-Net affinity propagation",
+            f"at 1/{o.get('downsample', 2)} · {o.get('iterations', 3)} iterations · β {o.get('beta', 0.05):g}",
+        )
+        mats = []
+        for t in a["tasks"]:
+            p = f"{u}#affinity/{t}"
+            self._part(p, t, _html([("b", f"affinity M · {t}"), ("s", "softmax(FᵀF/√C)")]), shape="box3d")
+            mats.append(p)
+        self._ordered(mats)
+        diffs = []
+        for t in self._main(a["tasks"]):
+            p = f"{u}#{t}"
+            self._part(p, t, _html([("b", f"diffusion · {t}"), ("s", "βΣαM·X + (1−β)F")]), width=COLUMN_WIDTH)
+            diffs.append(p)
+        self._ordered(diffs)
+        self.dot.close()
+
+    def _turns(self, u: str) -> list[tuple[int, str]]:
+        a = self.g.nodes[u]
+        order = a.get("options", {}).get("order") or list(a["tasks"])
+        steps = a.get("options", {}).get("steps", 1)
+        main = self._main(order)
+        return [(k, t) for k in range(1, steps + 1) for t in main]
+
+    def _recursive(self, u: str) -> None:
+        a = self.g.nodes[u]
+        o = a.get("options", {})
+        order = o.get("order") or list(a["tasks"])
+        self._cluster(
+            u, "JTRL recursive refinement", f"order {' → '.join(order)} · {o.get('steps', 1)} steps"
+        )
+        for k, t in self._turns(u):
+            lines = [("b", f"{t} · step {k}"), ("s", "balance gate + attention"), ("s", f"⇒ {t}:step{k}")]
+            self._part(f"{u}#{k}/{t}", t, _html(lines), width=COLUMN_WIDTH)
+        self.dot.close()
+
+    # -- edges ----------------------------------------------------------------------
+    def _unit_edges(self, u: str) -> set[tuple[str, str]]:
+        """Draw the edges into and out of a unit drawn as parts; return the topology edges done."""
+        g, a = self.g, self.g.nodes[u]
+        kind = a["type"]
+        done: set[tuple[str, str]] = set()
+        ins = {src: g.edges[src, u]["tasks"] for src in g.predecessors(u)}
+        outs = {dst: g.edges[u, dst]["tasks"] for dst in g.successors(u)}
+        if kind not in ("cross_stitch", "nddr", "distillation", "affinity", "recursive"):
+            return done
+        source_of = {t: src for src, ts in ins.items() for t in ts}
+        e = self._edge
+        if kind == "cross_stitch":
+            alpha = self.notes.alpha.get(u)
+            tasks = list(a["tasks"])
+            for src, ts in ins.items():
+                for s in ts:
+                    for t in tasks:
+                        extra: dict[str, object] = {}
+                        if alpha:
+                            w = alpha[tasks.index(t)][tasks.index(s)]
+                            extra = {"label": f"{w:.2f}", "penwidth": 0.4 + 4 * min(abs(w), 1.5)}
+                        e(src, f"{u}#{t}", (s,), **extra)
+        elif kind == "nddr":
+            for src, ts in ins.items():
+                e(src, f"{u}#concat", ts)
+        elif kind == "distillation":
+            for t in self._main(a["tasks"]):
+                for s in a["tasks"]:
+                    own = s == t
+                    e(
+                        source_of[s],
+                        f"{u}#{t}",
+                        (s,),
+                        style=None if own else "dashed",
+                        arrowhead="normal" if own else "odot",
+                    )
+        elif kind == "affinity":
+            for s in a["tasks"]:
+                e(source_of[s], f"{u}#affinity/{s}", (s,))
+            for t in self._main(a["tasks"]):
+                e(source_of[t], f"{u}#{t}", (t,))
+                for s in a["tasks"]:
+                    e(f"{u}#affinity/{s}", f"{u}#{t}", (s,), style=None if s == t else "dashed")
+        elif kind == "recursive":
+            latest = {t: source_of[t] for t in a["tasks"]}
+            for k, t in self._turns(u):
+                node = f"{u}#{k}/{t}"
+                for s in a["tasks"]:
+                    e(latest[s], node, (s,), style=None if s == t else "dashed")
+                latest[t] = node
+            for dst, ts in outs.items():
+                for t in ts:
+                    e(latest[t], dst, (t,))
+                    done.add((u, dst))
+        for src in ins:
+            done.add((src, u))
+        for dst, ts in outs.items():
+            if (u, dst) not in done:
+                for t in ts:
+                    e(f"{u}#{t}", dst, (t,))
+                done.add((u, dst))
+        return done
+
+    def _edge(self, a: str, b: str, tasks: tuple[str, ...], **extra: object) -> None:
+        attrs = self._edge_style(tasks)
+        attrs.update({k: v for k, v in extra.items()})
+        status = self.notes.edge_status.get((a.split("#")[0], b.split("#")[0]))
+        if status:
+            attrs["color"] = STATUS[status]
+            attrs["penwidth"] = 2.5
+        self.dot.edge(a, b, **attrs)
+
+    def _edges(self) -> None:
+        g = self.g
+        done: set[tuple[str, str]] = set()
+        for u, d in g.nodes(data=True):
+            if d["kind"] == "unit":
+                done |= self._unit_edges(u)
+        for a, b, d in g.edges(data=True):
+            if (a, b) in done or g.nodes[b]["kind"] == "loss":
+                continue
+            extra: dict[str, object] = {}
+            if g.nodes[b].get("type") == "attention" and g.nodes[a]["kind"] == "block":
+                extra = {"color": SHARED}  # the shared trunk's feature, gated per task
+            self._edge(a, b, d["tasks"], **extra)
+
+    # -- legend ---------------------------------------------------------------------
+    def _legend(self) -> None:
+        n = self.notes
+        rows = []
+        for t in self.tasks:
+            colour = self.colour[t]
+            cells = [f'<TD BGCOLOR="{colour}"> </TD>', f'<TD ALIGN="LEFT"><B>{html.escape(t)}</B></TD>']
+            info = []
+            if self.aux.get(t):
+                info.append("auxiliary")
+            if t in n.task_params:
+                info.append(f"{si(n.task_params[t])} params")
+            if n.task_flops and t in n.task_flops:
+                info.append(si(n.task_flops[t], "FLOPs"))
+            if t in n.sigma:
+                info.append(f"σ {n.sigma[t]:.3g}")
+            cells.append(f'<TD ALIGN="LEFT"><FONT POINT-SIZE="9">{html.escape(" · ".join(info))}</FONT></TD>')
+            rows.append("<TR>" + "".join(cells) + "</TR>")
+        totals = []
+        if n.total_params is not None:
+            text = f"total {si(n.total_params)} params"
+            if n.shared_params is not None:
+                text += f" (shared {si(n.shared_params)})"
+            totals.append(text)
+        if n.total_flops is not None:
+            totals.append(f"{si(n.total_flops, 'FLOPs')} per image (2 per multiply-add)")
+        if n.task_params:
+            totals.append("per task: serving that task alone")
+        if n.status:
+            totals.append(
+                " ".join(
+                    f'<FONT COLOR="{STATUS[s]}"><B>{s}</B></FONT>' for s in ("added", "removed", "changed")
+                )
+            )
+        for text in totals:
+            body = text if text.startswith("<FONT") else html.escape(text)
+            rows.append(f'<TR><TD COLSPAN="3" ALIGN="LEFT"><FONT POINT-SIZE="9">{body}</FONT></TD></TR>')
+        label = '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="2">' + "".join(rows) + "</TABLE>>"
+        self.dot.node("~legend", shape="plaintext", label=label)
+
+
+def union_topology(a: Topology, b: Topology) -> Topology:
+    """Both topologies in one graph (attributes from b where both have a node), for a diff."""
+    graph = nx.compose(a.graph, b.graph)
+    tasks = list(a.tasks) + [t for t in b.tasks if t not in a.tasks]
+    stages = list(b.stages)
+    for i, s in enumerate(a.stages):
+        if s not in stages:
+            before = a.stages[i - 1] if i else None
+            stages.insert(stages.index(before) + 1 if before in stages else 0, s)
+    outputs = [t for t in tasks if t in a.outputs or t in b.outputs]
+    return Topology(graph, b.spec, tasks, outputs, stages)

@@ -1,0 +1,126 @@
+"""`mtlc build`, `schema`, `list` and `--set` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+from click.testing import CliRunner
+
+from mtlc.cli import main
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_build_prints_stages_tasks_and_totals(small_spec):
+    result = run("build", str(small_spec))
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for word in (
+        "s1",
+        "s2",
+        "seg",
+        "depth",
+        "shared",
+        "16×8×8",
+        "total 1,525",
+        "shared 1,440",
+        "seg 68",
+        "depth 17",
+    ):
+        assert word in out, word
+
+
+def test_build_json(small_spec):
+    result = run("build", str(small_spec), "--json")
+    report = json.loads(result.output)
+    assert report["name"] == "small" and report["tasks"] == ["seg", "depth"]
+    assert report["params"] == {"total": 1525, "shared": 1440, "tasks": {"seg": 68, "depth": 17}}
+    assert report["outputs"] == {"seg": [4, 16, 16], "depth": [1, 16, 16]}
+
+
+def test_build_code_prints_the_graph_module(small_spec):
+    result = run("build", str(small_spec), "--code")
+    assert (
+        "def forward(self, image):" in result.output
+        and "self.encoder.s1.shared.conv0(image)" in result.output
+    )
+
+
+def test_build_saves_a_model_torch_load_gives_back(small_spec, tmp_path):
+    path = tmp_path / "model.pt"
+    assert run("build", str(small_spec), "-o", str(path)).exit_code == 0
+    model = torch.load(path, weights_only=False)
+    assert model(torch.randn(1, 3, 16, 16))["seg"].shape == (1, 4, 16, 16)
+
+
+def test_build_does_not_overwrite_without_force(small_spec, tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"precious")
+    result = CliRunner().invoke(main, ["build", str(small_spec), "-o", str(path)])
+    assert result.exit_code == 2 and "exists" in result.output
+    assert path.read_bytes() == b"precious"
+
+
+def test_set_overrides_on_build(small_spec):
+    result = run("build", str(small_spec), "--json", "--set", "tasks.seg.head[0]=conv(6, 1)")
+    assert json.loads(result.output)["outputs"]["seg"] == [6, 16, 16]
+
+
+def test_set_unknown_path_is_located(small_spec):
+    result = CliRunner().invoke(
+        main, ["build", str(small_spec), "--set", "encoder.stage.s1=[relu]"]
+    )
+    assert result.exit_code == 2
+    assert (
+        "--set encoder.stage.s1=[relu]: encoder.stage: unknown key 'stage' (did you mean 'stages'?)"
+        in result.output
+    )
+
+
+def test_schema_is_json_schema_of_the_format():
+    doc = json.loads(run("schema").output)
+    assert doc["title"].startswith("mtlc spec")
+    assert set(doc["required"]) >= {"mtlc", "name", "input", "encoder", "tasks"}
+    sharing = doc["$defs"]["Encoder"]["properties"]["sharing"]["additionalProperties"]["anyOf"][0][
+        "enum"
+    ]
+    assert {"hard", "separate", "cross_stitch", "nddr", "attention"} <= set(sharing)
+
+
+def test_list_shows_every_kind():
+    names = json.loads(run("list", "--json").output)
+    assert (
+        "resblock" in names["layers"]
+        and "cross_stitch" in names["sharing"]
+        and "mgda" in names["balancers"]
+    )
+    assert "recursive" in names["decoders"] and "within_11.25" in names["metrics"]
+
+
+def test_help_and_schema_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from mtlc.cli import main\n"
+        "for args in (['--help'], ['schema'], ['list', '--json']):\n"
+        "    r = CliRunner().invoke(main, args)\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "print('torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
+
+
+def test_every_example_spec_builds(tmp_path):
+    from pathlib import Path
+
+    specs = sorted(Path(__file__).parent.parent.glob("specs/*.yaml"))
+    assert specs, "specs/ holds the example specs"
+    for spec in specs:
+        result = CliRunner().invoke(main, ["build", str(spec), "--json"])
+        assert result.exit_code == 0, f"{spec}: {result.output}"
