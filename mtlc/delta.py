@@ -66,16 +66,22 @@ def _relative_gains(
         base = baselines[task]
         for metric in base:
             if metric not in metrics:
-                raise ValueError(f"Δm: metric {metric!r} of task {task!r} has a baseline but no result.")
+                raise ValueError(
+                    f"Δm: metric {metric!r} of task {task!r} has a baseline but no result."
+                )
         if not metrics:
             raise ValueError(f"Δm: task {task!r} has no metrics.")
         gains[task] = {}
         for metric, value in metrics.items():
             if metric not in base:
-                raise ValueError(f"Δm: metric {metric!r} of task {task!r} has a result but no baseline.")
+                raise ValueError(
+                    f"Δm: metric {metric!r} of task {task!r} has a result but no baseline."
+                )
             m, b = float(value), float(base[metric])
             if not (math.isfinite(m) and math.isfinite(b)):
-                raise ValueError(f"Δm: metric {metric!r} of task {task!r} is not finite ({m}, {b}).")
+                raise ValueError(
+                    f"Δm: metric {metric!r} of task {task!r} is not finite ({m}, {b})."
+                )
             if b == 0:
                 raise ValueError(
                     f"Δm: the baseline of metric {metric!r} of task {task!r} is 0; "

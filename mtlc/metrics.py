@@ -385,8 +385,9 @@ def metric_class(name: str) -> type[Metric]:
     from mtlc import registry
 
     if name not in registry.METRICS:
-        close = difflib.get_close_matches(name, list(registry.METRICS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        lower = {known.lower(): known for known in registry.METRICS}
+        close = difflib.get_close_matches(str(name).lower(), list(lower), n=1)
+        hint = f" (did you mean {lower[close[0]]!r}?)" if close else ""
         raise ValueError(f"unknown metric {name!r}{hint}; known: {', '.join(registry.METRICS)}.")
     return registry.resolve(registry.METRICS, name)
 

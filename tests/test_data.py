@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtlc.data import DataError, TensorData, load_dataset
-from mtlc.data import correlated, npy_folders, shapes
+from mtlc.data import DataError, TensorData, correlated, load_dataset, npy_folders, shapes
 from mtlc.data.batches import iterate_batches, num_batches
 
 # --- shapes ------------------------------------------------------------------------------
@@ -64,7 +63,7 @@ def test_shapes_default_train_split_shapes_and_dtypes(shapes_train):
     assert d["edge"].shape == (2000, 1, s, s) and d["edge"].dtype == torch.float32
     assert d.info["num_classes"] == {"seg": 5}
     assert d.info["inputs"] == {"image": [3, s, s]}
-    assert 0.0 <= float(d["image"].min()) and float(d["image"].max()) <= 1.0
+    assert float(d["image"].min()) >= 0.0 and float(d["image"].max()) <= 1.0
     # Every class occurs, and objects cover a real share of the pixels.
     counts = torch.bincount(d["seg"].flatten(), minlength=5)
     assert counts.numel() == 5 and bool((counts > 0).all())

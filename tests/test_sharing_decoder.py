@@ -434,10 +434,6 @@ def test_recursive_auxiliary_task_lends_features_but_takes_no_turns():
     assert not any(k.startswith("e:step") for k in compiled.topology.predictions)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="topology: tasks outside `order` get no decoder features but their head expects them",
-)
 def test_recursive_order_may_be_a_subset():
     # features 6 ≠ the encoder's 4 channels, so reading the wrong one cannot go unnoticed
     spec = tiny({"type": "recursive", "order": ["a", "b"], "features": 6}, "abc")

@@ -38,7 +38,9 @@ def make_spec(
     vector = len(size) == 1
     heads = {
         t: {
-            "head": [f"linear({2 if i == 0 else 1})" if vector else f"conv({2 if i == 0 else 1}, 1)"],
+            "head": [
+                f"linear({2 if i == 0 else 1})" if vector else f"conv({2 if i == 0 else 1}, 1)"
+            ],
             "loss": "cross_entropy" if i == 0 else "l1",
         }
         for i, t in enumerate(tasks)
@@ -85,7 +87,9 @@ def test_cross_stitch_is_a_full_matrix_mix(granularity):
     with torch.no_grad():
         unit.alpha.copy_(torch.randn_like(unit.alpha))
     assert unit.alpha.shape == ((3, 3, 8) if granularity == "channel" else (3, 3))
-    cap = Capture(model, [f"encoder.s2.{t}.relu2" for t in TASKS] + [f"heads.{t}.conv0" for t in TASKS])
+    cap = Capture(
+        model, [f"encoder.s2.{t}.relu2" for t in TASKS] + [f"heads.{t}.conv0" for t in TASKS]
+    )
     model(torch.randn(4, 3, 8, 8))
 
     xs = torch.stack([cap.outputs[f"encoder.s2.{t}.relu2"] for t in TASKS])  # [S, N, C, H, W]
@@ -107,11 +111,17 @@ def test_cross_stitch_initialisation_and_lr_mult():
 
 
 def test_cross_stitch_with_identity_alpha_equals_separate_columns():
-    sharing = {"s1": {"type": "cross_stitch"}, "s2": {"type": "cross_stitch", "granularity": "scalar"}}
+    sharing = {
+        "s1": {"type": "cross_stitch"},
+        "s2": {"type": "cross_stitch", "granularity": "scalar"},
+    }
     stitched = compile_spec(make_spec(sharing)).model
     separate = compile_spec(make_spec({"s1": "separate", "s2": "separate"})).model
     result = stitched.load_state_dict(separate.state_dict(), strict=False)
-    assert sorted(result.missing_keys) == ["encoder.s1.cross_stitch.alpha", "encoder.s2.cross_stitch.alpha"]
+    assert sorted(result.missing_keys) == [
+        "encoder.s1.cross_stitch.alpha",
+        "encoder.s2.cross_stitch.alpha",
+    ]
     assert result.unexpected_keys == []
     with torch.no_grad():
         for stage in ("s1", "s2"):
@@ -140,7 +150,9 @@ def test_cross_stitch_parameter_count_by_hand():
 def test_cross_stitch_inside_groups_mixes_only_within_a_group():
     torch.manual_seed(0)
     tasks = ("a", "b", "c", "d")
-    spec = make_spec({"s2": {"type": "cross_stitch", "groups": [["a", "b", "c"], ["d"]]}}, tasks=tasks)
+    spec = make_spec(
+        {"s2": {"type": "cross_stitch", "groups": [["a", "b", "c"], ["d"]]}}, tasks=tasks
+    )
     compiled = compile_spec(spec)
     model = compiled.model
     assert "s2/cross_stitch/a+b+c" in compiled.topology.graph
@@ -148,7 +160,9 @@ def test_cross_stitch_inside_groups_mixes_only_within_a_group():
     assert unit.alpha.shape == (3, 3, 8)
     with torch.no_grad():
         unit.alpha.copy_(torch.randn_like(unit.alpha))
-    cap = Capture(model, [f"encoder.s2.{t}.relu2" for t in tasks] + [f"heads.{t}.conv0" for t in tasks])
+    cap = Capture(
+        model, [f"encoder.s2.{t}.relu2" for t in tasks] + [f"heads.{t}.conv0" for t in tasks]
+    )
     model(torch.randn(2, 3, 8, 8))
     xs = torch.stack([cap.outputs[f"encoder.s2.{t}.relu2"] for t in "abc"])
     expected = torch.einsum("tsc,snchw->tnchw", unit.alpha.detach(), xs)
@@ -163,13 +177,17 @@ def test_cross_stitch_inside_groups_mixes_only_within_a_group():
 def test_cross_stitch_on_a_vector_mlp():
     torch.manual_seed(0)
     stages = {"s1": ["linear(16)", "relu"], "s2": ["linear(6)", "relu"]}
-    spec = make_spec({"s1": {"type": "cross_stitch"}, "s2": {"type": "cross_stitch"}}, stages=stages, size=(10,))
+    spec = make_spec(
+        {"s1": {"type": "cross_stitch"}, "s2": {"type": "cross_stitch"}}, stages=stages, size=(10,)
+    )
     model = compile_spec(spec).model
     unit = model.get_submodule("encoder.s2.cross_stitch")
     assert unit.alpha.shape == (3, 3, 6)  # per feature
     with torch.no_grad():
         unit.alpha.copy_(torch.randn_like(unit.alpha))
-    cap = Capture(model, [f"encoder.s2.{t}.relu1" for t in TASKS] + [f"heads.{t}.linear0" for t in TASKS])
+    cap = Capture(
+        model, [f"encoder.s2.{t}.relu1" for t in TASKS] + [f"heads.{t}.linear0" for t in TASKS]
+    )
     out = model(torch.randn(5, 10))
     xs = torch.stack([cap.outputs[f"encoder.s2.{t}.relu1"] for t in TASKS])
     expected = torch.einsum("tsf,snf->tnf", unit.alpha.detach(), xs)
@@ -184,7 +202,9 @@ def test_cross_stitch_on_a_vector_mlp():
 
 def test_nddr_is_concat_conv_bn_relu_with_diagonal_init():
     torch.manual_seed(0)
-    model = compile_spec(make_spec({"s2": {"type": "nddr", "init": [0.7, 0.2], "lr_mult": 10}})).model
+    model = compile_spec(
+        make_spec({"s2": {"type": "nddr", "init": [0.7, 0.2], "lr_mult": 10}})
+    ).model
     eye = torch.eye(8)
     for i, t in enumerate(TASKS):
         conv = model.get_submodule(f"encoder.s2.nddr.{t}.reduce")
@@ -202,16 +222,22 @@ def test_nddr_is_concat_conv_bn_relu_with_diagonal_init():
             bn = model.get_submodule(f"encoder.s2.nddr.{t}.bn")
             bn.weight.uniform_(0.5, 1.5)
             bn.bias.normal_()
-    cap = Capture(model, [f"encoder.s2.{t}.relu2" for t in TASKS] + [f"heads.{t}.conv0" for t in TASKS])
+    cap = Capture(
+        model, [f"encoder.s2.{t}.relu2" for t in TASKS] + [f"heads.{t}.conv0" for t in TASKS]
+    )
     model(torch.randn(4, 3, 8, 8))
-    cat = torch.cat([cap.outputs[f"encoder.s2.{t}.relu2"] for t in TASKS], dim=1)  # fixed task order
+    cat = torch.cat(
+        [cap.outputs[f"encoder.s2.{t}.relu2"] for t in TASKS], dim=1
+    )  # fixed task order
     for t in TASKS:
         conv = model.get_submodule(f"encoder.s2.nddr.{t}.reduce")
         bn = model.get_submodule(f"encoder.s2.nddr.{t}.bn")
         z = F.conv2d(cat, conv.weight)
         mean, var = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)
         expected = F.relu(
-            (z - mean[:, None, None]) / torch.sqrt(var[:, None, None] + bn.eps) * bn.weight[:, None, None]
+            (z - mean[:, None, None])
+            / torch.sqrt(var[:, None, None] + bn.eps)
+            * bn.weight[:, None, None]
             + bn.bias[:, None, None]
         )
         torch.testing.assert_close(head_input(cap, t), expected)
@@ -227,7 +253,10 @@ def test_nddr_identity_init_equals_separate_columns():
     those of separate columns. In train mode the unit is exactly BN-with-batch-statistics
     then ReLU of the task's own column.
     """
-    sharing = {"s1": {"type": "nddr", "init": [1.0, 0.0]}, "s2": {"type": "nddr", "init": [1.0, 0.0]}}
+    sharing = {
+        "s1": {"type": "nddr", "init": [1.0, 0.0]},
+        "s2": {"type": "nddr", "init": [1.0, 0.0]},
+    }
     nddr = compile_spec(make_spec(sharing)).model
     separate = compile_spec(make_spec({"s1": "separate", "s2": "separate"})).model
     result = nddr.load_state_dict(separate.state_dict(), strict=False)
@@ -246,7 +275,9 @@ def test_nddr_identity_init_equals_separate_columns():
     for stage in ("s1", "s2"):
         for t in TASKS:
             nddr.get_submodule(f"encoder.{stage}.nddr.{t}.bn").eps = 1e-5
-    cap = Capture(nddr, [f"encoder.s2.{t}.relu2" for t in TASKS] + [f"heads.{t}.conv0" for t in TASKS])
+    cap = Capture(
+        nddr, [f"encoder.s2.{t}.relu2" for t in TASKS] + [f"heads.{t}.conv0" for t in TASKS]
+    )
     nddr(x)
     for t in TASKS:
         own = cap.outputs[f"encoder.s2.{t}.relu2"]
@@ -270,7 +301,9 @@ def test_nddr_on_vectors_uses_linear_and_batchnorm1d():
     torch.manual_seed(0)
     stages = {"s1": ["linear(6)", "relu"], "s2": ["linear(5)", "relu"]}
     model = compile_spec(make_spec({"s2": {"type": "nddr"}}, stages=stages, size=(10,))).model
-    cap = Capture(model, [f"encoder.s2.{t}.relu1" for t in TASKS] + [f"heads.{t}.linear0" for t in TASKS])
+    cap = Capture(
+        model, [f"encoder.s2.{t}.relu1" for t in TASKS] + [f"heads.{t}.linear0" for t in TASKS]
+    )
     model(torch.randn(7, 10))
     cat = torch.cat([cap.outputs[f"encoder.s2.{t}.relu1"] for t in TASKS], dim=1)
     for i, t in enumerate(TASKS):
@@ -330,8 +363,12 @@ def test_attention_masks_gate_the_trunk_and_chain_per_task():
         torch.testing.assert_close(cap.outputs[f"encoder.s1.attention.{t}"], a1)
         p1 = a1 * u1
         # stage 2: [u_2, pool(refine(p_1))], refine = 3×3 conv-BN-ReLU shared by the tasks
-        refined = F.max_pool2d(F.relu(_bn(F.conv2d(p1, refine[0].weight, refine[0].bias, padding=1), refine[1])), 2)
-        a2 = _mask(torch.cat([u2, refined], dim=1), model.get_submodule(f"encoder.s2.attention.{t}"))
+        refined = F.max_pool2d(
+            F.relu(_bn(F.conv2d(p1, refine[0].weight, refine[0].bias, padding=1), refine[1])), 2
+        )
+        a2 = _mask(
+            torch.cat([u2, refined], dim=1), model.get_submodule(f"encoder.s2.attention.{t}")
+        )
         torch.testing.assert_close(head_input(cap, t), a2 * u2)
 
 
@@ -355,7 +392,9 @@ def test_attention_parameter_count_by_hand():
     # s2 mask per task (C=8, in 2·8, hidden 2): conv 16·2+2 = 34, bn 4, conv 2·8+8 = 24, bn 16 → 78
     # s2 refine, once: conv 3×3 4→8 = 4·8·9+8 = 296, bn 16 → 312
     spec = make_spec(
-        {"s1": "attention", "s2": {"type": "attention", "hidden": 2}}, stages=ATT_STAGES, size=(3, 16, 16)
+        {"s1": "attention", "s2": {"type": "attention", "hidden": 2}},
+        stages=ATT_STAGES,
+        size=(3, 16, 16),
     )
     counts = count_parameters(compile_spec(spec).model)
     assert counts["total"] == 120 + 312 + 36 + 3 * 56 + 3 * 78 + 312 == 1182
@@ -428,7 +467,10 @@ def test_attention_on_vectors_is_a_located_error(write_spec):
         "encoder:\n  stages:\n    s1: [linear(8), relu]\n  sharing:\n    s1: attention\n"
     )
     text += TASKS_YAML.replace("conv(2, 1)", "linear(2)").replace("conv(1, 1)", "linear(1)")
-    assert "spec.yaml:8:9: encoder.sharing.s1: attention needs feature maps [C, H, W]; stage 's1' outputs [8]" in located(write_spec, text)
+    assert (
+        "spec.yaml:8:9: encoder.sharing.s1: attention needs feature maps [C, H, W]; stage 's1' outputs [8]"
+        in located(write_spec, text)
+    )
 
 
 def test_attention_after_separate_stages_is_a_located_error(write_spec):
@@ -455,9 +497,13 @@ def test_nddr_on_a_non_image_non_vector_feature_is_a_located_error(write_spec):
     text = HEADER.replace("[3, 12, 12]", "[4, 10]") + (
         "encoder:\n  stages:\n    s1: [linear(8)]\n  sharing:\n    s1: nddr\n"
     )
-    text += TASKS_YAML.replace("conv(2, 1)", "flatten, linear(2)").replace("conv(1, 1)", "flatten, linear(1)")
+    text += TASKS_YAML.replace("conv(2, 1)", "flatten, linear(2)").replace(
+        "conv(1, 1)", "flatten, linear(1)"
+    )
     message = located(write_spec, text, compile_it=True)
-    assert message.startswith("spec.yaml:8:9: encoder.sharing.s1: nddr needs feature maps [C, H, W] or vectors [F]")
+    assert message.startswith(
+        "spec.yaml:8:9: encoder.sharing.s1: nddr needs feature maps [C, H, W] or vectors [F]"
+    )
 
 
 # -- the specs of this layer, and torch.compile -----------------------------------------
@@ -488,13 +534,18 @@ def test_mixed_spec_has_hard_then_grouped_cross_stitch_then_nddr():
 def _compile_cases() -> list:
     att = make_spec({"s1": "attention", "s2": "attention"}, stages=ATT_STAGES, size=(3, 16, 16))
     return [
-        pytest.param(make_spec({"s1": {"type": "cross_stitch"}, "s2": {"type": "cross_stitch"}}), id="cross_stitch"),
+        pytest.param(
+            make_spec({"s1": {"type": "cross_stitch"}, "s2": {"type": "cross_stitch"}}),
+            id="cross_stitch",
+        ),
         pytest.param(make_spec({"s1": {"type": "nddr"}, "s2": {"type": "nddr"}}), id="nddr"),
         pytest.param(att, id="attention"),
     ]
 
 
-@pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile unsupported here")
+@pytest.mark.skipif(
+    not torch._dynamo.is_dynamo_supported(), reason="torch.compile unsupported here"
+)
 @pytest.mark.parametrize("spec", _compile_cases())
 def test_torch_compile_aot_eager_matches_eager(spec):
     torch.manual_seed(0)

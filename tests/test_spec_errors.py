@@ -232,3 +232,33 @@ def test_dict_source_is_not_modified():
     before = yaml.safe_dump(data)
     load_spec(data, ["train.epochs=3"])
     assert yaml.safe_dump(data) == before
+
+
+def test_decoder_needs_map_heads(write_spec):
+    text = SMALL.replace(
+        "head: [conv(1, 1), upsample(2)], loss: l1",
+        "head: [adaptive_avgpool(1), flatten, linear(1)], loss: l1",
+    )
+    text += "decoder: {type: distillation, features: 8}\n"
+    assert (
+        "tasks.depth.head: decoder 'distillation' needs every task's head to output a map [C, H, W]"
+        in error_of(write_spec, text)
+    )
+
+
+def test_recursion_needs_a_main_task_in_its_order(write_spec):
+    text = SMALL.replace(
+        "metrics: [abs_err]}",
+        "metrics: [abs_err]}\n  edge: {head: [conv(1, 1), upsample(2)], loss: bce, auxiliary: true}",
+    )
+    text = text.replace("metrics: [miou]}", "metrics: [miou], auxiliary: false}")
+    text += "decoder: {type: recursive, order: [edge, edge2]}\n"
+    assert "decoder.order[1]: unknown task 'edge2'" in error_of(write_spec, text)
+    text = text.replace("order: [edge, edge2]", "order: [edge]")
+    assert "decoder.order: the recursion needs at least two tasks" in error_of(write_spec, text)
+    text2 = text.replace("order: [edge]", "order: [edge, depth]").replace(
+        "loss: l1, metrics: [abs_err]}", "loss: l1, metrics: [abs_err], auxiliary: true}"
+    )
+    assert "decoder.order: the recursion needs at least one non-auxiliary task" in error_of(
+        write_spec, text2
+    )

@@ -66,17 +66,29 @@ class Emitter:
         }
         return node
 
+    def has_module(self, qualname: str) -> bool:
+        try:
+            self.root.get_submodule(qualname)
+        except AttributeError:
+            return False
+        return True
+
     def call_module(
         self,
         qualname: str,
-        module: nn.Module,
+        module: nn.Module | None,
         args: tuple,
         *,
         block: str,
         kind: str,
         owner: str | None,
     ) -> fx.Node:
-        target = self.add_module(qualname, module)
+        """Call `module`, registered as `qualname`; `None` calls the one registered there before.
+
+        Calling a registered module again is how weights are reused inside one graph
+        (a predictor shared by every JTRL step, MTAN's refinement shared by the tasks).
+        """
+        target = self.add_module(qualname, module) if module is not None else qualname
         return self._label(self.graph.call_module(target, args), block, kind, owner)
 
     def call_function(

@@ -171,14 +171,28 @@ def _sample_scenes(n: int, classes: int, g: torch.Generator) -> dict[str, torch.
 # --- ray casting -------------------------------------------------------------------------
 
 
-def _object_frames(sc: dict[str, torch.Tensor]) -> torch.Tensor:
-    """World -> object rotation (about y) per object, [n, K, 3, 3]."""
-    c, s = sc["obj_yaw"].cos(), sc["obj_yaw"].sin()
-    z, o = torch.zeros_like(c), torch.ones_like(c)
-    return torch.stack(
-        [torch.stack([c, z, -s], -1), torch.stack([z, o, z], -1), torch.stack([s, z, c], -1)],
-        dim=-2,
-    )
+def _object_params(sc: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per object, packed for one gather: [n, K, 8] = (x, z, sx, sy, sz, cos, sin, class).
+
+    An object's local frame is its base centre (x, 0, z), rotated by its yaw about the
+    vertical and scaled by (sx, sy, sz): local = R(world − centre) / scale with
+    R = [[cos, 0, −sin], [0, 1, 0], [sin, 0, cos]].
+    """
+    yaw = sc["obj_yaw"]
+    x, _, z = sc["centre"].unbind(-1)
+    sx, sy, sz = sc["scale"].unbind(-1)
+    return torch.stack([x, z, sx, sy, sz, yaw.cos(), yaw.sin(), sc["cls"].float()], dim=-1)
+
+
+def _to_local(o: torch.Tensor, d: torch.Tensor | None, prm: torch.Tensor):
+    """World points o (and directions d) [..., 3] into the frames of objects prm [..., 8]."""
+    cx, cz, sx, sy, sz, c, s, _ = prm.unbind(-1)
+    rx, ry, rz = o[..., 0] - cx, o[..., 1], o[..., 2] - cz
+    lo = ((c * rx - s * rz) / sx, ry / sy, (s * rx + c * rz) / sz)
+    if d is None:
+        return lo, None
+    dx, dy, dz = d.unbind(-1)
+    return lo, ((c * dx - s * dz) / sx, dy / sy, (s * dx + c * dz) / sz)
 
 
 def _bounds(sc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,12 +225,10 @@ def _candidates_shadow(points, light, bc, br) -> torch.Tensor:
     return (v2 - s.square() < r2) & (s > -br.unsqueeze(1)) & (br > 0).unsqueeze(1)
 
 
-def _intersect(o, d, centre, rot, scale, cls, eps: float = 1e-4) -> torch.Tensor:
-    """Ray parameter t of the first hit of rays o + t·d with single objects, all [M, ...]."""
-    lo = torch.einsum("mij,mj->mi", rot, o - centre) / scale
-    ld = torch.einsum("mij,mj->mi", rot, d) / scale
-    ox, oy, oz = lo.unbind(-1)
-    dx, dy, dz = ld.unbind(-1)
+def _intersect(o, d, prm, eps: float = 1e-4) -> torch.Tensor:
+    """Ray parameter t of the first hit of rays o + t·d [M, 3] with objects prm [M, 8]."""
+    (ox, oy, oz), (dx, dy, dz) = _to_local(o, d, prm)
+    cls = prm[:, 7].long()
     qa, qb, qc, qd, ymax = _COEF[cls].unbind(-1)
     inf = torch.full_like(ox, math.inf)
 
@@ -256,44 +268,40 @@ def _intersect(o, d, centre, rot, scale, cls, eps: float = 1e-4) -> torch.Tensor
     return torch.where(cls == 2, t_box, t_quad)
 
 
-def _cast(origin, dirs, sc, rot, candidates) -> torch.Tensor:
+def _cast(origin, dirs, params, candidates) -> torch.Tensor:
     """Hit distance t [n, P, K] of every candidate (ray, object) pair; inf elsewhere."""
     si, pi, ki = candidates.nonzero(as_tuple=True)
     o = origin[si, pi if origin.shape[1] > 1 else torch.zeros_like(pi)]
     d = dirs[si, pi if dirs.shape[1] > 1 else torch.zeros_like(pi)]
-    t_pairs = _intersect(
-        o, d, sc["centre"][si, ki], rot[si, ki], sc["scale"][si, ki], sc["cls"][si, ki]
-    )
     t = torch.full(candidates.shape, math.inf)
-    t[si, pi, ki] = t_pairs
+    t[si, pi, ki] = _intersect(o, d, params[si, ki])
     return t
 
 
-def _normals(point, k_min, hit_obj, on_ground, sc, rot) -> torch.Tensor:
+def _normals(point, k_min, hit_obj, on_ground, params) -> torch.Tensor:
     """World-frame unit normals [n, P, 3] at the visible surface points."""
-    n, npix = k_min.shape
-    gather3 = k_min.unsqueeze(-1).expand(-1, -1, 3)
-    centre_k = sc["centre"].gather(1, gather3)
-    scale_k = sc["scale"].gather(1, gather3)
-    rot_k = rot.gather(1, k_min[..., None, None].expand(-1, -1, 3, 3))
-    cls_k = sc["cls"].gather(1, k_min)
-    p = torch.einsum("npij,npj->npi", rot_k, point - centre_k) / scale_k  # local hit point
-    px, py, pz = p.unbind(-1)
-    qa, qb, qc, _, _ = _COEF[cls_k].unbind(-1)
-    grad_q = torch.stack([2 * qa * px, 2 * qb * py + qc, 2 * qa * pz], -1)
+    prm = params.gather(1, k_min.unsqueeze(-1).expand(-1, -1, params.shape[-1]))  # [n, P, 8]
+    (px, py, pz), _ = _to_local(point, None, prm)
+    cls = prm[..., 7].long()
+    qa, qb, qc, _, _ = _COEF[cls].unbind(-1)
+    gx, gy, gz = 2 * qa * px, 2 * qb * py + qc, 2 * qa * pz  # quadric gradient
     # A cylinder point nearer its top plane than its side lies on the cap.
-    on_cap = (cls_k == 3) & ((py - 1).abs() < ((px * px + pz * pz).sqrt() - 1).abs())
-    up = torch.tensor([0.0, 1.0, 0.0]).expand_as(grad_q)
-    grad_q = torch.where(on_cap.unsqueeze(-1), up, grad_q)
-    # Box: the face nearest to the hit point.
-    face = torch.stack([1 - px.abs(), 1 - py, 1 - pz.abs()], -1).argmin(-1, keepdim=True)
-    sign = torch.stack([px.sign(), torch.ones_like(py), pz.sign()], -1)
-    grad_b = torch.zeros_like(p).scatter(-1, face, sign.gather(-1, face))
-    grad_l = torch.where((cls_k == 2).unsqueeze(-1), grad_b, grad_q)
-    n_obj = torch.einsum("npji,npj->npi", rot_k, grad_l / scale_k)
-    n_bg = torch.zeros(n, npix, 3)
-    n_bg[..., 1] = on_ground.float()
-    n_bg[..., 2] = -(~on_ground).float()
+    on_cap = (cls == 3) & ((py - 1).abs() < ((px * px + pz * pz).sqrt() - 1).abs())
+    # Box: the face nearest to the hit point (the bottom face is never seen).
+    fx, fy, fz = 1 - px.abs(), 1 - py, 1 - pz.abs()
+    box = cls == 2
+    bx = box & (fx <= fy) & (fx <= fz)
+    bz = box & ~bx & (fz <= fy)
+    by = box & ~bx & ~bz
+    zero = torch.zeros_like(px)
+    gx = torch.where(bx, px.sign(), torch.where(box | on_cap, zero, gx))
+    gy = torch.where(by | on_cap, zero + 1.0, torch.where(box, zero, gy))
+    gz = torch.where(bz, pz.sign(), torch.where(box | on_cap, zero, gz))
+    # Gradients transform with the inverse transpose of local = R(world − c) / s.
+    _, _, sx, sy, sz, c, s, _ = prm.unbind(-1)
+    gx, gy, gz = gx / sx, gy / sy, gz / sz
+    n_obj = torch.stack([c * gx + s * gz, gy, c * gz - s * gx], dim=-1)
+    n_bg = torch.stack([zero, on_ground.float(), -(~on_ground).float()], dim=-1)
     normal = torch.where(hit_obj.unsqueeze(-1), n_obj, n_bg)
     return torch.nn.functional.normalize(normal, dim=-1)
 
@@ -319,7 +327,7 @@ def _camera(sc: dict[str, torch.Tensor], size: int):
 def _render_chunk(sc: dict[str, torch.Tensor], size: int, g: torch.Generator):
     n = sc["cam_h"].shape[0]
     origin, dirs, (right, up, fwd) = _camera(sc, size)
-    rot = _object_frames(sc)
+    params = _object_params(sc)
 
     # Background: the ground y = 0 in front of the wall z = _WALL_Z, else the wall.
     t_ground = -origin[..., 1] / dirs[..., 1].clamp(max=-1e-9)
@@ -329,13 +337,13 @@ def _render_chunk(sc: dict[str, torch.Tensor], size: int, g: torch.Generator):
     t_bg = torch.where(on_ground, t_ground, t_wall)
 
     bc, br = _bounds(sc)
-    t_obj = _cast(origin, dirs, sc, rot, _candidates_primary(origin, dirs, bc, br))
+    t_obj = _cast(origin, dirs, params, _candidates_primary(origin, dirs, bc, br))
     t_min, k_min = t_obj.min(dim=-1)  # [n, P]
     hit_obj = t_min < t_bg
     depth = torch.where(hit_obj, t_min, t_bg)  # = z-depth since dirs · fwd = 1
     point = origin + depth.unsqueeze(-1) * dirs
     cls_k = sc["cls"].gather(1, k_min)
-    normal = _normals(point, k_min, hit_obj, on_ground, sc, rot)
+    normal = _normals(point, k_min, hit_obj, on_ground, params)
     facing = (normal * dirs).sum(-1, keepdim=True)
     normal = torch.where(facing > 0, -normal, normal)
 
@@ -355,7 +363,7 @@ def _render_chunk(sc: dict[str, torch.Tensor], size: int, g: torch.Generator):
     lambert = (normal * light).sum(-1).clamp_min(0.0)
     start = point + 2e-3 * normal
     cand = _candidates_shadow(start, light, bc, br) & (lambert > 0).unsqueeze(-1)
-    lit = _cast(start, light, sc, rot, cand).min(-1).values == math.inf
+    lit = _cast(start, light, params, cand).min(-1).values == math.inf
     shade = _AMBIENT + (1.0 - _AMBIENT) * lambert * lit.float()
     albedo_obj = sc["albedo"].gather(1, k_min.unsqueeze(-1).expand(-1, -1, 3))
     sq = sc["checker"].unsqueeze(1)

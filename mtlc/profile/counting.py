@@ -357,8 +357,10 @@ def pruned(gm: fx.GraphModule, keys: Iterable[str]) -> fx.GraphModule:
     outputs = output_keys(gm.graph)
     graph.graph_copy(gm.graph, remap)
     graph.output({k: remap[outputs[k]] for k in keys})
-    graph.eliminate_dead_code()
     out = fx.GraphModule(gm, graph, class_name=type(gm).__name__ + "Pruned")
+    out.graph.eliminate_dead_code()
+    out.delete_all_unused_submodules()
+    out.recompile()
     out.meta.update(gm.meta)
     return out
 

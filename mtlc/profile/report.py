@@ -304,10 +304,14 @@ def summary_lines(profile: Profile) -> list[str]:
     return lines
 
 
+def ms(v: float) -> str:
+    return f"{v:,.0f} ms" if v >= 100 else f"{v:.3g} ms"
+
+
 def latency_line(lat: dict[str, Any]) -> str:
     def one(key: str) -> str:
         s = lat[key]
-        return f"{s['median']:.3g} ms (min {s['min']:.3g}, max {s['max']:.3g}, IQR {s['iqr']:.2g})"
+        return f"{ms(s['median'])} (min {ms(s['min'])}, max {ms(s['max'])}, IQR {ms(s['iqr'])})"
 
     return (
         f"latency on {lat['device']}, batch {lat['batch']}, median of {lat['iterations']} "
@@ -365,7 +369,6 @@ def _comparison_metrics(base: Profile) -> list[tuple[str, Any, Any]]:
         ("peak act. memory", lambda p: p.inference.peak_bytes, nbytes),
     ]
     if base.latency is not None:
-        ms = lambda v: f"{v:.3g} ms"  # noqa: E731
         metrics += [
             ("forward", lambda p: p.latency["forward_ms"]["median"], ms),
             ("fwd+bwd", lambda p: p.latency["forward_backward_ms"]["median"], ms),

@@ -90,7 +90,7 @@ def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
                 owner=a,
             )
             # the predictor is one module called once per step
-            pred = em._label(em.graph.call_module(predictors[a], (state[a],)), unit, "predictor", a)
+            pred = em.call_module(predictors[a], None, (state[a],), block=unit, kind="predictor", owner=a)
             size = tuple(attrs["out_shapes"][a][1:])
             if tuple(attrs["shape"][1:]) != size:
                 pred = em.resize(pred, size, block=unit, owner=a)

@@ -292,6 +292,11 @@ def _check_names(spec: Spec, src: Source) -> None:
             raise src.error(
                 ("decoder", "order"), "the recursion needs at least two tasks to take turns"
             )
+        if all(spec.tasks[t].auxiliary for t in order):
+            raise src.error(
+                ("decoder", "order"),
+                "the recursion needs at least one non-auxiliary task to take turns",
+            )
 
 
 def _check_partition(groups: list[list[str]], tasks: list[str], path: tuple, src: Source) -> None:

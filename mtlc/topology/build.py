@@ -248,10 +248,17 @@ def _decoder(
         parse_layer("relu"),
     ]
     order = getattr(dec, "order", None) or topo.tasks
-    members = tuple(t for t in topo.tasks if t in order)
+    members = tuple(topo.tasks)  # every task makes features; `order` only says who takes turns
     if len(members) < 2:
         raise _err(spec, ("decoder",), "a decoder needs at least two tasks to exchange features")
     out_shapes = {t: _head_shape(spec, t, feat_shape) for t in topo.tasks}
+    for t, out in out_shapes.items():
+        if len(out) != 3:
+            raise _err(
+                spec,
+                ("tasks", t, "head"),
+                f"decoder '{dec.type}' needs every task's head to output a map [C, H, W] for its intermediate predictions; got {list(out)}",
+            )
     unit = f"{DECODER_STAGE}/{dec.type}"
     g.add_node(
         unit,

@@ -73,6 +73,8 @@ def baseline_metrics(
     console: Any = None,
 ) -> dict[str, dict[str, float]]:
     """Train (or reuse) every baseline of ``spec`` under ``run_dir/baselines``."""
+    from rich.markup import escape
+
     from mtlc.train.loop import Trainer, TrainError, check_resumable
 
     tasks = baseline_tasks(spec)
@@ -85,7 +87,9 @@ def baseline_metrics(
         summary = _cached(single, folder)
         if summary is None:
             if console is not None:
-                console.print(f"[bold]baseline {i}/{len(tasks)}: {t} alone[/] → {folder}")
+                console.print(
+                    f"[bold]baseline {i}/{len(tasks)}: {t} alone[/] → {escape(str(folder))}"
+                )
             resume = (folder / runfolder.LAST).is_file()
             if resume:
                 try:
@@ -96,6 +100,6 @@ def baseline_metrics(
             trainer = Trainer(single, device=device, allow_import=allow_import, console=console)
             summary = trainer.fit(folder, resume=resume).summary
         elif console is not None:
-            console.print(f"baseline {i}/{len(tasks)}: {t} (cached in {folder})")
+            console.print(f"baseline {i}/{len(tasks)}: {t} (cached in {folder})", markup=False)
         found[t] = summary["final"]["metrics"][t]
     return found

@@ -18,6 +18,7 @@ Ctrl-C while saving leaves the previous checkpoint intact, never a truncated one
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from mtlc.errors import MtlcError
+from mtlc.train.runfolder import file_mode
 
 FORMAT = "mtlc-checkpoint"
 VERSION = 1
@@ -44,7 +46,22 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Copy a checkpoint file atomically (best.pt from last.pt without pickling twice)."""
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

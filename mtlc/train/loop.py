@@ -23,10 +23,11 @@ Choices worth knowing (the README repeats them):
   :class:`Diverged` naming the task and the step (the CLI exits 1: the command was
   right, the training failed), and ``last.pt``/``best.pt`` keep the last good epoch.
 * **best.pt** is the epoch with the highest Δm against single-task baselines when the
-  run has them (``--baselines``); without baselines, a new epoch replaces the best one when
-  its Δm *measured against the best epoch* is positive, i.e. when on average over the
-  tasks its metrics improved relative to the best ones (tasks without metrics count with
-  their validation loss). The first epoch is always the first best.
+  run has them (``--baselines``, or a ``baselines/`` folder from an earlier run).
+  Without baselines, a new epoch replaces the best one when it wins the mean-rank
+  comparison with it: per task, the share of its metrics that improved minus the share
+  that got worse, averaged over the tasks, is positive (a task without metrics votes
+  with its validation loss; :func:`pairwise_score`). The first epoch is the first best.
 * **Shared parameters** (what MGDA ``mode: exact`` differentiates) are the parameters of
   modules whose graph nodes serve two or more tasks (:func:`shared_parameters`).
 * **Learning rates.** Modules with an ``lr_mult`` attribute (cross-stitch and NDDR units)
@@ -54,7 +55,7 @@ from mtlc import registry
 from mtlc.errors import MtlcError
 from mtlc.spec import Spec, load_spec, spec_error
 from mtlc.train import runfolder
-from mtlc.train.checkpoint import load_checkpoint, save_checkpoint
+from mtlc.train.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 
 SHARED_KEY = "@shared"
 
@@ -130,6 +131,22 @@ def shared_parameters(gm: fx.GraphModule) -> list[nn.Parameter]:
             *parent, leaf = node.target.split(".")
             add(getattr(gm.get_submodule(".".join(parent)), leaf))
     return params
+
+
+def load_model_state(model: nn.Module, state: dict[str, Any], where: str) -> None:
+    """Load a state dict, or say in one line how it differs from the model."""
+    own = model.state_dict()
+    problems = []
+    for what, keys in (
+        ("missing", [k for k in own if k not in state]),
+        ("unexpected", [k for k in state if k not in own]),
+        ("of another shape", [k for k in own if k in state and own[k].shape != state[k].shape]),
+    ):
+        if keys:
+            problems.append(f"{len(keys)} {what} (e.g. {keys[0]})")
+    if problems:
+        raise TrainError(f"{where} does not fit this spec's model: {'; '.join(problems)} entries")
+    model.load_state_dict(state)
 
 
 def task_kinds(spec: Spec) -> dict[str, str]:
@@ -246,15 +263,41 @@ def safe_delta_m(
         return None
 
 
+def pairwise_score(new: dict[str, dict[str, float]], old: dict[str, dict[str, float]]) -> float:
+    """Mean over tasks of (share of metrics that improved − share that got worse), in [−1, 1].
+
+    It is the mean-rank comparison of two epochs: unlike a relative change it needs no
+    non-zero reference and no common scale, so a metric at 0 (no pixel within 11.25°
+    yet) or a tiny error cannot dominate the decision.
+    """
+    from mtlc.metrics import metric_class
+
+    scores = []
+    for t, metrics in old.items():
+        votes = []
+        for k, before in metrics.items():
+            after = new.get(t, {}).get(k)
+            if after is None or not (math.isfinite(after) and math.isfinite(before)):
+                continue
+            higher = k != "loss" and metric_class(k).higher_is_better
+            votes.append(
+                (after > before) - (after < before)
+                if higher
+                else (after < before) - (after > before)
+            )
+        if votes:
+            scores.append(sum(votes) / len(votes))
+    return sum(scores) / len(scores) if scores else 0.0
+
+
 def is_better(new: dict[str, Any], best: dict[str, Any] | None, baselines: dict | None) -> bool:
-    """The rule for best.pt (module docstring): Δm against baselines, else against the best."""
+    """The rule for best.pt (module docstring): Δm against baselines, else the mean rank."""
     if best is None:
         return True
     if baselines:
         a, b = new.get("delta_m"), best.get("delta_m")
         return a is not None and (b is None or a > b)
-    gain = safe_delta_m(new["reference"], best["reference"])
-    return gain is not None and gain > 0
+    return pairwise_score(new["reference"], best["reference"]) > 0
 
 
 # -- the trainer ---------------------------------------------------------------------------
@@ -367,13 +410,13 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        load_model_state(self.model, state["model"], "the checkpoint")
         try:
-            self.model.load_state_dict(state["model"])
             self.balancer.load_state_dict(state["balancer"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0]
-            raise TrainError(f"the checkpoint does not fit this spec's model: {first}") from None
+            raise TrainError(f"the checkpoint does not fit this spec's balancer: {first}") from None
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.batch = state["epoch"], state["step"], state["batch"]
@@ -558,8 +601,8 @@ class Trainer:
             if writer is not None:
                 writer.close()
             summary = self.summary(status)
+            summary["plots"] = write_plots(run_dir)
             runfolder.write_summary(run_dir, summary)
-            self.plot_note = write_plots(run_dir)
         return RunResult(run_dir, summary)
 
     def _loop(self, run_dir: Path, log: runfolder.MetricsLog, writer: Any) -> None:
@@ -630,7 +673,7 @@ class Trainer:
             _tb_epoch(writer, record)
         save_checkpoint(self.state(), run_dir / runfolder.LAST)
         if better:
-            _copy_atomic(run_dir / runfolder.LAST, run_dir / runfolder.BEST)
+            copy_checkpoint(run_dir / runfolder.LAST, run_dir / runfolder.BEST)
         if self.console is not None:
             self.console.print(epoch_table(self.spec, record))
 
@@ -687,21 +730,6 @@ class Trainer:
 
 def _short(losses: dict[str, float]) -> str:
     return "  ".join(f"{t} {v:.3f}" for t, v in losses.items())
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    import os
-    import shutil
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _install_sigint(trainer: Trainer) -> Any:
@@ -766,21 +794,21 @@ def epoch_table(spec: Spec, record: dict[str, Any]) -> Any:
     if record.get("best"):
         title += "  (best so far)"
     table = Table(title=title, title_justify="left")
-    table.add_column("task")
-    table.add_column("train loss", justify="right")
-    table.add_column("val loss", justify="right")
-    table.add_column("weight", justify="right")
-    table.add_column("validation metrics")
+    for name in ("task", "train loss", "val loss", "weight", "metric", "value"):
+        table.add_column(name, justify="left" if name in ("task", "metric") else "right")
     for t in record["val_loss"]:
-        aux = " (aux)" if spec.tasks[t].auxiliary else ""
-        metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in record["metrics"].get(t, {}).items())
-        table.add_row(
-            t + aux,
-            _fmt(record["train_loss"].get(t)),
-            _fmt(record["val_loss"][t]),
-            _fmt(record["weights"].get(t)),
-            metrics,
-        )
+        metrics = list(record["metrics"].get(t, {}).items()) or [("", None)]
+        for i, (name, value) in enumerate(metrics):
+            first = i == 0
+            table.add_row(
+                (t + (" (aux)" if spec.tasks[t].auxiliary else "")) if first else "",
+                _fmt(record["train_loss"].get(t)) if first else "",
+                _fmt(record["val_loss"][t]) if first else "",
+                _fmt(record["weights"].get(t)) if first else "",
+                name,
+                _fmt(value) if name else "",
+                end_section=i == len(metrics) - 1,
+            )
     return table
 
 
@@ -873,9 +901,7 @@ def train(
     trainer = Trainer(
         spec, device=torch_device, allow_import=allow_import, console=console, progress=progress
     )
-    result = trainer.fit(run_dir, resume=resume, baselines=found, tensorboard=tensorboard)
-    result.summary["plots"] = trainer.plot_note
-    return result
+    return trainer.fit(run_dir, resume=resume, baselines=found, tensorboard=tensorboard)
 
 
 def _tensorboard_available() -> None:
@@ -899,11 +925,7 @@ def evaluate(
     spec = load_spec(spec, overrides)
     state = load_checkpoint(checkpoint)
     trainer = Trainer(spec, device=device, allow_import=allow_import, console=None, splits=("val",))
-    try:
-        trainer.model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise TrainError(f"{checkpoint}: does not fit this spec's model ({first})") from None
+    load_model_state(trainer.model, state["model"], str(checkpoint))
     val_loss, metrics = trainer.validate()
     return {
         "checkpoint": str(checkpoint),

@@ -1,0 +1,72 @@
+"""Drawing specs (`mtlc viz`) and comparing them (`mtlc diff`).
+
+`draw(spec, "t.svg")` writes the task-sharing topology (or, with `level="ops"`, the fx
+graph) in the format the suffix names. Importing this package imports no torch, so the
+CLI stays instant; the drawing code loads when a drawing is made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["dot_source", "draw"]
+
+
+def dot_source(
+    spec: Any,
+    *,
+    level: str = "topology",
+    cost: bool = False,
+    checkpoint: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> str:
+    """The DOT source of a spec's drawing (path, dict or Spec).
+
+    Parameter counts are always shown; `cost` adds FLOPs; `checkpoint` annotates what a
+    trained run learned (cross-stitch α, NDDR block strengths, uncertainty σ).
+    """
+    from mtlc.spec import load_spec
+    from mtlc.viz.costs import compile_meta, measure
+
+    loaded = load_spec(spec, overrides)
+    compiled = compile_meta(loaded)
+    if level == "ops":
+        from mtlc.viz.ops_view import ops_dot
+
+        return ops_dot(compiled)
+    if level != "topology":
+        raise ValueError(f"unknown level {level!r}")
+    from mtlc.viz.topology_view import Notes, topology_dot
+
+    c = measure(compiled)
+    notes = Notes(
+        params=c.params,
+        flops=c.flops if cost else None,
+        task_params=c.task_params,
+        task_flops=c.task_flops if cost else None,
+        total_params=c.total_params,
+        shared_params=c.shared_params,
+        total_flops=c.total_flops if cost else None,
+    )
+    if checkpoint is not None:
+        from mtlc.train.checkpoint import load_checkpoint
+        from mtlc.viz.learned import learned
+
+        found = learned(compiled, load_checkpoint(checkpoint), str(checkpoint))
+        notes.alpha, notes.nddr, notes.sigma = found["alpha"], found["nddr"], found["sigma"]
+    return topology_dot(compiled.topology, notes)
+
+
+def draw(spec: Any, path: str | Path, **options: Any) -> Path:
+    """Write a spec's drawing to `path` (svg, png, pdf, dot or html, by suffix).
+
+    The suffix is checked before anything is compiled, and the file is written whole or
+    not at all. `options` are those of `dot_source`.
+    """
+    from mtlc.spec import load_spec
+    from mtlc.viz.render import output_format, write
+
+    output_format(path)
+    loaded = load_spec(spec, options.pop("overrides", ()))
+    return write(dot_source(loaded, **options), path, title=loaded.name)

@@ -38,7 +38,9 @@ def output_format(path: str | Path) -> str:
     if suffix not in FORMATS:
         supported = ", ".join(FORMATS)
         got = f"'{suffix}'" if suffix else "no suffix"
-        raise RenderError(f"cannot write '{path}': unsupported format {got} (supported: {supported})")
+        raise RenderError(
+            f"cannot write '{path}': unsupported format {got} (supported: {supported})"
+        )
     return FORMATS[suffix]
 
 
@@ -49,7 +51,9 @@ def to_bytes(source: str, fmt: str, title: str = "mtlc") -> bytes:
     import graphviz
 
     try:
-        svg_or_image = graphviz.Source(source).pipe(format="svg" if fmt == "html" else fmt)
+        svg_or_image = graphviz.Source(source).pipe(
+            format="svg" if fmt == "html" else fmt, quiet=True
+        )
     except graphviz.ExecutableNotFound:
         raise GraphvizMissing(INSTALL_HINT.format(fmt=fmt)) from None
     except graphviz.CalledProcessError as exc:
@@ -67,7 +71,7 @@ def html_page(svg: str, title: str) -> str:
     svg = re.sub(r"<!--.*?-->\s*", "", svg, flags=re.S)
     t = html.escape(title)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{t}</title>\n"
         "<style>body{font-family:Helvetica,Arial,sans-serif;margin:1.5em}"
         "svg{max-width:100%;height:auto}</style>\n</head>\n<body>\n"

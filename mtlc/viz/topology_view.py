@@ -110,6 +110,8 @@ def layer_text(layer) -> str:
         if a.get("stride", 1) != 1:
             text += f" /{a['stride']}" if layer.name == "conv" else f" ×{a['stride']}"
         return text
+    if layer.name in ("maxpool", "avgpool"):
+        return f"{layer.name}{a['k']}×{a['k']}"
     return str(layer)
 
 
@@ -165,7 +167,9 @@ class _Dot:
         self.add(f"subgraph {_q(name)} {{" if name else "{")
         self.depth += 1
         for k, v in attrs.items():
-            self.add(f"{k}={v}" if isinstance(v, str) and v.startswith("<") else f"{k}={_q(str(v))}")
+            self.add(
+                f"{k}={v}" if isinstance(v, str) and v.startswith("<") else f"{k}={_q(str(v))}"
+            )
 
     def close(self) -> None:
         self.depth -= 1
@@ -188,8 +192,8 @@ class _Drawer:
             if d["kind"] == "output"
         }
         self.dot = _Dot()
-        # topology node -> how its edges attach: ("in"/"out", task) -> DOT node
-        self.drawn: set[str] = set()
+        self.rulers: list[str] = []
+        self.left_gates: set[str] = set()  # MTAN gates drawn left of their trunk
 
     # -- helpers ----------------------------------------------------------------------
     def _col(self, tasks: Iterable[str]) -> int:
@@ -254,7 +258,9 @@ class _Drawer:
             shape="plaintext",
             label=_html([("b", label)] + ([("s", sub)] if sub else [])),
             fontcolor="#444444",
+            group="~ruler",
         )
+        self.rulers.append(ruler)
         for n in nodes:
             d.add(_q(n))
         chain = [ruler, *nodes]
@@ -301,6 +307,8 @@ class _Drawer:
         for n in outputs:
             self._output(n)
         self._row("outputs", "", outputs)
+        for a, b in zip(self.rulers, self.rulers[1:]):
+            d.edge(a, b, style="invis", weight=5)
         self._edges()
         return "digraph mtlc {\n" + "\n".join(d.lines) + "\n}\n"
 
@@ -311,7 +319,7 @@ class _Drawer:
                 seen.append(d["stage"])
         return seen
 
-    def _box(self, n: str, title: str) -> None:
+    def _box(self, n: str, title: str, width: float | None = None) -> None:
         a = self.g.nodes[n]
         lines = [("b", title)]
         layers = " · ".join(layer_text(layer) for layer in a.get("layers", []))
@@ -320,20 +328,23 @@ class _Drawer:
         lines += self._cost_lines(n)
         attrs = {
             "label": _html(lines),
-            "width": self._width(a["tasks"]),
+            "width": width or self._width(a["tasks"]),
             "group": self._group(a["tasks"]),
         }
         attrs.update(self._fill(a["tasks"]))
         if a["kind"] == "head":
             attrs["style"] = str(attrs["style"]) + ",bold"
         self.dot.node(n, **self._status(n, attrs))
-        self.drawn.add(n)
 
     def _output(self, n: str) -> None:
         a = self.g.nodes[n]
         t = a["owner"]
         loss = next(
-            (self.g.nodes[s].get("loss") for s in self.g.successors(n) if self.g.nodes[s]["kind"] == "loss"),
+            (
+                self.g.nodes[s].get("loss")
+                for s in self.g.successors(n)
+                if self.g.nodes[s]["kind"] == "loss"
+            ),
             None,
         )
         lines = [("b", t), ("s", shape_text(a["shape"]) + (f" · {loss}" if loss else ""))]
@@ -352,7 +363,6 @@ class _Drawer:
             "group": t,
         }
         self.dot.node(n, **self._status(n, attrs))
-        self.drawn.add(n)
 
     # -- encoder --------------------------------------------------------------------
     def _stage(self, stage: str) -> None:
@@ -362,21 +372,28 @@ class _Drawer:
             key=lambda n: self._col(g.nodes[n]["tasks"]),
         )
         sharing = {g.nodes[b].get("sharing") for b in blocks}
-        for b in blocks:
-            who = b.split("/", 1)[1]
-            self._box(b, f"{stage} · {who}")
-        self._row(stage, " / ".join(sorted(s.replace("_", "-") for s in sharing if s)), blocks)
         units = sorted(
             (n for n, d in g.nodes(data=True) if d["kind"] == "unit" and d["stage"] == stage),
             key=lambda n: self._col(g.nodes[n]["tasks"]),
         )
         gates = [u for u in units if g.nodes[u]["type"] == "attention"]
+        row = list(blocks)
+        if gates:
+            # MTAN: the trunk is one column in the middle, each task's gate beside it
+            # on the same row, as in Liu et al.'s figure.
+            half = len(self.tasks) // 2
+            left = [u for u in gates if self._col(g.nodes[u]["tasks"]) < half]
+            self.left_gates.update(left)
+            row = left + blocks + [u for u in gates if u not in left]
+        for b in blocks:
+            who = b.split("/", 1)[1]
+            self._box(b, f"{stage} · {who}", width=COLUMN_WIDTH if gates else None)
         for u in units:
             self._unit(u)
-        if gates:
-            self._row(f"{stage} att", "", gates)
+        self._row(stage, " / ".join(sorted(s.replace("_", "-") for s in sharing if s)), row)
 
-    def _unit(self, u: str) -> None:
+    def _unit(self, u: str) -> dict[str, str]:
+        """Draw a unit; return, per task, its topmost part (to hang it below what precedes)."""
         kind = self.g.nodes[u]["type"]
         draw = {
             "cross_stitch": self._cross_stitch,
@@ -386,10 +403,12 @@ class _Drawer:
             "affinity": self._affinity,
             "recursive": self._recursive,
         }.get(kind, self._generic_unit)
-        draw(u)
-        self.drawn.add(u)
+        return draw(u) or {}
 
     def _cluster(self, u: str, title: str, detail: str) -> None:
+        owner = self.g.nodes[u].get("owner")
+        if owner:
+            title += f" · {owner}"
         lines = [("b", title), ("s", detail)] + self._cost_lines(u)
         status = self.notes.status.get(u)
         self.dot.open(
@@ -469,7 +488,7 @@ class _Drawer:
         a = self.g.nodes[u]
         t = a["owner"]
         lines = [("b", f"attention · {t}"), ("s", "σ(conv1×1 …) ⊙ shared")] + self._cost_lines(u)
-        attrs = {"label": _html(lines), "shape": "invtrapezium", "group": t, "width": COLUMN_WIDTH * 0.8}
+        attrs = {"label": _html(lines), "shape": "invtrapezium", "group": t, "width": COLUMN_WIDTH}
         attrs.update(self._fill((t,)))
         self.dot.node(u, **self._status(u, attrs))
 
@@ -506,15 +525,18 @@ class _Drawer:
             attrs = {"label": _html(lines), "shape": "note", "group": a["owner"]}
             attrs.update(self._fill(a["tasks"]))
             self.dot.node(n, **self._status(n, attrs))
-            self.drawn.add(n)
         self._row("initial", "deep supervision", preds)
         for u in (n for n in dec if g.nodes[n]["kind"] == "unit"):
-            self._unit(u)
+            tops = self._unit(u)
+            for p in preds:  # the exchange sits below the initial predictions
+                t = g.nodes[p]["owner"]
+                if t in tops:
+                    self.dot.edge(p, tops[t], style="invis")
 
     def _main(self, tasks: Iterable[str]) -> list[str]:
         return [t for t in tasks if not self.aux.get(t)]
 
-    def _distillation(self, u: str) -> None:
+    def _distillation(self, u: str) -> dict[str, str]:
         a = self.g.nodes[u]
         self._cluster(u, "PAD-Net distillation", "Fᵏ + Σ σ(W Fˡ) ⊙ Fˡ")
         parts = []
@@ -524,8 +546,9 @@ class _Drawer:
             parts.append(p)
         self._ordered(parts)
         self.dot.close()
+        return {p.split("#")[1]: p for p in parts}
 
-    def _affinity(self, u: str) -> None:
+    def _affinity(self, u: str) -> dict[str, str]:
         a = self.g.nodes[u]
         o = a.get("options", {})
         self._cluster(
@@ -536,16 +559,24 @@ class _Drawer:
         mats = []
         for t in a["tasks"]:
             p = f"{u}#affinity/{t}"
-            self._part(p, t, _html([("b", f"affinity M · {t}"), ("s", "softmax(FᵀF/√C)")]), shape="box3d")
+            self._part(
+                p, t, _html([("b", f"affinity M · {t}"), ("s", "softmax(FᵀF/√C)")]), shape="box3d"
+            )
             mats.append(p)
         self._ordered(mats)
         diffs = []
         for t in self._main(a["tasks"]):
             p = f"{u}#{t}"
-            self._part(p, t, _html([("b", f"diffusion · {t}"), ("s", "βΣαM·X + (1−β)F")]), width=COLUMN_WIDTH)
+            self._part(
+                p,
+                t,
+                _html([("b", f"diffusion · {t}"), ("s", "βΣαM·X + (1−β)F")]),
+                width=COLUMN_WIDTH,
+            )
             diffs.append(p)
         self._ordered(diffs)
         self.dot.close()
+        return dict(zip(a["tasks"], mats))
 
     def _turns(self, u: str) -> list[tuple[int, str]]:
         a = self.g.nodes[u]
@@ -554,7 +585,7 @@ class _Drawer:
         main = self._main(order)
         return [(k, t) for k in range(1, steps + 1) for t in main]
 
-    def _recursive(self, u: str) -> None:
+    def _recursive(self, u: str) -> dict[str, str]:
         a = self.g.nodes[u]
         o = a.get("options", {})
         order = o.get("order") or list(a["tasks"])
@@ -562,9 +593,14 @@ class _Drawer:
             u, "JTRL recursive refinement", f"order {' → '.join(order)} · {o.get('steps', 1)} steps"
         )
         for k, t in self._turns(u):
-            lines = [("b", f"{t} · step {k}"), ("s", "balance gate + attention"), ("s", f"⇒ {t}:step{k}")]
+            lines = [
+                ("b", f"{t} · step {k}"),
+                ("s", "balance gate + attention"),
+                ("s", f"⇒ {t}:step{k}"),
+            ]
             self._part(f"{u}#{k}/{t}", t, _html(lines), width=COLUMN_WIDTH)
         self.dot.close()
+        return {t: f"{u}#1/{t}" for t in self._main(order)}
 
     # -- edges ----------------------------------------------------------------------
     def _unit_edges(self, u: str) -> set[tuple[str, str]]:
@@ -630,14 +666,20 @@ class _Drawer:
                 done.add((u, dst))
         return done
 
-    def _edge(self, a: str, b: str, tasks: tuple[str, ...], **extra: object) -> None:
+    def _edge(
+        self, a: str, b: str, tasks: tuple[str, ...], back: bool = False, **extra: object
+    ) -> None:
+        """An edge a → b; `back` writes it as b → a drawn backwards, so b can sit left of a."""
         attrs = self._edge_style(tasks)
-        attrs.update({k: v for k, v in extra.items()})
+        attrs.update(extra)
         status = self.notes.edge_status.get((a.split("#")[0], b.split("#")[0]))
         if status:
             attrs["color"] = STATUS[status]
             attrs["penwidth"] = 2.5
-        self.dot.edge(a, b, **attrs)
+        if back:
+            self.dot.edge(b, a, dir="back", **attrs)
+        else:
+            self.dot.edge(a, b, **attrs)
 
     def _edges(self) -> None:
         g = self.g
@@ -648,10 +690,11 @@ class _Drawer:
         for a, b, d in g.edges(data=True):
             if (a, b) in done or g.nodes[b]["kind"] == "loss":
                 continue
-            extra: dict[str, object] = {}
             if g.nodes[b].get("type") == "attention" and g.nodes[a]["kind"] == "block":
-                extra = {"color": SHARED}  # the shared trunk's feature, gated per task
-            self._edge(a, b, d["tasks"], **extra)
+                # the shared trunk's feature, gated per task beside it
+                self._edge(a, b, d["tasks"], back=b in self.left_gates, color=SHARED)
+            else:
+                self._edge(a, b, d["tasks"])
 
     # -- legend ---------------------------------------------------------------------
     def _legend(self) -> None:
@@ -659,7 +702,10 @@ class _Drawer:
         rows = []
         for t in self.tasks:
             colour = self.colour[t]
-            cells = [f'<TD BGCOLOR="{colour}"> </TD>', f'<TD ALIGN="LEFT"><B>{html.escape(t)}</B></TD>']
+            cells = [
+                f'<TD BGCOLOR="{colour}"> </TD>',
+                f'<TD ALIGN="LEFT"><B>{html.escape(t)}</B></TD>',
+            ]
             info = []
             if self.aux.get(t):
                 info.append("auxiliary")
@@ -669,7 +715,10 @@ class _Drawer:
                 info.append(si(n.task_flops[t], "FLOPs"))
             if t in n.sigma:
                 info.append(f"σ {n.sigma[t]:.3g}")
-            cells.append(f'<TD ALIGN="LEFT"><FONT POINT-SIZE="9">{html.escape(" · ".join(info))}</FONT></TD>')
+            text = html.escape(" · ".join(info))
+            cells.append(
+                f'<TD ALIGN="LEFT"><FONT POINT-SIZE="9">{text}</FONT></TD>' if text else "<TD></TD>"
+            )
             rows.append("<TR>" + "".join(cells) + "</TR>")
         totals = []
         if n.total_params is not None:
@@ -684,12 +733,15 @@ class _Drawer:
         if n.status:
             totals.append(
                 " ".join(
-                    f'<FONT COLOR="{STATUS[s]}"><B>{s}</B></FONT>' for s in ("added", "removed", "changed")
+                    f'<FONT COLOR="{STATUS[s]}"><B>{s}</B></FONT>'
+                    for s in ("added", "removed", "changed")
                 )
             )
         for text in totals:
             body = text if text.startswith("<FONT") else html.escape(text)
-            rows.append(f'<TR><TD COLSPAN="3" ALIGN="LEFT"><FONT POINT-SIZE="9">{body}</FONT></TD></TR>')
+            rows.append(
+                f'<TR><TD COLSPAN="3" ALIGN="LEFT"><FONT POINT-SIZE="9">{body}</FONT></TD></TR>'
+            )
         label = '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="2">' + "".join(rows) + "</TABLE>>"
         self.dot.node("~legend", shape="plaintext", label=label)
 

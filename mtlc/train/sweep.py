@@ -1,0 +1,360 @@
+"""Grid search: ``mtlc sweep SPEC --grid balancer.weights.seg=0.5,1,2 --grid ...``.
+
+One training per point of the grid's Cartesian product. Each point is the spec with the
+point's values applied as ``--set`` overrides (after the user's own), so a grid path is
+validated exactly like an override, and every point is checked before the first one
+trains: a typo fails at once, not after an hour. Points train into
+``<out>/<NN>_<values>/`` run folders; a sweep that is run again reuses finished points
+and resumes stopped ones (``--force`` starts them over).
+
+The table ranks the points on the final validation metrics of the output tasks:
+
+* **best** (``*``): the highest Δm when baselines exist (``--baselines`` trains them once,
+  from the spec *without* the grid's values, into ``<out>/baselines/``); otherwise the
+  lowest mean rank (rank the points on every metric, average within a task, then over
+  tasks), so no metric's scale decides.
+* **Pareto** (``P``): no other point is at least as good on every metric and better on one.
+
+The same table is written as CSV (``<out>/sweep.csv`` unless ``--csv`` says otherwise).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mtlc.errors import Location, SpecError
+from mtlc.spec import Spec, load_spec
+
+
+@dataclass
+class SweepRow:
+    point: str
+    run_dir: Path
+    values: dict[str, str]
+    metrics: dict[str, dict[str, float]]
+    delta_m: float | None = None
+    best: bool = False
+    pareto: bool = False
+    status: str = "completed"
+
+
+@dataclass
+class SweepResult:
+    rows: list[SweepRow]
+    keys: list[str]
+    columns: list[tuple[str, str]]
+    csv_path: Path
+    baselines: dict[str, dict[str, float]] | None = None
+
+
+def split_values(text: str) -> list[str]:
+    """Split ``0.5,1,[0.9, 0.1]`` on top-level commas (flow lists and dicts stay whole)."""
+    out, depth, current = [], 0, ""
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    out.append(current.strip())
+    return out
+
+
+def parse_grid(items: list[str] | tuple[str, ...]) -> list[tuple[str, list[str]]]:
+    """``["a.b=1,2", ...]`` → ``[("a.b", ["1", "2"]), ...]``; errors name the --grid item."""
+    grid: list[tuple[str, list[str]]] = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        where = Location(f"--grid {item}")
+        if not sep or not key.strip():
+            raise SpecError("expected KEY.PATH=V1,V2,...", "", where)
+        parts = split_values(values)
+        if any(not v for v in parts):
+            raise SpecError("empty value in the list of values", key.strip(), where)
+        if key.strip() in [k for k, _ in grid]:
+            raise SpecError(
+                "this path is given twice; list all its values in one --grid", key.strip(), where
+            )
+        grid.append((key.strip(), parts))
+    if not grid:
+        raise SpecError(
+            "a sweep needs at least one --grid KEY=V1,V2,...", "", Location("mtlc sweep")
+        )
+    return grid
+
+
+def grid_points(grid: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
+    keys = [k for k, _ in grid]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*[v for _, v in grid])]
+
+
+def point_name(index: int, values: dict[str, str]) -> str:
+    words = "_".join(f"{k.split('.')[-1]}={v}" for k, v in values.items())
+    return f"{index:02d}_" + (re.sub(r"[^A-Za-z0-9.=_-]+", "-", words).strip("-") or "point")
+
+
+def check_points(
+    spec: str | Path, overrides: list[str], grid: list[tuple[str, list[str]]]
+) -> list[Spec]:
+    """Validate every point before any trains; a bad grid value is reported as ``--grid``."""
+    specs = []
+    items = {k: f"{k}={','.join(v)}" for k, v in grid}
+    for values in grid_points(grid):
+        point = [f"{k}={v}" for k, v in values.items()]
+        try:
+            specs.append(load_spec(spec, overrides + point))
+        except SpecError as exc:
+            text = str(exc.location)
+            for k, v in values.items():
+                if text == f"--set {k}={v}":
+                    raise SpecError(exc.message, exc.path, Location(f"--grid {items[k]}")) from None
+            raise
+    return specs
+
+
+def ranks(values: list[float], higher_is_better: bool) -> list[float]:
+    """1 = best; ties share their mean rank; NaN ranks last."""
+    key = [(-v if higher_is_better else v) if math.isfinite(v) else math.inf for v in values]
+    order = sorted(range(len(key)), key=lambda i: key[i])
+    out = [0.0] * len(key)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and key[order[j + 1]] == key[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def mean_ranks(rows: list[SweepRow], columns: list[tuple[str, str]]) -> list[float]:
+    """Per point: metric ranks averaged within each task, then over the tasks."""
+    from mtlc.metrics import metric_class
+
+    per_task: dict[str, list[list[float]]] = {}
+    for t, k in columns:
+        values = [r.metrics.get(t, {}).get(k, math.nan) for r in rows]
+        per_task.setdefault(t, []).append(ranks(values, metric_class(k).higher_is_better))
+    task_means = [[sum(c) / len(c) for c in zip(*cols)] for cols in per_task.values()]
+    return [sum(c) / len(c) for c in zip(*task_means)]
+
+
+def pareto_front(rows: list[SweepRow], columns: list[tuple[str, str]]) -> list[bool]:
+    """True for points no other point dominates (NaN counts as the worst value)."""
+    from mtlc.metrics import metric_class
+
+    def signed(r: SweepRow) -> list[float]:
+        out = []
+        for t, k in columns:
+            v = r.metrics.get(t, {}).get(k, math.nan)
+            if not math.isfinite(v):
+                out.append(-math.inf)
+            else:
+                out.append(v if metric_class(k).higher_is_better else -v)
+        return out
+
+    points = [signed(r) for r in rows]
+    front = []
+    for i, p in enumerate(points):
+        dominated = any(
+            all(a >= b for a, b in zip(q, p)) and any(a > b for a, b in zip(q, p))
+            for j, q in enumerate(points)
+            if j != i
+        )
+        front.append(not dominated)
+    return front
+
+
+def sweep(
+    spec: str | Path,
+    grid_items: list[str] | tuple[str, ...],
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    out: str | Path | None = None,
+    csv_path: str | Path | None = None,
+    baselines: bool = False,
+    force: bool = False,
+    device: str = "auto",
+    allow_import: frozenset[str] | tuple[str, ...] = frozenset(),
+    console: Any = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Train every grid point (reusing finished ones) and rank them (module docstring)."""
+    from rich.markup import escape
+
+    from mtlc.train import runfolder
+    from mtlc.train.baselines import baseline_metrics, baseline_tasks
+    from mtlc.train.loop import Diverged, check_resumable, resolve_device, train
+
+    overrides = list(overrides)
+    grid = parse_grid(grid_items)
+    base = load_spec(spec, overrides)
+    specs = check_points(spec, overrides, grid)
+    points = grid_points(grid)
+    out_dir = Path(out) if out is not None else runfolder.default_run_dir(base.name + "-sweep")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch_device = resolve_device(device)
+    found = None
+    if baselines:
+        found = baseline_metrics(
+            base, out_dir, device=torch_device, allow_import=allow_import, console=console
+        )
+    rows = []
+    for i, (values, point_spec) in enumerate(zip(points, specs), 1):
+        name = point_name(i, values)
+        run_dir = out_dir / name
+        shown = "  ".join(f"{k}={v}" for k, v in values.items())
+        summary = _finished(point_spec, run_dir) if not force else None
+        if summary is None:
+            if console is not None:
+                console.print(
+                    f"[bold]point {i}/{len(points)}[/]: {escape(shown)} → {escape(str(run_dir))}"
+                )
+            resume = not force and (run_dir / runfolder.LAST).is_file()
+            if resume:
+                check_resumable(point_spec, run_dir)
+            try:
+                summary = train(
+                    point_spec,
+                    out=run_dir,
+                    resume=resume,
+                    force=force,
+                    device=str(torch_device),
+                    allow_import=allow_import,
+                    baselines=found or False,
+                    console=console,
+                    progress=progress,
+                ).summary
+            except Diverged as exc:  # one bad point (a huge weight) must not end the sweep
+                if console is not None:
+                    console.print(f"[red]point {i} diverged:[/] {escape(str(exc))}")
+                summary = runfolder.read_summary(run_dir)
+        elif console is not None:
+            console.print(
+                f"point {i}/{len(points)}: {shown} (finished earlier, reused)", markup=False
+            )
+        metrics = (summary.get("final") or {}).get("metrics", {})
+        metrics = {t: m for t, m in metrics.items() if t in base.outputs}
+        row = SweepRow(name, run_dir, values, metrics, status=summary.get("status", "?"))
+        if found:
+            from mtlc.train.loop import safe_delta_m
+
+            row.delta_m = safe_delta_m(metrics, {t: found[t] for t in baseline_tasks(base)})
+        rows.append(row)
+
+    columns = [(t, k) for t in base.outputs for k in base.tasks[t].metrics]
+    _mark(rows, columns, bool(found))
+    path = Path(csv_path) if csv_path is not None else out_dir / "sweep.csv"
+    keys = [k for k, _ in grid]
+    write_csv(path, rows, keys, columns, with_delta=bool(found))
+    return SweepResult(rows, keys, columns, path, found)
+
+
+def _finished(spec: Spec, run_dir: Path) -> dict[str, Any] | None:
+    """The summary of a completed run of exactly this spec in ``run_dir``, if there is one."""
+    import yaml
+
+    from mtlc.errors import MtlcError
+    from mtlc.train import runfolder
+
+    try:
+        summary = runfolder.read_summary(run_dir)
+        saved = yaml.safe_load((run_dir / runfolder.SPEC).read_text(encoding="utf-8"))
+    except (MtlcError, OSError, yaml.YAMLError):
+        return None
+    ok = summary.get("status") == "completed" and saved == spec.model_dump(mode="json")
+    return summary if ok else None
+
+
+def _mark(rows: list[SweepRow], columns: list[tuple[str, str]], by_delta: bool) -> None:
+    if not rows:
+        return
+    if by_delta and any(r.delta_m is not None for r in rows):
+        best = max(
+            (i for i, r in enumerate(rows) if r.delta_m is not None), key=lambda i: rows[i].delta_m
+        )
+    elif columns:
+        mr = mean_ranks(rows, columns)
+        best = min(range(len(rows)), key=lambda i: mr[i])
+    else:
+        best = None
+    if best is not None:
+        rows[best].best = True
+    if columns:
+        for row, on_front in zip(rows, pareto_front(rows, columns)):
+            row.pareto = on_front
+
+
+def write_csv(
+    path: Path,
+    rows: list[SweepRow],
+    keys: list[str],
+    columns: list[tuple[str, str]],
+    *,
+    with_delta: bool,
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = ["point", "run", *keys, *[f"{t}.{k}" for t, k in columns]]
+    header += ["delta_m"] if with_delta else []
+    header += ["best", "pareto", "status"]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for r in rows:
+            line = [r.point, str(r.run_dir), *[r.values[k] for k in keys]]
+            line += [_num(r.metrics.get(t, {}).get(k)) for t, k in columns]
+            line += [_num(r.delta_m)] if with_delta else []
+            line += [int(r.best), int(r.pareto), r.status]
+            writer.writerow(line)
+
+
+def _num(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return ""
+    return repr(float(value))
+
+
+def sweep_table(result: SweepResult) -> Any:
+    """The points with each task's first metric, Δm and the marks (every metric: the CSV)."""
+    from rich.table import Table
+
+    title = "sweep: final validation metrics (all of them in the CSV)"
+    if result.baselines:
+        title += "; Δm % vs single-task (higher is better)"
+    table = Table(title=title + ";  * best  P Pareto-optimal")
+    table.add_column("point")
+    for k in result.keys:
+        table.add_column(k.split(".")[-1], justify="right")
+    shown = []
+    for t, k in result.columns:
+        if t not in [s for s, _ in shown]:
+            shown.append((t, k))
+            table.add_column(f"{t} {k}", justify="right")
+    if result.baselines:
+        table.add_column("Δm %", justify="right")
+    table.add_column("", justify="left")
+    for r in result.rows:
+        cells = [r.values[k] for k in result.keys]
+        cells += [_cell(r.metrics.get(t, {}).get(k)) for t, k in shown]
+        if result.baselines:
+            cells.append("-" if r.delta_m is None else f"{r.delta_m:+.2f}")
+        marks = ("*" if r.best else "") + ("P" if r.pareto else "")
+        if r.status != "completed":
+            marks += f" {r.status}"
+        table.add_row(r.point, *cells, marks, style="bold" if r.best else None)
+    return table
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
