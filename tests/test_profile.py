@@ -356,7 +356,16 @@ def test_bad_input_exits_2_with_a_located_message(files, write_spec):
     r = run(files[0], "--by", "tsk")
     assert r.exit_code == 2 and "did you mean 'task'" in r.output
     broken = write_spec(
-        "mtlc: 1\nname: x\ninput: {image: [3, 8, 8]}\nencoder:\n  stages:\n    s1: [conv(4, 3), rleu]\ntasks:\n  a: {head: [conv(1, 1)], loss: l1}\n",
+        """\
+        mtlc: 1
+        name: x
+        input: {image: [3, 8, 8]}
+        encoder:
+          stages:
+            s1: [conv(4, 3), rleu]
+        tasks:
+          a: {head: [conv(1, 1)], loss: l1}
+        """,
         "broken.yaml",
     )
     r = run(broken)

@@ -401,11 +401,6 @@ def test_attention_parameter_count_by_hand():
     assert counts["tasks"]["a"] == 18 + 56 + 78
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="labels.module_labels keeps the label of a module's last call only; the shared "
-    "refine is called once per task and should count as shared (lead: union the tasks)",
-)
 def test_attention_refine_counts_as_shared():
     spec = make_spec({"s1": "attention", "s2": "attention"}, stages=ATT_STAGES, size=(3, 16, 16))
     counts = count_parameters(compile_spec(spec).model)

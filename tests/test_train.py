@@ -36,6 +36,7 @@ tasks:
   seg:   {head: [dropout(0.2), conv(5, 1), upsample(2)], loss: cross_entropy, metrics: [miou, pixel_acc]}
   depth: {head: [conv(1, 1), upsample(2)], loss: l1, metrics: [abs_err]}
   edge:  {head: [conv(1, 1), upsample(2)], loss: bce, auxiliary: true}
+balancer: {type: fixed}
 train:
   data: {name: shapes, train: 24, val: 8, size: 16}
   epochs: 2

@@ -14,12 +14,22 @@ from torch import fx, nn
 
 
 def module_labels(gm: fx.GraphModule) -> dict[str, dict]:
-    """Label of each called module (qualified name → node label)."""
-    return {
-        n.target: n.meta["mtlc"]
-        for n in gm.graph.nodes
-        if n.op == "call_module" and "mtlc" in n.meta
-    }
+    """Label of each called module (qualified name → node label).
+
+    A module called more than once (MTAN's refinement, once per task; a JTRL predictor,
+    once per step) is used by the union of its calls' tasks.
+    """
+    order = gm.meta.get("mtlc", {}).get("tasks", [])
+    labels: dict[str, dict] = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_module" or "mtlc" not in n.meta:
+            continue
+        if n.target in labels:
+            tasks = set(labels[n.target]["tasks"]) | set(n.meta["mtlc"]["tasks"])
+            labels[n.target] = {**labels[n.target], "tasks": tuple(sorted(tasks, key=order.index))}
+        else:
+            labels[n.target] = n.meta["mtlc"]
+    return labels
 
 
 def parameter_tasks(gm: fx.GraphModule) -> dict[str, tuple[str, ...]]:

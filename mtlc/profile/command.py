@@ -74,7 +74,8 @@ def _baseline_index(specs: list[str], baseline: str | None) -> int | None:
 @click.option(
     "--baseline",
     type=click.Path(dir_okay=False),
-    help="The spec the comparison's ratios are to (default: the first SPEC).",
+    help="The spec the comparison's ratios are to (default: the first SPEC; "
+    "profiled too when it is not one of them).",
 )
 @set_option
 @guarded

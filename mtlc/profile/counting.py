@@ -193,6 +193,14 @@ def _state_of(gm: fx.GraphModule, node: fx.Node) -> Iterable[tuple[str, torch.Te
             yield str(node.target), value, leaf in owner._buffers
 
 
+def _weights(gm: fx.GraphModule) -> Iterable[tuple[str, torch.Tensor, bool]]:
+    """Every parameter and buffer once, non-persistent buffers included."""
+    for name, p in gm.named_parameters():
+        yield name, p, False
+    for name, b in gm.named_buffers():
+        yield name, b, True
+
+
 class _Counter(fx.Interpreter):
     """Runs the graph one node at a time, each under its own FlopCounterMode."""
 
@@ -204,7 +212,7 @@ class _Counter(fx.Interpreter):
         self.storages: dict[fx.Node, list[int]] = {}
         self.sizes: dict[int, int] = {}
         self.producer: dict[int, int] = {}
-        self.weights: set[int] = {_storage(t) for t in gm.state_dict(keep_vars=True).values()}
+        self.weights: set[int] = {_storage(t) for _, t, _ in _weights(gm)}
 
     def run_node(self, n: fx.Node) -> Any:
         others = _ElementOps()
@@ -312,9 +320,8 @@ def count(
                 entry.tasks = tuple(x for x in order if x in entry.tasks or x in tasks[n])
                 entry.users += (n.name,)
     # Weights no node reads still occupy memory: keep them, attributed to no task.
-    for qualname, t in gm.state_dict(keep_vars=True).items():
+    for qualname, t, is_buffer in _weights(gm):
         if id(t) not in seen:
-            is_buffer = not isinstance(t, nn.Parameter)
             seen[id(t)] = StateCost(
                 qualname,
                 t.numel(),

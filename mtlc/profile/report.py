@@ -111,7 +111,7 @@ class Profile:
                 "peak_at": inf.peak_node,
                 "activation_bytes": sum(n.out_bytes for n in inf.nodes),
                 "weight_bytes": sum(s.nbytes for s in inf.state),
-                "note": "inference forward of the final model, at node granularity",
+                "note": "inference forward of the final model, input included, at node granularity",
             },
             "inference": {"graph": "final model", **_costs(inf)},
             "convention": CONVENTION,
@@ -128,6 +128,8 @@ class Profile:
             return self._task_rows()
         if by == "node":
             return [_node_row(n) for n in self.supervised.nodes]
+        if by not in ("stage", "layer"):
+            raise ValueError(f"cannot break the cost down by {by!r}")
         key = _stage_of if by == "stage" else (lambda n: n.layer)
         groups: dict[str, list[NodeCost]] = {}
         for n in self.supervised.nodes:
@@ -220,14 +222,12 @@ def profile_spec(
 # -- text -------------------------------------------------------------------------------
 
 
-def si(n: float, unit: str = "") -> str:
+def si(n: float) -> str:
     """1234567 → '1.23 M': three significant figures, so columns stay readable."""
-    if n == 0:
-        return "0"
     for suffix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= size:
-            return f"{n / size:.3g} {suffix}{unit}"
-    return f"{n:.3g} {unit}".rstrip()
+            return f"{n / size:.3g} {suffix}"
+    return f"{n:.3g}"
 
 
 def nbytes(n: int) -> str:

@@ -19,13 +19,11 @@ or a stride that rounds differently) is a located error naming the stage.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import fx, nn
 
 from mtlc.compiler.emitter import Emitter
-from mtlc.spec.load import spec_error
+from mtlc.topology.build import mtan_pool
 
 
 class AttentionMask(nn.Sequential):
@@ -43,37 +41,11 @@ class AttentionMask(nn.Sequential):
 
 
 class Refine(nn.Sequential):
-    """MTAN's shared refinement between attention stages: 3×3 conv–BN–ReLU, then max-pool."""
+    """MTAN's shared refinement between attention stages: 3×3 conv–BN–ReLU, max-pool if it shrinks."""
 
     def __init__(self, cin: int, cout: int, pool: tuple[int, int]):
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout)]
-        layers.append(nn.ReLU())
-        if pool != (1, 1):
-            layers.append(nn.MaxPool2d(pool))
-        super().__init__(*layers)
-
-
-def _pool_factor(before: tuple[int, ...], after: tuple[int, ...]) -> tuple[int, int] | None:
-    """The integer (kH, kW) whose max-pool maps `before`'s H×W onto `after`'s, if any."""
-    factors = []
-    for b, a in zip(before[1:], after[1:]):
-        k = b // a
-        if k < 1 or b // k != a:
-            return None
-        factors.append(k)
-    return factors[0], factors[1]
-
-
-def _call_shared(
-    em: Emitter, qualname: str, make: Callable[[], nn.Module], args: tuple, *, block: str
-) -> fx.Node:
-    """Call the module at `qualname`, registering it (`make()`) on its first use."""
-    try:
-        em.root.get_submodule(qualname)
-    except AttributeError:
-        return em.call_module(qualname, make(), args, block=block, kind="unit", owner=None)
-    node = em.graph.call_module(qualname, args)
-    return em._label(node, block, "unit", None)
+        layers = [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+        super().__init__(*layers, *([nn.MaxPool2d(pool)] if pool != (1, 1) else []))
 
 
 def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
@@ -93,21 +65,10 @@ def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
     mask_in = u
     if previous is not None:
         p, before = previous
-        pool = _pool_factor(before, shape)
-        if pool is None:
-            raise spec_error(
-                em.topology.spec,
-                ("encoder", "sharing", stage),
-                f"attention cannot carry the previous stage's attended features {list(before)} to stage '{stage}' ({list(shape)}): "
-                "its H and W must shrink by an integer pooling factor",
-            )
-        refined = _call_shared(
-            em,
-            f"encoder.{stage}.refine",
-            lambda: Refine(before[0], shape[0], pool),
-            (p,),
-            block=unit,
-        )
+        pool = mtan_pool(before, shape)  # the topology checked that it exists
+        refine = f"encoder.{stage}.refine"
+        module = None if em.has_module(refine) else Refine(before[0], shape[0], pool)
+        refined = em.call_module(refine, module, (p,), block=unit, kind="unit", owner=None)
         mask_in = em.call_function(
             torch.cat, ((u, refined),), {"dim": 1}, block=unit, kind="unit", owner=task
         )

@@ -19,7 +19,6 @@ import torch
 from torch import fx, nn
 
 from mtlc.compiler.emitter import Emitter
-from mtlc.spec.load import spec_error
 
 
 def diagonal_init(weight: torch.Tensor, task: int, tasks: int, init: tuple[float, float]) -> None:
@@ -43,12 +42,6 @@ def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
     """A shared concat node, then per task its own 1×1 conv → BN → ReLU (owner: the task)."""
     attrs = em.attrs(unit)
     tasks, opts, shape, stage = attrs["tasks"], attrs["options"], attrs["shape"], attrs["stage"]
-    if len(shape) not in (1, 3):
-        raise spec_error(
-            em.topology.spec,
-            ("encoder", "sharing", stage),
-            f"nddr needs feature maps [C, H, W] or vectors [F]; stage '{stage}' outputs {list(shape)}",
-        )
     columns: dict[str, fx.Node] = {}
     for values in em.inputs(unit).values():
         columns.update(values)

@@ -90,7 +90,9 @@ def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
                 owner=a,
             )
             # the predictor is one module called once per step
-            pred = em.call_module(predictors[a], None, (state[a],), block=unit, kind="predictor", owner=a)
+            pred = em.call_module(
+                predictors[a], None, (state[a],), block=unit, kind="predictor", owner=a
+            )
             size = tuple(attrs["out_shapes"][a][1:])
             if tuple(attrs["shape"][1:]) != size:
                 pred = em.resize(pred, size, block=unit, owner=a)

@@ -67,6 +67,21 @@ def _layers(spec: Spec, items: list, path: tuple, shape: Shape) -> tuple[list[La
     return layers, shape
 
 
+def mtan_pool(before: Shape, after: Shape) -> tuple[int, int] | None:
+    """The integer (kH, kW) whose max-pool maps `before`'s H×W onto `after`'s, if any.
+
+    MTAN carries a task's attended feature from one attention stage to the next through
+    a shared refinement and a pool; only an integer pooling factor can do that exactly.
+    """
+    factors = []
+    for b, a in zip(before[1:], after[1:]):
+        k = b // a
+        if k < 1 or b // k != a:
+            return None
+        factors.append(k)
+    return factors[0], factors[1]
+
+
 def _who(tasks: tuple[str, ...], all_tasks: list[str]) -> str:
     return "shared" if len(tasks) == len(all_tasks) and len(all_tasks) > 1 else "+".join(tasks)
 
@@ -134,6 +149,13 @@ def build_topology(spec: Spec) -> Topology:
                     ("encoder", "sharing", stage),
                     f"attention needs feature maps [C, H, W]; stage '{stage}' outputs {list(out)}",
                 )
+            if trunk is not None and mtan_pool(shape, out) is None:
+                raise _err(
+                    spec,
+                    ("encoder", "sharing", stage),
+                    f"attention cannot carry the previous stage's attended features {list(shape)} to stage '{stage}' ({list(out)}): "
+                    "its H and W must shrink by an integer pooling factor",
+                )
             block = f"{stage}/shared"
             g.add_node(
                 block,
@@ -200,6 +222,12 @@ def build_topology(spec: Spec) -> Topology:
             for t in members:
                 stream[t] = block
         shape = layers_out
+        if sharing.type == "nddr" and len(shape) not in (1, 3):
+            raise _err(
+                spec,
+                ("encoder", "sharing", stage),
+                f"nddr needs feature maps [C, H, W] or vectors [F]; stage '{stage}' outputs {list(shape)}",
+            )
         if sharing.layout == "per_task" and sharing.type != "separate":
             for members in [tuple(gr) for gr in (sharing.groups or [tasks])]:
                 if len(members) < 2:

@@ -88,7 +88,8 @@ def baseline_metrics(
         if summary is None:
             if console is not None:
                 console.print(
-                    f"[bold]baseline {i}/{len(tasks)}: {t} alone[/] → {escape(str(folder))}"
+                    f"[bold]baseline {i}/{len(tasks)}: {t} alone[/] → {escape(str(folder))}",
+                    soft_wrap=True,
                 )
             resume = (folder / runfolder.LAST).is_file()
             if resume:
@@ -100,6 +101,8 @@ def baseline_metrics(
             trainer = Trainer(single, device=device, allow_import=allow_import, console=console)
             summary = trainer.fit(folder, resume=resume).summary
         elif console is not None:
-            console.print(f"baseline {i}/{len(tasks)}: {t} (cached in {folder})", markup=False)
+            console.print(
+                f"baseline {i}/{len(tasks)}: {t} (cached in {folder})", markup=False, soft_wrap=True
+            )
         found[t] = summary["final"]["metrics"][t]
     return found

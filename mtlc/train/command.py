@@ -124,7 +124,7 @@ def print_summary(out: Any, summary: dict[str, Any], run_dir: Any) -> None:
 
     final, best = summary.get("final"), summary.get("best")
     if final is None:
-        out.print(f"no epoch finished; run folder: {run_dir}")
+        out.print(f"no epoch finished; run folder: {run_dir}", markup=False, soft_wrap=True)
         return
     table = Table(title=f"{summary['name']}: final validation metrics (epoch {final['epoch']})")
     for name in ("task", "metric", "final", f"best (epoch {best['epoch']})"):
@@ -149,7 +149,7 @@ def print_summary(out: Any, summary: dict[str, Any], run_dir: Any) -> None:
         out.print(
             f"training: {summary['steps']} steps, {speed:.0f} samples/s on {summary['device']}"
         )
-    out.print(f"run folder: {run_dir}  ({summary.get('plots', '')})", markup=False)
+    out.print(f"run folder: {run_dir}  ({summary.get('plots', '')})", markup=False, soft_wrap=True)
 
 
 @click.command()
@@ -254,7 +254,7 @@ def sweep(
     except (Diverged, Interrupted) as exc:
         _stopped(exc)
     out_console.print(sweep_table(result))
-    out_console.print(f"table written to {result.csv_path}")
+    out_console.print(f"table written to {result.csv_path}", markup=False, soft_wrap=True)
 
 
 @click.command()

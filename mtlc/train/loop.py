@@ -615,8 +615,9 @@ class Trainer:
                     completed=self.batch,
                     losses="",
                 )
+                # the loop's time counts everything per batch: slicing, the step, logging
+                tick = time.perf_counter()
                 for batch in self._batches():
-                    start = time.perf_counter()
                     batch = self._to_device(batch)
                     record = self.train_step(batch)
                     size = batch[self.spec.input_name].shape[0]
@@ -625,11 +626,12 @@ class Trainer:
                     self.epoch_count += size
                     self.batch += 1
                     self.samples += size
-                    self.train_time += time.perf_counter() - start
                     log.write(record)
                     if writer is not None:
                         _tb_step(writer, record)
                     bar.update(task_id, advance=1, losses=_short(record["loss"]))
+                    now = time.perf_counter()
+                    self.train_time, tick = self.train_time + now - tick, now
                     if self._stop:
                         self._save_interrupted(run_dir)
             if self._stop:

@@ -219,7 +219,8 @@ def sweep(
         if summary is None:
             if console is not None:
                 console.print(
-                    f"[bold]point {i}/{len(points)}[/]: {escape(shown)} → {escape(str(run_dir))}"
+                    f"[bold]point {i}/{len(points)}[/]: {escape(shown)} → {escape(str(run_dir))}",
+                    soft_wrap=True,
                 )
             resume = not force and (run_dir / runfolder.LAST).is_file()
             if resume:
@@ -238,11 +239,13 @@ def sweep(
                 ).summary
             except Diverged as exc:  # one bad point (a huge weight) must not end the sweep
                 if console is not None:
-                    console.print(f"[red]point {i} diverged:[/] {escape(str(exc))}")
+                    console.print(f"[red]point {i} diverged:[/] {escape(str(exc))}", soft_wrap=True)
                 summary = runfolder.read_summary(run_dir)
         elif console is not None:
             console.print(
-                f"point {i}/{len(points)}: {shown} (finished earlier, reused)", markup=False
+                f"point {i}/{len(points)}: {shown} (finished earlier, reused)",
+                markup=False,
+                soft_wrap=True,
             )
         metrics = (summary.get("final") or {}).get("metrics", {})
         metrics = {t: m for t, m in metrics.items() if t in base.outputs}

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from mtlc.viz.costs import Costs
 
 _SKIPPED_KINDS = ("loss",)  # a loss node only repeats its output's loss name
+# A block's `sharing` names its stage's type: the unit added or removed already says so.
+_SKIPPED_FIELDS = ("sharing",)
 
 
 @dataclass
@@ -150,10 +152,16 @@ class Comparison:
             if pa.get(c.node, 0) != pb.get(c.node, 0):
                 cost = f" [{pa.get(c.node, 0):,} → {pb.get(c.node, 0):,} params]"
             lines.append(f"  ~ {c.node}: {what}{cost}")
-        for a, b in self.links_added:
-            lines.append(f"  + link {a} → {b}")
-        for a, b in self.links_removed:
-            lines.append(f"  - link {a} → {b}")
+        for sign, links in (("+", self.links_added), ("-", self.links_removed)):
+            line = f"  {sign} links"
+            for i, (a, b) in enumerate(links):
+                item = f" {a} → {b}" + ("," if i < len(links) - 1 else "")
+                if len(line) + len(item) > 100:
+                    lines.append(line)
+                    line = "     "
+                line += item
+            if links:
+                lines.append(line)
         table = self.cost_table()
         lines.append("cost (supervised graph, batch 1; FLOPs = 2 per multiply-add):")
         rows = [("total", table["params"]["total"], table["flops"]["total"])]
@@ -280,6 +288,8 @@ def _node_view(attrs: dict[str, Any]) -> dict[str, Any]:
     """A node's attributes as plain comparable data (layers as text, tuples as lists)."""
     out = {}
     for k, v in attrs.items():
+        if k in _SKIPPED_FIELDS:
+            continue
         if k == "layers":
             v = [str(layer) for layer in v]
         out[k] = json.loads(json.dumps(v, default=str))

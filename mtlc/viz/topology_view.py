@@ -186,6 +186,8 @@ class _Drawer:
         self.topo, self.g, self.notes = topo, topo.graph, notes
         self.tasks = list(topo.tasks)
         self.colour = task_colours(self.tasks)
+        if notes.status or notes.edge_status:  # a diff: colour means change, not task
+            self.colour = dict.fromkeys(self.tasks, "#9e9e9e")
         self.aux = {
             d["owner"]: bool(d.get("auxiliary"))
             for _, d in self.g.nodes(data=True)
@@ -231,11 +233,12 @@ class _Drawer:
         return [("s", " · ".join(parts))] if parts else []
 
     def _status(self, node: str, attrs: dict[str, object]) -> dict[str, object]:
-        status = self.notes.status.get(node)
+        status = self.notes.status.get(node.split("#")[0])
         if status:
-            attrs = dict(attrs, color=STATUS[status], penwidth=3.0)
-            if status == "removed":
-                attrs["fontcolor"] = STATUS["removed"]
+            colour = STATUS[status]
+            attrs = dict(attrs, color=colour, penwidth=3.0, fillcolor=tint(colour))
+            attrs["style"] = str(attrs.get("style", "filled")).replace("striped", "filled")
+            attrs["fontcolor"] = colour if status == "removed" else "black"
         return attrs
 
     def _width(self, tasks: Iterable[str]) -> float:
@@ -425,7 +428,7 @@ class _Drawer:
         base = {"label": label, "group": t}
         base.update(self._fill((t,) if t else tuple(self.tasks)))
         base.update(attrs)
-        self.dot.node(n, **base)
+        self.dot.node(n, **self._status(n, base))
 
     def _ordered(self, nodes: list[str]) -> None:
         d = self.dot
