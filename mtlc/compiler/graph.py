@@ -138,6 +138,12 @@ def compile_spec(
     model.graph.eliminate_dead_code()
     model.delete_all_unused_submodules()
     model.recompile()
+    # the copy shares label dicts with the supervised graph; the final model's own labels
+    # name only the tasks it outputs (no auxiliary tasks)
+    for node in model.graph.nodes:
+        if "mtlc" in node.meta:
+            node.meta["mtlc"] = dict(node.meta["mtlc"])
+    _label_tasks(model.graph, next(n for n in model.graph.nodes if n.op == "output").args[0])
     for gm in (model, supervised):
         gm.graph.lint()
         gm.meta["mtlc"] = {

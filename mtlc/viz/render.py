@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from mtlc.errors import MtlcError
+from mtlc.train.runfolder import file_mode
 
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".html": "html"}
 INSTALL_HINT = (
@@ -88,6 +89,7 @@ def write(source: str, path: str | Path, title: str = "mtlc") -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
