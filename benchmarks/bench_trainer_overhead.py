@@ -27,7 +27,7 @@ from rich.console import Console
 
 from mtlc.compiler import compile_spec
 from mtlc.data.batches import iterate_batches
-from mtlc.train import loop
+from mtlc.train import loop, runfolder
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "hard.yaml"
 
@@ -68,6 +68,7 @@ def trainer_epoch(spec, splits, device: torch.device, folder: Path) -> float:
         trainer = loop.Trainer(spec, device=device, console=console, progress=True)
     finally:
         loop.load_split = original
+    runfolder.prepare(folder, resume=False, force=False)
     return trainer.fit(folder).summary["train_samples_per_s"]
 
 

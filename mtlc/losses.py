@@ -79,7 +79,11 @@ def bce(
     target = _match(pred, target, "bce").to(pred.dtype)
     if pred.numel() == 0:
         return _zero(pred)
-    weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=pred.dtype)
+    weight = (
+        None
+        if pos_weight is None
+        else torch.tensor(pos_weight, dtype=pred.dtype, device=pred.device)
+    )
     return F.binary_cross_entropy_with_logits(pred, target, pos_weight=weight)
 
 
@@ -92,7 +96,7 @@ def _regression(
             return _zero(pred)
         return elementwise(pred, target).mean()
     mask = _valid_pixels(target)
-    per = torch.where(mask, elementwise(pred, target), torch.zeros((), dtype=pred.dtype))
+    per = torch.where(mask, elementwise(pred, target), pred.new_zeros(()))
     return per.sum() / mask.sum().clamp_min(1)
 
 
@@ -132,5 +136,5 @@ def cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         )
     valid = target.norm(dim=1) > 0
     cos = (F.normalize(pred, dim=1) * F.normalize(target, dim=1)).sum(dim=1)
-    per = torch.where(valid, 1.0 - cos, torch.zeros((), dtype=pred.dtype))
+    per = torch.where(valid, 1.0 - cos, pred.new_zeros(()))
     return per.sum() / valid.sum().clamp_min(1)

@@ -11,12 +11,12 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from click.testing import CliRunner
+from test_viz import TINY
 
 from mtlc.cli import main
 from mtlc.spec import load_spec
 from mtlc.viz.diff import Change, compare, spec_changes
 from mtlc.viz.topology_view import STATUS
-from test_viz import TINY
 
 NORMAL = "  normal: {head: [conv(3, 1)], loss: cosine}\n"
 
@@ -72,7 +72,12 @@ def test_cross_stitch_replaced_by_nddr(base, write_spec):
     assert r.added == ["s2/nddr"] and r.removed == ["s2/cross_stitch"]
     assert r.changed == []  # the task copies around the unit are the same
     assert sorted(r.links_added) == sorted(
-        [("s2/seg", "s2/nddr"), ("s2/depth", "s2/nddr"), ("s2/nddr", "s3/seg"), ("s2/nddr", "s3/depth")]
+        [
+            ("s2/seg", "s2/nddr"),
+            ("s2/depth", "s2/nddr"),
+            ("s2/nddr", "s3/seg"),
+            ("s2/nddr", "s3/depth"),
+        ]
     )
     assert len(r.links_removed) == 4
     # NDDR per task: 1×1 conv 12→6 without bias (72) + BN (12) = 84, two tasks 168;
@@ -139,7 +144,9 @@ def test_json_and_exit_code(base, write_spec):
 
 
 def test_set_applies_to_b_and_b_defaults_to_a(base):
-    cli = CliRunner().invoke(main, ["diff", str(base), "--set", "encoder.sharing.s2=nddr", "--json"])
+    cli = CliRunner().invoke(
+        main, ["diff", str(base), "--set", "encoder.sharing.s2=nddr", "--json"]
+    )
     assert cli.exit_code == 0, cli.output
     data = json.loads(cli.output)
     assert [n["id"] for n in data["topology"]["added"]] == ["s2/nddr"]

@@ -21,7 +21,7 @@ from mtlc.cli import main
 from mtlc.spec import load_spec
 from mtlc.topology import build_topology
 from mtlc.viz import dot_source, draw
-from mtlc.viz.topology_view import COLUMN_WIDTH, NODESEP, Notes, task_colours, tint, topology_dot
+from mtlc.viz.topology_view import COLUMN_WIDTH, NODESEP, task_colours, tint, topology_dot
 
 SPECS = sorted((Path(__file__).parent.parent / "specs").glob("*.yaml"))
 
@@ -76,7 +76,6 @@ encoder:
 tasks:
   seg:   {head: [conv(3, 1)], loss: cross_entropy}
   depth: {head: [conv(1, 1)], loss: l1}
-balancer: {type: uncertainty}
 """
 
 
@@ -218,7 +217,7 @@ def test_every_spec_draws_every_node_and_edge_as_svg(repo_spec, tmp_path):
 
     check_complete(topo, nodes, linked)
     for stage in topo.stages:
-        assert f"~row/{stage}" in nodes  # one labelled row per stage
+        assert f"~stage/{stage}" in nodes  # one labelled row per stage
     svg = out.read_text()
     for t in topo.tasks:
         assert f">{t}<" in svg  # in the legend and on its output
@@ -252,7 +251,7 @@ def test_hard_stage_is_one_box_spanning_all_columns(write_spec):
     dot = Dot(topology_dot(topo))
     s1 = dot.nodes["s1/shared"]
     assert float(s1["width"]) == pytest.approx(4 * COLUMN_WIDTH + 3 * NODESEP, abs=0.01)
-    assert dot.row_of("s1/shared") == ["~row/s1", "s1/shared"]
+    assert dot.row_of("s1/shared") == ["~stage/s1", "s1/shared"]
     # every task leaves the shared box along its own coloured edge
     colour = task_colours(topo.tasks)
     assert dot.edge("s1/shared", "s2/seg+edge")["color"] == f"{colour['seg']}:{colour['edge']}"
@@ -267,7 +266,7 @@ def test_groups_span_their_group_striped_in_their_colours(write_spec):
         assert float(box["width"]) == pytest.approx(2 * COLUMN_WIDTH + NODESEP, abs=0.01)
         assert box["style"] == "striped"
         assert box["fillcolor"] == ":".join(tint(colour[t]) for t in members)
-    assert dot.row_of("s2/seg+edge") == ["~row/s2", "s2/seg+edge", "s2/depth+normal"]
+    assert dot.row_of("s2/seg+edge") == ["~stage/s2", "s2/seg+edge", "s2/depth+normal"]
     # the cross-stitch of the [seg, edge] group mixes those two columns only
     unit = "s3/cross_stitch/seg+edge"
     assert sorted(dot.of(unit)) == [f"{unit}#edge", f"{unit}#seg"]
@@ -300,7 +299,7 @@ def test_cross_stitch_mixes_every_column_into_every_column(write_spec):
         assert dot.nodes[f"{unit}#{t}"]["shape"] == "circle"
     assert f"cluster_{unit}" in dot.clusters
     # separate stage: one box per task, no exchange
-    assert dot.row_of("s3/seg") == ["~row/s3", "s3/seg", "s3/depth"]
+    assert dot.row_of("s3/seg") == ["~stage/s3", "s3/seg", "s3/depth"]
     assert not dot.linked("s3/seg", "head/depth")
 
 
@@ -355,7 +354,7 @@ def test_attention_gates_sit_beside_the_shared_trunk(write_spec):
     for stage in ("s1", "s2"):
         # one row: seg's gate, the trunk, depth's gate
         assert dot.row_of(f"{stage}/shared") == [
-            f"~row/{stage}",
+            f"~stage/{stage}",
             f"{stage}/attention/seg",
             f"{stage}/shared",
             f"{stage}/attention/depth",
@@ -406,6 +405,23 @@ def test_recursive_is_the_alternating_chain_of_turns(write_spec):
     assert ("decoder/depth/features", turns[0]) in edges
     assert ("decoder/seg/features", turns[0]) in edges  # seg's state before its first turn
     assert (turns[-2], "head/depth") in edges and (turns[-1], "head/seg") in edges
+
+
+def test_a_stage_may_share_a_name_with_a_fixed_row(write_spec):
+    topo = build_topology(load_spec(write_spec(TINY.replace("s3", "heads"))))
+    dot = Dot(topology_dot(topo))
+    assert dot.row_of("heads/seg") == ["~stage/heads", "heads/seg", "heads/depth"]
+    assert dot.row_of("head/seg") == ["~row/heads", "head/seg", "head/depth"]
+
+
+def test_a_sharing_type_without_a_drawing_of_its_own_is_still_drawn(write_spec):
+    """A new sharing point (one file + one registry entry) must not break viz."""
+    topo = build_topology(load_spec(write_spec(TINY)))
+    topo.graph.nodes["s2/cross_stitch"]["type"] = "future_unit"
+    dot = Dot(topology_dot(topo))
+    assert dot.nodes["s2/cross_stitch"]["shape"] == "hexagon"
+    assert "future_unit · s2" in dot.nodes["s2/cross_stitch"]["label"]
+    check_complete(topo, set(dot.nodes), dot.linked)
 
 
 # -- numbers on the boxes -----------------------------------------------------------------
@@ -572,7 +588,9 @@ def test_unknown_suffix_lists_the_supported_ones(write_spec, tmp_path):
 
 
 def test_spec_that_does_not_compile_is_a_located_error(write_spec, tmp_path):
-    bad = write_spec(TINY.replace("s2: [conv(6, 3), relu]", "s2: [conv(6, 3), flatten, conv(4, 3)]"))
+    bad = write_spec(
+        TINY.replace("s2: [conv(6, 3), relu]", "s2: [conv(6, 3), flatten, conv(4, 3)]")
+    )
     out = tmp_path / "t.svg"
     result = CliRunner().invoke(main, ["viz", str(bad), "-o", str(out)])
     assert result.exit_code == 2

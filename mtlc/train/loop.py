@@ -7,7 +7,7 @@ MGDA-UB differentiates against. Task t's loss for the balancer is its final loss
 ``decoder.supervision`` × each of its intermediate losses, so deep supervision is
 balanced together with the task it belongs to.
 
-Choices worth knowing (the README repeats them):
+Choices worth knowing:
 
 * **Reproducible, resumable.** ``train.seed`` seeds torch before the model is built and
   seeds the generator that shuffles the training split; the data sets themselves are fixed
@@ -39,6 +39,7 @@ Choices worth knowing (the README repeats them):
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import threading
@@ -52,12 +53,11 @@ import torch
 from torch import fx, nn
 
 from mtlc import registry
+from mtlc.compiler import SHARED_KEY
 from mtlc.errors import MtlcError
 from mtlc.spec import Spec, load_spec, spec_error
 from mtlc.train import runfolder
 from mtlc.train.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
-
-SHARED_KEY = "@shared"
 
 
 class TrainError(MtlcError):
@@ -159,12 +159,10 @@ def task_kinds(spec: Spec) -> dict[str, str]:
 
 def loss_functions(spec: Spec) -> dict[str, Any]:
     """task -> ``f(pred, target)`` with the spec's loss options bound."""
-    out = {}
-    for t, task in spec.tasks.items():
-        fn = registry.resolve(registry.LOSSES, task.loss_name)
-        options = task.loss_options
-        out[t] = (lambda f, o: lambda p, y: f(p, y, **o))(fn, options)
-    return out
+    return {
+        t: functools.partial(registry.resolve(registry.LOSSES, task.loss_name), **task.loss_options)
+        for t, task in spec.tasks.items()
+    }
 
 
 def build_optimizer(
@@ -258,7 +256,7 @@ def safe_delta_m(
 
     try:
         shared = {t: {k: results[t][k] for k in b} for t, b in baselines.items()}
-        return delta_m(shared, baselines, {"loss": False})
+        return delta_m(shared, baselines)
     except (KeyError, ValueError, ZeroDivisionError):
         return None
 
@@ -451,9 +449,23 @@ class Trainer:
         return out, per_task, parts
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """One optimizer step; returns its metrics.jsonl record.
+
+        The losses are read back once, after the balancer's backward and before the
+        optimizer step (one device sync per step): a non-finite loss then stops the run
+        with the weights untouched, since only the gradients have seen it.
+        """
         self.model.train()
         out, per_task, parts = self.forward_losses(batch)
-        values = torch.stack([v.detach().float() for v in per_task.values()]).tolist()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = self.balancer.backward(
+            per_task,
+            shared_params=self.shared,
+            shared_repr=out.get(SHARED_KEY) if self.use_shared_repr else None,
+        )
+        intermediate = [k for k in parts if ":" in k]
+        read = [*per_task.values(), *(parts[k] for k in intermediate), total]
+        values = torch.stack([v.detach().float().reshape(()) for v in read]).tolist()
         losses = dict(zip(per_task, values))
         for task, value in losses.items():
             if not math.isfinite(value):
@@ -464,12 +476,6 @@ class Trainer:
                     step=self.step + 1,
                     run_dir=Path("."),
                 )
-        self.optimizer.zero_grad(set_to_none=True)
-        total = self.balancer.backward(
-            per_task,
-            shared_params=self.shared,
-            shared_repr=out.get(SHARED_KEY) if self.use_shared_repr else None,
-        )
         weights = self.balancer.weights()
         if self.spec.train.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.grad_clip)
@@ -485,13 +491,12 @@ class Trainer:
             "epoch": self.epoch + 1,
             "step": self.step,
             "loss": losses,
-            "total": float(total),
+            "total": values[-1],
             "weights": weights,
             "lr": lr,
         }
-        if len(parts) > len(per_task):
-            part_values = torch.stack([v.detach().float() for v in parts.values()]).tolist()
-            record["parts"] = {k: v for k, v in zip(parts, part_values) if ":" in k}
+        if intermediate:
+            record["parts"] = dict(zip(intermediate, values[len(per_task) : -1]))
         extra = self.balancer.extra_state_for_log()
         if extra:
             record["balancer"] = extra
@@ -573,7 +578,7 @@ class Trainer:
         from mtlc.train.plots import write_plots
 
         if resume:
-            self.load_state(load_checkpoint(run_dir / runfolder.LAST, self.device))
+            self.load_state(load_checkpoint(run_dir / runfolder.LAST))
         runfolder.write_spec(run_dir, self.spec.model_dump(mode="json"))
         log = runfolder.MetricsLog(run_dir, keep=(self.epoch, self.step) if resume else None)
         writer = _tensorboard(run_dir) if tensorboard else None

@@ -142,10 +142,10 @@ class Comparison:
         n = len(self.added) + len(self.removed) + len(self.changed)
         lines.append(f"topology: {n} node change{'s' if n != 1 else ''}")
         pa, pb = self.cost_a.params, self.cost_b.params
-        for node in self.added:
-            lines.append(f"  + {node} ({self._kind(node)}, {pb.get(node, 0):,} params)")
-        for node in self.removed:
-            lines.append(f"  - {node} ({self._kind(node)}, {pa.get(node, 0):,} params)")
+        for sign, nodes, params in (("+", self.added, pb), ("-", self.removed, pa)):
+            for node in nodes:
+                cost = f", {params[node]:,} params" if node in params else ""
+                lines.append(f"  {sign} {node} ({self._kind(node)}{cost})")
         for c in self.changed:
             what = "; ".join(f"{k} {_show(a)} → {_show(b)}" for k, (a, b) in c.fields.items())
             cost = ""

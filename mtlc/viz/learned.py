@@ -105,7 +105,7 @@ def learned(compiled: Compiled, ckpt: dict[str, Any], where: str) -> dict[str, A
             alpha[u] = a
         elif d["type"] == "nddr" and (m := nddr_strengths(compiled, state, u)):
             nddr[u] = m
-    sigma = {}
-    if compiled.spec.balancer.type == "uncertainty" and isinstance(ckpt.get("balancer"), dict):
-        sigma = uncertainty_sigma(compiled, ckpt["balancer"])
+    # The balancer's state says what it was (the spec given may set another balancer).
+    balancer = ckpt.get("balancer")
+    sigma = uncertainty_sigma(compiled, balancer) if isinstance(balancer, dict) else {}
     return {"alpha": alpha, "nddr": nddr, "sigma": sigma}

@@ -80,7 +80,7 @@ def ops_dot(compiled: Compiled) -> str:
     d.add('node [fontname="Helvetica", fontsize=10, shape=box, style="rounded,filled"]')
     d.add('edge [fontname="Helvetica", fontsize=8, color="#666666", arrowsize=0.6]')
     for n in loose:
-        text = "inputs" if n.op == "output" else f"{n.target} (input)"
+        text = "predictions" if n.op == "output" else f"{n.target} (input)"
         d.node(n.name, label=_html([("b", text)]), shape="oval", fillcolor="white")
     for stage, blocks in clusters.items():
         d.open(

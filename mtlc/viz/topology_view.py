@@ -248,11 +248,15 @@ class _Drawer:
     def _group(self, tasks: tuple[str, ...]) -> str | None:
         return tasks[0] if len(tasks) == 1 else None
 
-    def _row(self, label: str, sub: str, nodes: list[str]) -> None:
-        """A rank=same row with a ruler label on the left and its nodes in column order."""
+    def _row(self, label: str, sub: str, nodes: list[str], stage: bool = False) -> None:
+        """A rank=same row with a ruler label on the left and its nodes in column order.
+
+        Stage rows get `~stage/<name>` rulers, the fixed rows `~row/<label>`, so a stage
+        may be called `heads` or `input` without two rows sharing a ruler.
+        """
         if not nodes:
             return
-        ruler = f"~row/{label}"
+        ruler = f"~stage/{label}" if stage else f"~row/{label}"
         d = self.dot
         d.open()
         d.add("rank=same")
@@ -288,14 +292,14 @@ class _Drawer:
         inputs = self.topo.nodes_of("input")
         for n in inputs:
             attrs = g.nodes[n]
-            d.node(
-                n,
-                label=_html([("b", attrs["name"]), ("s", shape_text(attrs["shape"]))]),
-                style="rounded,filled",
-                fillcolor="white",
-                color=SHARED,
-                width=self._width(self.tasks),
-            )
+            look = {
+                "label": _html([("b", attrs["name"]), ("s", shape_text(attrs["shape"]))]),
+                "style": "rounded,filled",
+                "fillcolor": "white",
+                "color": SHARED,
+                "width": self._width(self.tasks),
+            }
+            d.node(n, **self._status(n, look))
         self._row("input", "", inputs + ["~legend"])
         self._legend()
 
@@ -393,7 +397,8 @@ class _Drawer:
             self._box(b, f"{stage} · {who}", width=COLUMN_WIDTH if gates else None)
         for u in units:
             self._unit(u)
-        self._row(stage, " / ".join(sorted(s.replace("_", "-") for s in sharing if s)), row)
+        kinds = " / ".join(sorted(s.replace("_", "-") for s in sharing if s))
+        self._row(stage, kinds, row, stage=True)
 
     def _unit(self, u: str) -> dict[str, str]:
         """Draw a unit; return, per task, its topmost part (to hang it below what precedes)."""
@@ -430,16 +435,6 @@ class _Drawer:
         base.update(attrs)
         self.dot.node(n, **self._status(n, base))
 
-    def _ordered(self, nodes: list[str]) -> None:
-        d = self.dot
-        d.open()
-        d.add("rank=same")
-        for n in nodes:
-            d.add(_q(n))
-        for a, b in zip(nodes, nodes[1:]):
-            d.edge(a, b, style="invis")
-        d.close()
-
     def _cross_stitch(self, u: str) -> None:
         a = self.g.nodes[u]
         opts = a.get("options", {})
@@ -452,10 +447,9 @@ class _Drawer:
             + (f"×{a['shape'][0]}" if gran == "channel" else "")
             + f", init {init[0]:g}/{init[1]:g}",
         )
-        parts = [f"{u}#{t}" for t in a["tasks"]]
-        for t, p in zip(a["tasks"], parts):
-            self._part(p, t, _html([("b", "Σα")]), shape="circle", width=0.55, fixedsize="true")
-        self._ordered(parts)
+        for t in a["tasks"]:
+            label = _html([("b", "Σα")])
+            self._part(f"{u}#{t}", t, label, shape="circle", width=0.55, fixedsize="true")
         self.dot.close()
 
     def _nddr(self, u: str) -> None:
@@ -474,17 +468,15 @@ class _Drawer:
             fontcolor="white",
             style="filled",
         )
-        parts = [f"{u}#{t}" for t in tasks]
         strengths = self.notes.nddr.get(u)
-        for i, (t, p) in enumerate(zip(tasks, parts)):
+        for i, t in enumerate(tasks):
             lines = [("b", "1×1 conv · BN · ReLU"), ("s", f"{len(tasks) * c} → {c}")]
             if strengths:
                 lines.append(
                     ("s", " ".join(f"{s} {strengths[i][j]:.2f}" for j, s in enumerate(tasks)))
                 )
-            self._part(p, t, _html(lines), width=COLUMN_WIDTH)
-            self.dot.edge(f"{u}#concat", p, **self._edge_style((t,)))
-        self._ordered(parts)
+            self._part(f"{u}#{t}", t, _html(lines), width=COLUMN_WIDTH)
+            self.dot.edge(f"{u}#concat", f"{u}#{t}", **self._edge_style((t,)))
         self.dot.close()
 
     def _attention(self, u: str) -> None:
@@ -542,14 +534,11 @@ class _Drawer:
     def _distillation(self, u: str) -> dict[str, str]:
         a = self.g.nodes[u]
         self._cluster(u, "PAD-Net distillation", "Fᵏ + Σ σ(W Fˡ) ⊙ Fˡ")
-        parts = []
-        for t in self._main(a["tasks"]):
-            p = f"{u}#{t}"
-            self._part(p, t, _html([("b", f"F°  · {t}"), ("s", "distilled")]), width=COLUMN_WIDTH)
-            parts.append(p)
-        self._ordered(parts)
+        parts = {t: f"{u}#{t}" for t in self._main(a["tasks"])}
+        for t, p in parts.items():
+            self._part(p, t, _html([("b", f"F° · {t}"), ("s", "distilled")]), width=COLUMN_WIDTH)
         self.dot.close()
-        return {p.split("#")[1]: p for p in parts}
+        return parts
 
     def _affinity(self, u: str) -> dict[str, str]:
         a = self.g.nodes[u]
@@ -559,27 +548,15 @@ class _Drawer:
             "PAP-Net affinity propagation",
             f"at 1/{o.get('downsample', 2)} · {o.get('iterations', 3)} iterations · β {o.get('beta', 0.05):g}",
         )
-        mats = []
-        for t in a["tasks"]:
-            p = f"{u}#affinity/{t}"
-            self._part(
-                p, t, _html([("b", f"affinity M · {t}"), ("s", "softmax(FᵀF/√C)")]), shape="box3d"
-            )
-            mats.append(p)
-        self._ordered(mats)
-        diffs = []
+        mats = {t: f"{u}#affinity/{t}" for t in a["tasks"]}
+        for t, p in mats.items():
+            label = _html([("b", f"affinity M · {t}"), ("s", "softmax(FᵀF/√C)")])
+            self._part(p, t, label, shape="box3d")
         for t in self._main(a["tasks"]):
-            p = f"{u}#{t}"
-            self._part(
-                p,
-                t,
-                _html([("b", f"diffusion · {t}"), ("s", "βΣαM·X + (1−β)F")]),
-                width=COLUMN_WIDTH,
-            )
-            diffs.append(p)
-        self._ordered(diffs)
+            label = _html([("b", f"diffusion · {t}"), ("s", "βΣαM·X + (1−β)F")])
+            self._part(f"{u}#{t}", t, label, width=COLUMN_WIDTH)
         self.dot.close()
-        return dict(zip(a["tasks"], mats))
+        return mats
 
     def _turns(self, u: str) -> list[tuple[int, str]]:
         a = self.g.nodes[u]
