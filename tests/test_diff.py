@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from click.testing import CliRunner
-from test_viz import TINY
+from test_viz import TINY, needs_dot
 
 from mtlc.cli import main
 from mtlc.spec import load_spec
@@ -164,6 +164,7 @@ def _strokes(svg_path) -> dict[str, set[str]]:
     return out
 
 
+@needs_dot
 def test_drawing_marks_added_removed_and_changed(base, write_spec, tmp_path):
     b = write_spec(
         TINY.replace("s2: cross_stitch", "s2: nddr").replace(
@@ -189,3 +190,25 @@ def test_bad_output_suffix_writes_nothing(base, tmp_path):
     assert cli.exit_code == 2
     assert "supported: .svg, .png, .pdf, .dot, .html" in cli.output
     assert not out.exists()
+
+
+@needs_dot
+def test_union_that_trips_graphviz_ranking_still_renders(write_spec, tmp_path):
+    """NDDR vs a decoder over three tasks: graphviz 2.43 fails to rank the strict layout
+    ('trouble in init_rank'); the drawing falls back to a looser one rather than failing."""
+    tasks = """\
+tasks:
+  seg:    {head: [conv(3, 1)], loss: cross_entropy}
+  depth:  {head: [conv(1, 1)], loss: l1}
+  normal: {head: [conv(3, 1)], loss: cosine}
+"""
+    head = "mtlc: 1\nname: {}\ninput: {{image: [3, 8, 8]}}\nencoder:\n  stages:\n    s1: [conv(4, 3)]\n"
+    a = write_spec(head.format("a") + "  sharing: {s1: nddr}\n" + tasks, "a.yaml")
+    b = write_spec(
+        head.format("b") + tasks + "decoder: {type: recursive, features: 4, steps: 2}\n", "b.yaml"
+    )
+    out = tmp_path / "diff.svg"
+    cli = CliRunner().invoke(main, ["diff", str(a), str(b), "-o", str(out)])
+    assert cli.exit_code == 0, cli.output
+    nodes = set(_strokes(out))
+    assert {"s1/nddr#concat", "decoder/recursive#2/normal", "head/seg", "output/normal"} <= nodes

@@ -26,6 +26,17 @@ def dot_source(
     Parameter counts are always shown; `cost` adds FLOPs; `checkpoint` annotates what a
     trained run learned (cross-stitch α, NDDR block strengths, uncertainty σ).
     """
+    return _sources(spec, level, cost, checkpoint, overrides)[1][0]
+
+
+def _sources(
+    spec: Any,
+    level: str,
+    cost: bool,
+    checkpoint: str | Path | None,
+    overrides: list[str] | tuple[str, ...],
+) -> tuple[str, list[str]]:
+    """The spec's name and its drawing's layouts, most constrained first (`render.to_bytes`)."""
     from mtlc.spec import load_spec
     from mtlc.viz.costs import compile_meta, measure
 
@@ -34,10 +45,10 @@ def dot_source(
     if level == "ops":
         from mtlc.viz.ops_view import ops_dot
 
-        return ops_dot(compiled)
+        return loaded.name, [ops_dot(compiled)]
     if level != "topology":
         raise ValueError(f"unknown level {level!r}")
-    from mtlc.viz.topology_view import Notes, topology_dot
+    from mtlc.viz.topology_view import Notes, topology_sources
 
     c = measure(compiled)
     notes = Notes(
@@ -55,18 +66,25 @@ def dot_source(
 
         found = learned(compiled, load_checkpoint(checkpoint), str(checkpoint))
         notes.alpha, notes.nddr, notes.sigma = found["alpha"], found["nddr"], found["sigma"]
-    return topology_dot(compiled.topology, notes)
+    return loaded.name, topology_sources(compiled.topology, notes)
 
 
-def draw(spec: Any, path: str | Path, **options: Any) -> Path:
+def draw(
+    spec: Any,
+    path: str | Path,
+    *,
+    level: str = "topology",
+    cost: bool = False,
+    checkpoint: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Path:
     """Write a spec's drawing to `path` (svg, png, pdf, dot or html, by suffix).
 
     The suffix is checked before anything is compiled, and the file is written whole or
-    not at all. `options` are those of `dot_source`.
+    not at all. The options are those of `dot_source`.
     """
-    from mtlc.spec import load_spec
     from mtlc.viz.render import output_format, write
 
     output_format(path)
-    loaded = load_spec(spec, options.pop("overrides", ()))
-    return write(dot_source(loaded, **options), path, title=loaded.name)
+    name, sources = _sources(spec, level, cost, checkpoint, overrides)
+    return write(sources, path, title=name)

@@ -76,7 +76,7 @@ class Comparison:
 
     # -- cost -----------------------------------------------------------------------
     def cost_table(self) -> dict[str, Any]:
-        """`{"params"|"flops": {"total": delta, "tasks": {t: delta}}}` with delta = {a, b, delta, relative}."""
+        """Per metric `{"total", "tasks": {t: …}}` (params also `shared`), each a `_delta`."""
         ca, cb = self.cost_a, self.cost_b
         out: dict[str, Any] = {}
         for metric in ("params", "flops"):
@@ -174,9 +174,10 @@ class Comparison:
             lines.append(f"  {name:<{width}}  {_delta_text(p):<38}  {_delta_text(f) if f else ''}")
         return "\n".join(lines).rstrip() + "\n"
 
-    def dot(self) -> str:
-        """The union of both topologies: added green, removed red, changed amber."""
-        from mtlc.viz.topology_view import Notes, topology_dot, union_topology
+    def dot(self) -> list[str]:
+        """The union of both topologies (added green, removed red, changed amber), as
+        layouts from most to least constrained for `render.write`."""
+        from mtlc.viz.topology_view import Notes, topology_sources, union_topology
 
         status = dict.fromkeys(self.added, "added") | dict.fromkeys(self.removed, "removed")
         status |= {c.node: "changed" for c in self.changed}
@@ -190,10 +191,11 @@ class Comparison:
             edge_status=edges,
             caption=f"{self.a_name} → {self.b_name}",
         )
-        return topology_dot(union_topology(self.topo_a, self.topo_b), notes)
+        return topology_sources(union_topology(self.topo_a, self.topo_b), notes)
 
 
 def _delta(a: int | None, b: int | None) -> dict[str, Any]:
+    """`{a, b, delta, relative}`; a task on one side only has just `a` and `b`."""
     out: dict[str, Any] = {"a": a, "b": b}
     if a is not None and b is not None:
         out["delta"] = b - a

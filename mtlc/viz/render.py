@@ -12,6 +12,7 @@ import html
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from mtlc.errors import MtlcError
@@ -45,21 +46,32 @@ def output_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
-def to_bytes(source: str, fmt: str, title: str = "mtlc") -> bytes:
-    """Render DOT `source` as `fmt` (one of FORMATS' values)."""
+def to_bytes(source: str | Sequence[str], fmt: str, title: str = "mtlc") -> bytes:
+    """Render DOT `source` as `fmt` (one of FORMATS' values).
+
+    Several sources are layouts of one drawing, most constrained first: each is tried
+    until graphviz lays one out (see `topology_view.topology_dot`'s `loose`).
+    A `.dot` file gets the first.
+    """
+    sources = [source] if isinstance(source, str) else list(source)
     if fmt == "dot":
-        return source.encode()
+        return sources[0].encode()
     import graphviz
 
-    try:
-        svg_or_image = graphviz.Source(source).pipe(
-            format="svg" if fmt == "html" else fmt, quiet=True
-        )
-    except graphviz.ExecutableNotFound:
-        raise GraphvizMissing(INSTALL_HINT.format(fmt=fmt)) from None
-    except graphviz.CalledProcessError as exc:
-        detail = (exc.stderr or b"").decode(errors="replace").strip()
-        raise RenderError(f"graphviz failed to render the drawing: {detail}") from None
+    for i, text in enumerate(sources):
+        try:
+            svg_or_image = graphviz.Source(text).pipe(
+                format="svg" if fmt == "html" else fmt, quiet=True
+            )
+            break
+        except graphviz.ExecutableNotFound:
+            raise GraphvizMissing(INSTALL_HINT.format(fmt=fmt)) from None
+        except graphviz.CalledProcessError as exc:
+            detail = (exc.stderr or b"").decode(errors="replace").strip()
+            if "trouble in init_rank" in detail and i < len(sources) - 1:
+                continue
+            first = detail.splitlines()[0] if detail else f"exit status {exc.returncode}"
+            raise RenderError(f"graphviz failed to render the drawing: {first}") from None
     if fmt == "html":
         return html_page(svg_or_image.decode(), title).encode()
     return svg_or_image
@@ -80,8 +92,8 @@ def html_page(svg: str, title: str) -> str:
     )
 
 
-def write(source: str, path: str | Path, title: str = "mtlc") -> Path:
-    """Render `source` into `path` by its suffix, atomically."""
+def write(source: str | Sequence[str], path: str | Path, title: str = "mtlc") -> Path:
+    """Render `source` (or the first of several layouts that works) into `path`, atomically."""
     path = Path(path)
     data = to_bytes(source, output_format(path), title)
     path.parent.mkdir(parents=True, exist_ok=True)

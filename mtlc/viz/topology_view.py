@@ -50,6 +50,10 @@ SHARED_FILL = "#eeeeee"
 STATUS = {"added": "#1a9641", "removed": "#d7191c", "changed": "#f39c12"}
 COLUMN_WIDTH = 2.3  # inches; a block serving k tasks is k columns wide
 NODESEP = 0.3
+# Exchanges between tasks: a task's own stream thick, what it takes from others thin
+# (dashes are kept for auxiliary tasks).
+OWN_WIDTH = 2.2
+CROSS_WIDTH = 1.0
 
 
 @dataclass
@@ -176,14 +180,25 @@ class _Dot:
         self.add("}")
 
 
-def topology_dot(topo: Topology, notes: Notes | None = None) -> str:
-    """DOT source for the topology; `notes` adds costs, learned values and diff marks."""
-    return _Drawer(topo, notes or Notes()).draw()
+def topology_dot(topo: Topology, notes: Notes | None = None, *, loose: int = 0) -> str:
+    """DOT source for the topology; `notes` adds costs, learned values and diff marks.
+
+    `loose` drops row constraints: 1 the heads' and outputs' rows, 2 every row. Graphviz's
+    ranking sometimes fails on constraints that can all be met ("trouble in init_rank",
+    seen when rows are fed from two clusters, as in a diff's union of NDDR and a
+    decoder); a drawing with fewer aligned rows beats none.
+    """
+    return _Drawer(topo, notes or Notes(), loose).draw()
+
+
+def topology_sources(topo: Topology, notes: Notes | None = None) -> list[str]:
+    """The drawing from most to least constrained, for `render.write` to try in order."""
+    return [topology_dot(topo, notes, loose=level) for level in (0, 1, 2)]
 
 
 class _Drawer:
-    def __init__(self, topo: Topology, notes: Notes):
-        self.topo, self.g, self.notes = topo, topo.graph, notes
+    def __init__(self, topo: Topology, notes: Notes, loose: int = 0):
+        self.topo, self.g, self.notes, self.loose = topo, topo.graph, notes, loose
         self.tasks = list(topo.tasks)
         self.colour = task_colours(self.tasks)
         if notes.status or notes.edge_status:  # a diff: colour means change, not task
@@ -254,7 +269,7 @@ class _Drawer:
         Stage rows get `~stage/<name>` rulers, the fixed rows `~row/<label>`, so a stage
         may be called `heads` or `input` without two rows sharing a ruler.
         """
-        if not nodes:
+        if not nodes or self.loose >= 2 or (self.loose and label in ("heads", "outputs")):
             return
         ruler = f"~stage/{label}" if stage else f"~row/{label}"
         d = self.dot
@@ -611,13 +626,14 @@ class _Drawer:
         elif kind == "distillation":
             for t in self._main(a["tasks"]):
                 for s in a["tasks"]:
+                    # the residual F_t thick, each gated message σ(W F_s) ⊙ F_s thin, ⊙-headed
                     own = s == t
                     e(
                         source_of[s],
                         f"{u}#{t}",
                         (s,),
-                        style=None if own else "dashed",
                         arrowhead="normal" if own else "odot",
+                        penwidth=OWN_WIDTH if own else CROSS_WIDTH,
                     )
         elif kind == "affinity":
             for s in a["tasks"]:
@@ -625,13 +641,14 @@ class _Drawer:
             for t in self._main(a["tasks"]):
                 e(source_of[t], f"{u}#{t}", (t,))
                 for s in a["tasks"]:
-                    e(f"{u}#affinity/{s}", f"{u}#{t}", (s,), style=None if s == t else "dashed")
+                    width = OWN_WIDTH if s == t else CROSS_WIDTH
+                    e(f"{u}#affinity/{s}", f"{u}#{t}", (s,), penwidth=width)
         elif kind == "recursive":
             latest = {t: source_of[t] for t in a["tasks"]}
             for k, t in self._turns(u):
                 node = f"{u}#{k}/{t}"
                 for s in a["tasks"]:
-                    e(latest[s], node, (s,), style=None if s == t else "dashed")
+                    e(latest[s], node, (s,), penwidth=OWN_WIDTH if s == t else CROSS_WIDTH)
                 latest[t] = node
             for dst, ts in outs.items():
                 for t in ts:
