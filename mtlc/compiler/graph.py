@@ -22,10 +22,9 @@ from torch import fx
 
 from mtlc import registry
 from mtlc.compiler.emitter import Emitter
+from mtlc.compiler.labels import SHARED_KEY, task_sets
 from mtlc.spec import Spec, load_spec
 from mtlc.topology import Topology, build_topology
-
-SHARED_KEY = "@shared"
 
 
 @dataclass
@@ -93,22 +92,10 @@ def _value_of(em: Emitter, key: str, node: str) -> fx.Node:
 
 def _label_tasks(graph: fx.Graph, outputs: dict[str, fx.Node]) -> None:
     """Add `tasks` to every node's label: the tasks whose predictions depend on it."""
-    users: dict[fx.Node, set[str]] = {n: set() for n in graph.nodes}
-    for key, node in outputs.items():
-        if key == SHARED_KEY:
-            continue
-        task = key.split(":")[0]
-        stack = [node]
-        while stack:
-            n = stack.pop()
-            if task in users[n]:
-                continue
-            users[n].add(task)
-            stack.extend(n.all_input_nodes)
+    _, tasks = task_sets(graph, outputs)
     for n in graph.nodes:
         if "mtlc" in n.meta:
-            order = [t for t in outputs if ":" not in t and t != SHARED_KEY]
-            n.meta["mtlc"]["tasks"] = tuple(t for t in order if t in users[n])
+            n.meta["mtlc"]["tasks"] = tasks[n]
 
 
 def compile_spec(

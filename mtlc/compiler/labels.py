@@ -9,8 +9,48 @@ reads these labels rather than guessing from module names.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 
 from torch import fx, nn
+
+SHARED_KEY = "@shared"  # the supervised output holding the shared representation (not a task)
+
+
+def output_keys(graph: fx.Graph) -> dict[str, fx.Node]:
+    """A compiled graph's outputs as `{key: node}` (the compiler always returns a dict)."""
+    value = next(n for n in graph.nodes if n.op == "output").args[0]
+    if not isinstance(value, dict):
+        raise ValueError("expected a graph whose forward returns {task: tensor}")
+    return dict(value)
+
+
+def task_sets(
+    graph: fx.Graph, outputs: Mapping[str, fx.Node] | None = None
+) -> tuple[list[str], dict[fx.Node, tuple[str, ...]]]:
+    """Task order, and for each node the tasks whose predictions depend on it.
+
+    `task:tag` outputs (intermediate predictions) count for their task; the shared
+    representation `@shared` counts for none, it is only a handle on a node every task
+    already reads. `outputs` defaults to the graph's own output node.
+    """
+    keys = dict(outputs) if outputs is not None else output_keys(graph)
+    order: list[str] = []
+    for key in keys:
+        task = key.split(":")[0]
+        if key != SHARED_KEY and task not in order:
+            order.append(task)
+    users: dict[fx.Node, set[str]] = {n: set() for n in graph.nodes}
+    for key, node in keys.items():
+        if key == SHARED_KEY:
+            continue
+        task = key.split(":")[0]
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if task not in users[n]:
+                users[n].add(task)
+                stack.extend(n.all_input_nodes)
+    return order, {n: tuple(t for t in order if t in users[n]) for n in graph.nodes}
 
 
 def module_labels(gm: fx.GraphModule) -> dict[str, dict]:

@@ -27,7 +27,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-SHARED_KEY = "@shared"  # the compiler's key for the shared representation (not a task)
+from mtlc.compiler.labels import output_keys, task_sets
 
 # Ops that only move, copy or create data: no arithmetic, so they add no `other_ops`.
 _MOVES = {
@@ -134,42 +134,6 @@ def _layer_name(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op == "call_method":
         return str(node.target)
     return "input" if node.op == "placeholder" else node.op
-
-
-def output_keys(graph: fx.Graph) -> dict[str, fx.Node]:
-    """The graph's outputs as `{key: node}` (the compiler always returns a dict)."""
-    out = next(n for n in graph.nodes if n.op == "output")
-    value = out.args[0]
-    if not isinstance(value, dict):
-        raise ValueError("profile needs a graph whose forward returns {task: tensor}")
-    return dict(value)
-
-
-def task_sets(graph: fx.Graph) -> tuple[list[str], dict[fx.Node, tuple[str, ...]]]:
-    """Task order, and for each node the tasks whose outputs depend on it.
-
-    `task:tag` outputs (intermediate predictions) count for their task; the shared
-    representation `@shared` counts for none, it is only a handle on a node every task
-    already reads.
-    """
-    keys = output_keys(graph)
-    order: list[str] = []
-    for key in keys:
-        task = key.split(":")[0]
-        if key != SHARED_KEY and task not in order:
-            order.append(task)
-    users: dict[fx.Node, set[str]] = {n: set() for n in graph.nodes}
-    for key, node in keys.items():
-        if key == SHARED_KEY:
-            continue
-        task = key.split(":")[0]
-        stack = [node]
-        while stack:
-            n = stack.pop()
-            if task not in users[n]:
-                users[n].add(task)
-                stack.extend(n.all_input_nodes)
-    return order, {n: tuple(t for t in order if t in users[n]) for n in graph.nodes}
 
 
 def _state_of(gm: fx.GraphModule, node: fx.Node) -> Iterable[tuple[str, torch.Tensor, bool]]:
@@ -378,7 +342,5 @@ __all__ = [
     "StateCost",
     "ancestors",
     "count",
-    "output_keys",
     "pruned",
-    "task_sets",
 ]
