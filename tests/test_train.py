@@ -226,6 +226,10 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(tiny: Path, tmp_path:
 def test_extending_a_finished_run_equals_training_longer(tiny: Path, tmp_path: Path):
     train(tiny, out=tmp_path / "a", device="cpu", overrides=["train.epochs=2"])
     train(tiny, out=tmp_path / "b", device="cpu", overrides=["train.epochs=1"])
+    # records of a run killed after its last checkpoint: the resumed run replays them
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"type": "step", "epoch": 2, "step": 4, "loss": {}}) + "\n")
+        fh.write(json.dumps({"type": "epoch", "epoch": 2, "step": 6}) + "\n")
     train(tiny, out=tmp_path / "b", device="cpu", overrides=["train.epochs=2"], resume=True)
     _assert_same_run(tmp_path / "a", tmp_path / "b")
 

@@ -299,3 +299,41 @@ def test_command_module_does_not_import_torch():
     code = "import sys, mtlc.train.command; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_sweep_with_baselines_ranks_by_delta_m(tiny: Path, tmp_path: Path):
+    out = tmp_path / "sweep"
+    args = [tiny, "--grid", "balancer.weights.depth=0.1,10", "--epochs", 1, "--out", out]
+    result = run(command.sweep, *args, "--device", "cpu", "--baselines")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "baselines").iterdir()) == ["depth", "seg"]
+    with open(out / "sweep.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    from mtlc.delta import delta_m
+
+    base = {
+        t: json.loads((out / "baselines" / t / "summary.json").read_text())["final"]["metrics"][t]
+        for t in ("seg", "depth")
+    }
+    for r in rows:
+        final = json.loads((Path(r["run"]) / "summary.json").read_text())["final"]
+        assert float(r["delta_m"]) == pytest.approx(delta_m(final["metrics"], base))
+        assert final["delta_m"] == pytest.approx(float(r["delta_m"]))
+    best = max(rows, key=lambda r: float(r["delta_m"]))
+    assert [r["best"] for r in rows] == ["1" if r is best else "0" for r in rows]
+
+
+def test_tensorboard_logs_scalars(tiny: Path, tmp_path: Path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    result = run(
+        command.train, tiny, "--out", out, "--epochs", 1, "--device", "cpu", "--tensorboard"
+    )
+    assert result.exit_code == 0, result.output
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"loss/seg", "weight/depth", "lr", "val/seg/miou"} <= set(scalars)
+    assert [e.step for e in events.Scalars("loss/seg")] == [1, 2, 3]

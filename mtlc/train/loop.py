@@ -19,9 +19,12 @@ Choices worth knowing:
 * **Stopping.** Ctrl-C is turned into a request that the loop honours between steps (an
   optimizer step is never cut in half): it saves ``last.pt`` and raises
   :class:`Interrupted` (the CLI exits 130). A second Ctrl-C aborts at once without saving.
-  A non-finite task loss is caught *before* the backward pass; the run stops with
-  :class:`Diverged` naming the task and the step (the CLI exits 1: the command was
-  right, the training failed), and ``last.pt``/``best.pt`` keep the last good epoch.
+  A non-finite task loss stops the run with :class:`Diverged` naming the task and the
+  step (the CLI exits 1: the command was right, the training failed); nothing is saved
+  after it, so ``last.pt``/``best.pt`` keep the last good epoch.
+* **Speed.** Batches are slices of pre-built tensors; the host reads a step's losses back
+  only after launching the next step (:meth:`Trainer.launch_step`), so logging never
+  makes a GPU wait.
 * **best.pt** is the epoch with the highest Δm against single-task baselines when the
   run has them (``--baselines``, or a ``baselines/`` folder from an earlier run).
   Without baselines, a new epoch replaces the best one when it wins the mean-rank
@@ -84,6 +87,22 @@ class Interrupted(MtlcError):
 class RunResult:
     run_dir: Path
     summary: dict[str, Any]
+
+
+@dataclass
+class Launched:
+    """A step taken whose losses (``values``: per task, intermediates, total) are being read."""
+
+    epoch: int
+    step: int
+    size: int
+    tasks: list[str]
+    intermediate: list[str]
+    values: torch.Tensor
+    ready: Any  # a torch.cuda.Event on a GPU, None on the CPU
+    weights: dict[str, float]
+    lr: float
+    extra: dict[str, float]
 
 
 # -- helpers the trainer, eval and the benchmarks share ----------------------------------
@@ -448,14 +467,17 @@ class Trainer:
                 per_task[task] = loss
         return out, per_task, parts
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """One optimizer step; returns its metrics.jsonl record.
+    def launch_step(self, batch: dict[str, torch.Tensor]) -> Launched:
+        """One optimizer step, with its losses still on their way back from the device.
 
-        The losses are read back once, after the balancer's backward and before the
-        optimizer step (one device sync per step): a non-finite loss then stops the run
-        with the weights untouched, since only the gradients have seen it.
+        The losses are read back later (:meth:`finish_step`), so on a GPU the host never
+        waits for the device inside a step and can queue the next one meanwhile; the
+        trainer finishes step s after launching step s + 1. A non-finite loss is thus
+        seen one step late, after the optimizer has used it: the run stops there and
+        never saves those weights, so the checkpoints on disk stay good.
         """
-        self.model.train()
+        if not self.model.training:
+            self.model.train()
         out, per_task, parts = self.forward_losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         total = self.balancer.backward(
@@ -465,17 +487,13 @@ class Trainer:
         )
         intermediate = [k for k in parts if ":" in k]
         read = [*per_task.values(), *(parts[k] for k in intermediate), total]
-        values = torch.stack([v.detach().float().reshape(()) for v in read]).tolist()
-        losses = dict(zip(per_task, values))
-        for task, value in losses.items():
-            if not math.isfinite(value):
-                raise Diverged(
-                    f"the loss of task '{task}' is {value} at step {self.step + 1} "
-                    f"(epoch {self.epoch + 1})",
-                    task=task,
-                    step=self.step + 1,
-                    run_dir=Path("."),
-                )
+        values = torch.stack([v.detach().float().reshape(()) for v in read])
+        ready = None
+        if values.is_cuda:
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            values = host.copy_(values, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
         weights = self.balancer.weights()
         if self.spec.train.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.grad_clip)
@@ -486,21 +504,52 @@ class Trainer:
         if self.kpi_metric:
             self.balancer.observe(self._batch_kpis(out, batch))
         self.step += 1
+        return Launched(
+            epoch=self.epoch + 1,
+            step=self.step,
+            size=batch[self.spec.input_name].shape[0],
+            tasks=list(per_task),
+            intermediate=intermediate,
+            values=values,
+            ready=ready,
+            weights=weights,
+            lr=lr,
+            extra=self.balancer.extra_state_for_log(),
+        )
+
+    def finish_step(self, launched: Launched) -> dict[str, Any]:
+        """Read a launched step's losses, stop on a non-finite one, return its record."""
+        if launched.ready is not None:
+            launched.ready.synchronize()
+        values = launched.values.tolist()
+        losses = dict(zip(launched.tasks, values))
+        for task, value in losses.items():
+            if not math.isfinite(value):
+                raise Diverged(
+                    f"the loss of task '{task}' is {value} at step {launched.step} "
+                    f"(epoch {launched.epoch})",
+                    task=task,
+                    step=launched.step,
+                    run_dir=Path("."),
+                )
         record: dict[str, Any] = {
             "type": "step",
-            "epoch": self.epoch + 1,
-            "step": self.step,
+            "epoch": launched.epoch,
+            "step": launched.step,
             "loss": losses,
             "total": values[-1],
-            "weights": weights,
-            "lr": lr,
+            "weights": launched.weights,
+            "lr": launched.lr,
         }
-        if intermediate:
-            record["parts"] = dict(zip(intermediate, values[len(per_task) : -1]))
-        extra = self.balancer.extra_state_for_log()
-        if extra:
-            record["balancer"] = extra
+        if launched.intermediate:
+            record["parts"] = dict(zip(launched.intermediate, values[len(losses) : -1]))
+        if launched.extra:
+            record["balancer"] = launched.extra
         return record
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """One optimizer step, read back at once (what tests and benchmarks want)."""
+        return self.finish_step(self.launch_step(batch))
 
     @torch.no_grad()
     def _batch_kpis(
@@ -620,28 +669,40 @@ class Trainer:
                     completed=self.batch,
                     losses="",
                 )
+
                 # the loop's time counts everything per batch: slicing, the step, logging
-                tick = time.perf_counter()
-                for batch in self._batches():
-                    batch = self._to_device(batch)
-                    record = self.train_step(batch)
-                    size = batch[self.spec.input_name].shape[0]
-                    for t, v in record["loss"].items():
-                        self.epoch_sums[t] += v * size
-                    self.epoch_count += size
-                    self.batch += 1
-                    self.samples += size
-                    log.write(record)
-                    if writer is not None:
-                        _tb_step(writer, record)
-                    bar.update(task_id, advance=1, losses=_short(record["loss"]))
-                    now = time.perf_counter()
-                    self.train_time, tick = self.train_time + now - tick, now
-                    if self._stop:
-                        self._save_interrupted(run_dir)
+                start = time.perf_counter()
+                try:
+                    pending = None
+                    for batch in self._batches():
+                        launched = self.launch_step(self._to_device(batch))
+                        if pending is not None:
+                            self._account(pending, log, writer, bar, task_id)
+                        pending = launched
+                        if self._stop:
+                            break
+                    if pending is not None:
+                        self._account(pending, log, writer, bar, task_id)
+                finally:
+                    self.train_time += time.perf_counter() - start
             if self._stop:
                 self._save_interrupted(run_dir)
             self._end_epoch(run_dir, log, writer)
+
+    def _account(
+        self, launched: Launched, log: runfolder.MetricsLog, writer: Any, bar: Any, task_id: Any
+    ) -> None:
+        """Finish a launched step: epoch sums, counters, metrics.jsonl, TensorBoard, progress."""
+        record = self.finish_step(launched)
+        for t, v in record["loss"].items():
+            self.epoch_sums[t] += v * launched.size
+        self.epoch_count += launched.size
+        self.batch += 1
+        self.samples += launched.size
+        log.write(record)
+        if writer is not None:
+            _tb_step(writer, record)
+        bar.update(task_id, advance=1, losses=_short(record["loss"]))
 
     def _save_interrupted(self, run_dir: Path) -> None:
         save_checkpoint(self.state(), run_dir / runfolder.LAST)

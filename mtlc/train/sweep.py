@@ -202,9 +202,9 @@ def sweep(
     base = load_spec(spec, overrides)
     specs = check_points(spec, overrides, grid)
     points = grid_points(grid)
+    torch_device = resolve_device(device)
     out_dir = Path(out) if out is not None else runfolder.default_run_dir(base.name + "-sweep")
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch_device = resolve_device(device)
     found = None
     if baselines:
         found = baseline_metrics(
