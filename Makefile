@@ -5,7 +5,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 TORCH_CPU ?= 2.13.0
 DEMO_SPEC ?= specs/hard.yaml
-DEMO_ARGS ?= --epochs 3 --force
+DEMO_ARGS ?= --force
 
 .PHONY: torch install dev demo test lint bench gallery clean
 

@@ -21,9 +21,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-def _name_to_type(value: Any) -> Any:
-    """`s1: hard` is short for `s1: {type: hard}`."""
-    return {"type": value} if isinstance(value, str) else value
+def _typed(default: str):
+    """`s1: hard` is short for `s1: {type: hard}`, and a mapping without `type` has the default."""
+
+    def normalise(value: Any) -> Any:
+        if isinstance(value, str):
+            return {"type": value}
+        if isinstance(value, dict) and "type" not in value:
+            return {"type": default, **value}
+        return value
+
+    return normalise
 
 
 Pair = Annotated[tuple[float, float], Field(description="[own-task weight, other-task weight]")]
@@ -94,7 +102,7 @@ class Attention(StageSharing):
 Sharing = Annotated[
     Hard | Separate | CrossStitch | NDDR | Attention,
     Field(discriminator="type"),
-    BeforeValidator(_name_to_type),
+    BeforeValidator(_typed("hard")),
 ]
 
 # -- decoder-focused interaction -----------------------------------------------------
@@ -195,7 +203,7 @@ class MGDA(Strict):
 
 
 Balancer = Annotated[
-    Fixed | Uncertainty | DTP | MGDA, Field(discriminator="type"), BeforeValidator(_name_to_type)
+    Fixed | Uncertainty | DTP | MGDA, Field(discriminator="type"), BeforeValidator(_typed("fixed"))
 ]
 
 # -- training --------------------------------------------------------------------------
