@@ -7,7 +7,7 @@ TORCH_CPU ?= 2.13.0
 DEMO_SPEC ?= specs/hard.yaml
 DEMO_ARGS ?= --force
 
-.PHONY: torch install dev demo test lint bench gallery clean
+.PHONY: torch install dev demo test lint bench gallery schema clean
 
 # A CPU build of torch when none is installed: a plain `pip install torch` pulls a multi-GB CUDA build.
 torch:
@@ -35,6 +35,10 @@ bench: install
 
 gallery: install
 	@for s in specs/*.yaml; do $(PYTHON) -m mtlc.cli viz $$s -o docs/gallery/$$(basename $$s .yaml).png || exit 1; done
+
+# the packaged JSON Schema that `mtlc schema` prints, regenerated from mtlc/spec/schema.py
+schema: install
+	$(PYTHON) -c "from mtlc.commands import SCHEMA_FILE, schema_text; SCHEMA_FILE.write_text(schema_text())"
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache .ruff_cache

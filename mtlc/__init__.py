@@ -1,20 +1,29 @@
 """mtlc: a declarative compiler for multi-task learning networks.
 
 `load_spec` validates a YAML spec without importing torch; `compile` turns it into a
-`torch.fx.GraphModule` (torch is imported on first use).
+`torch.fx.GraphModule` (torch is imported on first use). Names are resolved lazily so
+that `mtlc --help` imports neither pydantic nor torch.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mtlc.spec import Spec, load_spec
-
 if TYPE_CHECKING:
     from torch.fx import GraphModule
 
+    from mtlc.spec import Spec, load_spec
+
 __version__ = "0.1.0"
 __all__ = ["Spec", "compile", "load_spec"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Spec", "load_spec"):
+        import mtlc.spec
+
+        return getattr(mtlc.spec, name)
+    raise AttributeError(f"module 'mtlc' has no attribute {name!r}")
 
 
 def compile(

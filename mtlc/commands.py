@@ -154,8 +154,16 @@ def _save_model(model, path: Path) -> None:
             os.unlink(tmp)
 
 
+SCHEMA_FILE = Path(__file__).parent / "spec" / "schema.json"
+
+
 def schema_document() -> dict:
-    """The JSON Schema of the spec format; sharing entries also accept a bare type name."""
+    """The JSON Schema of the spec format, generated from the pydantic models.
+
+    Sharing entries also accept a bare type name (`s1: hard`). `mtlc schema` prints a
+    copy kept in the package (`make schema` regenerates it; a test keeps it in step),
+    since building the models takes pydantic longer than a command should.
+    """
     from mtlc.spec.schema import Spec
 
     doc = Spec.model_json_schema()
@@ -168,6 +176,10 @@ def schema_document() -> dict:
     return doc
 
 
+def schema_text() -> str:
+    return json.dumps(schema_document(), indent=2) + "\n"
+
+
 @click.command()
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout."
@@ -175,11 +187,11 @@ def schema_document() -> dict:
 @guarded
 def schema(output: str | None) -> None:
     """Print the JSON Schema of the spec format (for editors: `# yaml-language-server: $schema=...`)."""
-    text = json.dumps(schema_document(), indent=2)
+    text = SCHEMA_FILE.read_text(encoding="utf-8")
     if output:
-        Path(output).write_text(text + "\n", encoding="utf-8")
+        Path(output).write_text(text, encoding="utf-8")
     else:
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(text)
 
 
 def names() -> dict[str, list[str]]:

@@ -92,6 +92,12 @@ def test_schema_is_json_schema_of_the_format():
     assert {"hard", "separate", "cross_stitch", "nddr", "attention"} <= set(sharing)
 
 
+def test_packaged_schema_is_in_step_with_the_models():
+    from mtlc.commands import SCHEMA_FILE, schema_text
+
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == schema_text(), "run `make schema`"
+
+
 def test_list_shows_every_kind():
     names = json.loads(run("list", "--json").output)
     assert (

@@ -108,7 +108,8 @@ def test_every_node_is_labelled(write_spec):
         and labels["encoder.s2.a_b_d.linear0"]["owner"] == "a+b+d"
     )
     final = {n.target: n.meta["mtlc"] for n in compiled.model.graph.nodes if n.op == "call_module"}
-    assert final["encoder.s1.shared.linear0"]["tasks"] == ("a", "b", "c")  # no auxiliary task in the final model
+    # the final model's labels name no auxiliary task
+    assert final["encoder.s1.shared.linear0"]["tasks"] == ("a", "b", "c")
     assert labels["heads.c.linear0"] == {
         "block": "head/c",
         "stage": None,

@@ -12,7 +12,10 @@ from click.testing import CliRunner
 from mtlc.cli import main
 from mtlc.compiler import compile_spec
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 SPECS = sorted(Path(__file__).parent.parent.glob("specs/*.yaml"))
 
 
@@ -43,6 +46,8 @@ def test_torch_compile_on_cuda_matches_eager():
 
 
 def test_profile_latency_reports_the_cuda_device():
-    result = CliRunner().invoke(main, ["profile", str(SPECS[0]), "--latency", "--device", "cuda", "--batch", "4", "--json"])
+    result = CliRunner().invoke(
+        main, ["profile", str(SPECS[0]), "--latency", "--device", "cuda", "--batch", "4", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert "cuda" in json.dumps(json.loads(result.output)).lower()

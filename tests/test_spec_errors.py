@@ -265,6 +265,11 @@ def test_recursion_needs_a_main_task_in_its_order(write_spec):
 
 
 def test_sections_without_type_take_the_default(small_spec):
-    spec = load_spec(small_spec, ["balancer.weights.seg=0.5", "encoder.sharing.s2.groups=[[seg], [depth]]"])
+    spec = load_spec(
+        small_spec, ["balancer.weights.seg=0.5", "encoder.sharing.s2.groups=[[seg], [depth]]"]
+    )
     assert spec.balancer.type == "fixed" and spec.balancer.weights == {"seg": 0.5}
-    assert spec.sharing_of("s2").type == "hard" and spec.sharing_of("s2").groups == [["seg"], ["depth"]]
+    assert spec.sharing_of("s2").type == "hard" and spec.sharing_of("s2").groups == [
+        ["seg"],
+        ["depth"],
+    ]
