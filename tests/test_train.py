@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from mtlc import losses
+from mtlc.compiler.labels import shared_parameters
 from mtlc.data.batches import iterate_batches
 from mtlc.errors import SpecError
 from mtlc.spec import load_spec
@@ -296,7 +297,7 @@ def test_shared_parameters_are_the_encoder_of_a_hard_spec():
     from mtlc.compiler import compile_spec
 
     gm = compile_spec("specs/hard.yaml").supervised
-    shared = loop.shared_parameters(gm)
+    shared = shared_parameters(gm)
     # s1 conv 3→16 k3 + BN(16), s2 16→32 + BN(32), s3 32→64 + BN(64)
     expected = (16 * 3 * 9 + 16 + 32) + (32 * 16 * 9 + 32 + 64) + (64 * 32 * 9 + 64 + 128)
     assert sum(p.numel() for p in shared) == expected == 23_808
@@ -321,7 +322,7 @@ def test_cross_stitch_units_get_their_lr_mult_group(write_spec):
     assert [id(p) for p in stitch[0]["params"]] == [id(alpha)]
     assert groups[0]["lr"] == pytest.approx(0.01)
     # with T = 3 tasks, every column of s1 feeds every task through the unit: all shared
-    shared = {id(p) for p in loop.shared_parameters(trainer.model)}
+    shared = {id(p) for p in shared_parameters(trainer.model)}
     assert id(alpha) in shared
     assert {id(p) for p in trainer.model.get_submodule("encoder.s1").parameters()} <= shared
 

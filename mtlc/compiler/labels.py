@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from typing import Any
 
 from torch import fx, nn
 
@@ -83,9 +84,32 @@ def parameter_tasks(gm: fx.GraphModule) -> dict[str, tuple[str, ...]]:
 
 
 def shared_parameters(gm: fx.GraphModule) -> list[nn.Parameter]:
-    """The parameters that two or more tasks depend on (MGDA's W_sh)."""
-    params = dict(gm.named_parameters())
-    return [params[name] for name, tasks in parameter_tasks(gm).items() if len(tasks) >= 2]
+    """Parameters of the modules whose graph nodes serve two or more tasks.
+
+    These are the parameters every task's gradient reaches, the ``W_sh`` of MGDA: the
+    shared encoder stages, and also cross-stitch/NDDR units and the per-task columns
+    feeding them, since a unit mixes each column into every task. Order follows the
+    graph, so the list is the same every time a spec is compiled.
+    """
+    seen: set[int] = set()
+    params: list[nn.Parameter] = []
+
+    def add(p: Any) -> None:
+        if isinstance(p, nn.Parameter) and p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            params.append(p)
+
+    for node in gm.graph.nodes:
+        label = node.meta.get("mtlc")
+        if label is None or len(label.get("tasks", ())) < 2:
+            continue
+        if node.op == "call_module":
+            for p in gm.get_submodule(node.target).parameters():
+                add(p)
+        elif node.op == "get_attr":
+            *parent, leaf = node.target.split(".")
+            add(getattr(gm.get_submodule(".".join(parent)), leaf))
+    return params
 
 
 def count_parameters(gm: fx.GraphModule) -> dict:

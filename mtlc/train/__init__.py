@@ -17,7 +17,7 @@ _LAZY = {
     "TrainError": "mtlc.train.loop",
     "Trainer": "mtlc.train.loop",
     "evaluate": "mtlc.train.loop",
-    "shared_parameters": "mtlc.train.loop",
+    "shared_parameters": "mtlc.compiler.labels",
     "train": "mtlc.train.loop",
     "sweep": "mtlc.train.sweep",
     "compare_runs": "mtlc.train.compare",

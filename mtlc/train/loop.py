@@ -53,10 +53,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from mtlc import registry
 from mtlc.compiler import SHARED_KEY
+from mtlc.compiler.labels import shared_parameters
 from mtlc.errors import MtlcError
 from mtlc.spec import Spec, load_spec, spec_error
 from mtlc.train import runfolder
@@ -121,35 +122,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise TrainError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
     return device
-
-
-def shared_parameters(gm: fx.GraphModule) -> list[nn.Parameter]:
-    """Parameters of the modules whose graph nodes serve two or more tasks.
-
-    These are the parameters every task's gradient reaches, the ``W_sh`` of MGDA: the
-    shared encoder stages, and also cross-stitch/NDDR units and the per-task columns
-    feeding them, since a unit mixes each column into every task. Order follows the
-    graph, so the list is the same every time a spec is compiled.
-    """
-    seen: set[int] = set()
-    params: list[nn.Parameter] = []
-
-    def add(p: Any) -> None:
-        if isinstance(p, nn.Parameter) and p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            params.append(p)
-
-    for node in gm.graph.nodes:
-        label = node.meta.get("mtlc")
-        if label is None or len(label.get("tasks", ())) < 2:
-            continue
-        if node.op == "call_module":
-            for p in gm.get_submodule(node.target).parameters():
-                add(p)
-        elif node.op == "get_attr":
-            *parent, leaf = node.target.split(".")
-            add(getattr(gm.get_submodule(".".join(parent)), leaf))
-    return params
 
 
 def load_model_state(model: nn.Module, state: dict[str, Any], where: str) -> None:
