@@ -410,14 +410,42 @@ def test_attention_refine_counts_as_shared():
 def test_attention_labels():
     spec = make_spec({"s1": "attention", "s2": "attention"}, stages=ATT_STAGES, size=(3, 16, 16))
     model = compile_spec(spec).model
+    refined = []
     for n in model.graph.nodes:
         label = n.meta.get("mtlc", {})
-        if label.get("block", "").startswith("s2/attention/"):
+        if label.get("block") == "s2/attention/refine":
+            # the shared refinement: no owner, one call per task on that task's feature
+            assert n.target == "encoder.s2.refine" and label["owner"] is None, n
+            refined += label["tasks"]
+        elif label.get("block", "").startswith("s2/attention/"):
             task = label["block"].split("/")[-1]
-            want = None if n.target == "encoder.s2.refine" else task
-            assert label["owner"] == want and label["tasks"] == (task,), n
+            assert label["owner"] == task and label["tasks"] == (task,), n
+    assert refined == list(TASKS)
     muls = [n for n in model.graph.nodes if n.target is torch.mul]
     assert len(muls) == 6  # the gating a ⊙ u, per task and stage, is its own observable node
+
+
+def test_attention_blocks_hold_equal_gates_and_one_refinement():
+    """Per-block parameters: the shared refinement is its own block, not the first gate's."""
+    spec = make_spec({"s1": "attention", "s2": "attention"}, stages=ATT_STAGES, size=(3, 16, 16))
+    compiled = compile_spec(spec)
+    blocks = count_parameters(compiled.supervised)["blocks"]
+    # s1 gate (C=4, in 4, hidden 4): conv 4·4+4 = 20, bn 8, conv 20, bn 8 → 56
+    # s2 gate (C=8, in 2·8, hidden 8): conv 16·8+8 = 136, bn 16, conv 8·8+8 = 72, bn 16 → 240
+    # s2 refine: 3×3 conv 4→8 with bias 4·8·9+8 = 296, BN 2·8 = 16 → 312
+    for t in TASKS:
+        assert blocks[f"s1/attention/{t}"] == 56
+        assert blocks[f"s2/attention/{t}"] == 240
+    assert blocks["s2/attention/refine"] == 312
+    assert "s1/attention/refine" not in blocks  # the first attention stage has none
+    g = compiled.topology.graph
+    assert g.nodes["s2/attention/refine"]["role"] == "refine"
+    assert g.nodes["s2/attention/refine"]["owner"] is None
+    for t in TASKS:
+        assert g.nodes[f"s2/attention/{t}"]["role"] == "gate"
+        assert set(g.predecessors(f"s2/attention/{t}")) == {"s2/shared", "s2/attention/refine"}
+        assert g.edges[f"s1/attention/{t}", "s2/attention/refine"]["tasks"] == (t,)
+        assert g.edges["s2/attention/refine", f"s2/attention/{t}"]["tasks"] == (t,)
 
 
 def test_attention_on_resblocks():
@@ -486,6 +514,16 @@ def test_attention_with_non_integer_pooling_is_a_located_error(write_spec):
     message = located(write_spec, text + TASKS_YAML, compile_it=True)
     assert message.startswith("spec.yaml:10:9: encoder.sharing.s2: attention cannot carry")
     assert "[4, 12, 12] to stage 's2' ([4, 8, 8])" in message
+
+
+def test_attention_task_named_refine_is_a_located_error(write_spec):
+    # `s2/attention/refine` is the shared refinement's node id; a task may not take it
+    text = HEADER + (
+        "encoder:\n  stages:\n    s1: [conv(4, 3)]\n    s2: [conv(4, 3)]\n"
+        "  sharing:\n    s1: attention\n    s2: attention\n"
+    )
+    message = located(write_spec, text + TASKS_YAML.replace("  b:", "  refine:"), compile_it=True)
+    assert message.startswith("spec.yaml:13:3: tasks.refine: task name 'refine'")
 
 
 def test_nddr_on_a_non_image_non_vector_feature_is_a_located_error(write_spec):

@@ -22,7 +22,14 @@ from mtlc.cli import main
 from mtlc.spec import load_spec
 from mtlc.topology import build_topology
 from mtlc.viz import dot_source, draw
-from mtlc.viz.topology_view import COLUMN_WIDTH, NODESEP, task_colours, tint, topology_dot
+from mtlc.viz.topology_view import (
+    COLUMN_WIDTH,
+    NODESEP,
+    SHARED_FILL,
+    task_colours,
+    tint,
+    topology_dot,
+)
 
 # svg, png, pdf and html need graphviz's `dot`; CI installs it where it can.
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz 'dot' not installed")
@@ -370,8 +377,17 @@ def test_attention_gates_sit_beside_the_shared_trunk(write_spec):
             assert (f"{stage}/shared", f"{stage}/attention/{t}") in [
                 (a, b) for a, b, _ in dot.edges
             ]
-    assert ("s1/attention/seg", "s2/attention/seg") in [(a, b) for a, b, _ in dot.edges]
-    assert ("s1/shared", "s2/shared") in [(a, b) for a, b, _ in dot.edges]
+    edges = [(a, b) for a, b, _ in dot.edges]
+    # each task's chain runs through the one shared refinement, a grey box off the rows
+    for t in ("seg", "depth"):
+        assert ("s1/attention/" + t, "s2/attention/refine") in edges
+        assert ("s2/attention/refine", "s2/attention/" + t) in edges
+    assert not any("s2/attention/refine" in row for row in dot.rows)
+    refine = dot.nodes["s2/attention/refine"]
+    assert refine["fillcolor"] == SHARED_FILL
+    assert "refine" in refine["label"] and "3×3 conv-BN-ReLU" in refine["label"]
+    assert "pool" not in refine["label"]  # s2 keeps s1's 8×8: nothing to pool
+    assert ("s1/shared", "s2/shared") in edges
 
 
 def test_distillation_has_initial_predictions_and_edges_between_tasks(write_spec):

@@ -12,6 +12,10 @@ p̃_t is the task's previous attended feature passed through a refinement block
 `encoder_block_att`) and max-pooled down to u_j's size. So each task's masks form a
 chain through the encoder while the trunk's weights stay shared.
 
+The topology gives each stage one unit per task (role "gate": mask and gating) and,
+from the second attention stage on, one unit for the shared refinement (role
+"refine"), called once per task; `emit` writes whichever of the two it is given.
+
 Pooling is by an integer factor k per axis such that pooling p̃_t's H×W by k gives
 exactly u_j's (as `maxpool(k)` in the trunk would); any other change of size (growing,
 or a stride that rounds differently) is a located error naming the stage.
@@ -49,26 +53,49 @@ class Refine(nn.Sequential):
 
 
 def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
-    """Task t's mask over the trunk feature (chained to its previous one) and its gating."""
+    """The stage's shared refinement (role "refine") or one task's gate (role "gate")."""
+    if em.attrs(unit)["role"] == "refine":
+        return _refine(em, unit)
+    return _gate(em, unit)
+
+
+def _refine(em: Emitter, unit: str) -> dict[str, fx.Node]:
+    """Each task's previous attended feature through the one `Refine` module of the stage.
+
+    The calls are labelled with the refinement node and no owner, so the module's weights
+    are rolled up once, under it, while each call's cost still follows its own task.
+    """
+    attrs = em.attrs(unit)
+    stage, shape = attrs["stage"], attrs["shape"]
+    name = f"encoder.{stage}.refine"
+    refined: dict[str, fx.Node] = {}
+    for src, values in em.inputs(unit).items():
+        before = em.attrs(src)["shape"]
+        for task, p in values.items():
+            module = None
+            if not em.has_module(name):
+                # the topology checked that an integer pooling factor exists
+                module = Refine(before[0], shape[0], mtan_pool(before, shape))
+            refined[task] = em.call_module(name, module, (p,), block=unit, kind="unit", owner=None)
+    return refined
+
+
+def _gate(em: Emitter, unit: str) -> dict[str, fx.Node]:
+    """Task t's mask over the trunk feature (with its refined previous feature) and its gating."""
     attrs = em.attrs(unit)
     (task,) = attrs["tasks"]
     stage, shape = attrs["stage"], attrs["shape"]
     u: fx.Node | None = None
-    previous: tuple[fx.Node, tuple[int, ...]] | None = None
+    refined: fx.Node | None = None
     for src, values in em.inputs(unit).items():
         if em.attrs(src)["kind"] == "unit":
-            previous = values[task], em.attrs(src)["shape"]
+            refined = values[task]
         else:
             u = values[task]
     assert u is not None, f"attention unit {unit} has no trunk input"
 
     mask_in = u
-    if previous is not None:
-        p, before = previous
-        pool = mtan_pool(before, shape)  # the topology checked that it exists
-        refine = f"encoder.{stage}.refine"
-        module = None if em.has_module(refine) else Refine(before[0], shape[0], pool)
-        refined = em.call_module(refine, module, (p,), block=unit, kind="unit", owner=None)
+    if refined is not None:
         mask_in = em.call_function(
             torch.cat, ((u, refined),), {"dim": 1}, block=unit, kind="unit", owner=task
         )
@@ -76,7 +103,7 @@ def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
     hidden = attrs["options"].get("hidden") or channels
     mask = em.call_module(
         f"encoder.{stage}.attention.{task}",
-        AttentionMask(channels * (1 if previous is None else 2), hidden, channels),
+        AttentionMask(channels * (1 if refined is None else 2), hidden, channels),
         (mask_in,),
         block=unit,
         kind="unit",

@@ -11,6 +11,12 @@ belongs to, None when shared by all; `tasks` — the tasks whose features pass t
 Blocks, heads and predictors carry `layers`, `in_shape`, `out_shape`; units carry
 `type`, `options` and `shape`. Edges carry `tasks`: whose stream flows along them.
 
+MTAN attention units also carry `role`: a stage's per-task gates (`s2/attention/seg`,
+role "gate") read the shared trunk block, and from the second attention stage on also
+the stage's one refinement unit (`s2/attention/refine`, role "refine", owner None),
+which takes each task's previous gate and hands the refined feature to that task's
+new gate; edges into and out of it carry one task each.
+
 While building we follow each task's *stream* (the node whose output it reads). A
 hard stage needs every task of a group to read the same node, which is what makes
 sharing a tree: groups may split later, never merge again.
@@ -169,12 +175,36 @@ def build_topology(spec: Spec) -> Topology:
                 sharing=sharing.type,
             )
             link(src, block, tuple(tasks))
+            refine = None
+            if trunk is not None:
+                # one refinement for all tasks: its own node, so its weights are counted
+                # and drawn once rather than inside whichever task's gate came first
+                refine = f"{stage}/attention/refine"
+                if "refine" in tasks:
+                    raise _err(
+                        spec,
+                        ("tasks", "refine"),
+                        f"task name 'refine' would share its node id with MTAN's refinement '{refine}'; rename the task",
+                        key=True,
+                    )
+                g.add_node(
+                    refine,
+                    kind="unit",
+                    type="attention",
+                    role="refine",
+                    stage=stage,
+                    owner=None,
+                    tasks=tuple(tasks),
+                    shape=out,
+                    options=sharing.model_dump(exclude={"type"}),
+                )
             for t in tasks:
                 gate = f"{stage}/attention/{t}"
                 g.add_node(
                     gate,
                     kind="unit",
                     type="attention",
+                    role="gate",
                     stage=stage,
                     owner=t,
                     tasks=(t,),
@@ -182,8 +212,9 @@ def build_topology(spec: Spec) -> Topology:
                     options=sharing.model_dump(exclude={"type"}),
                 )
                 link(block, gate, (t,))
-                if trunk is not None:
-                    link(stream[t], gate, (t,))
+                if refine is not None:
+                    link(stream[t], refine, (t,))
+                    link(refine, gate, (t,))
                 stream[t] = gate
             trunk, shape = block, out
             continue

@@ -10,7 +10,8 @@ recognises the method before reading a label:
 - cross-stitch: per task a mixing node Σα fed by every column it mixes (T² edges,
   labelled and weighted by α when a checkpoint says what was learned);
 - NDDR: every column into one concat bar, then a 1×1 conv per task;
-- MTAN attention: a per-task gate beside the shared trunk, chained stage to stage;
+- MTAN attention: a per-task gate beside the shared trunk, chained stage to stage
+  through one small shared refinement box between the rows;
 - PAD-Net: initial predictions, then distillation edges between the tasks' features;
 - PAP-Net: per task an affinity matrix, exchanged across tasks into each diffusion;
 - JTRL: the alternating chain of turns, `order` × `steps` nodes long.
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from mtlc.topology import Topology
+from mtlc.topology.build import mtan_pool
 
 # Tableau 10: distinct, print-safe, and the order most readers know from matplotlib.
 PALETTE = (
@@ -341,7 +343,9 @@ class _Drawer:
                 seen.append(d["stage"])
         return seen
 
-    def _box(self, n: str, title: str, width: float | None = None) -> None:
+    def _box(
+        self, n: str, title: str, width: float | None = None, group: str | None = None
+    ) -> None:
         a = self.g.nodes[n]
         lines = [("b", title)]
         layers = " · ".join(layer_text(layer) for layer in a.get("layers", []))
@@ -351,7 +355,7 @@ class _Drawer:
         attrs = {
             "label": _html(lines),
             "width": width or self._width(a["tasks"]),
-            "group": self._group(a["tasks"]),
+            "group": group or self._group(a["tasks"]),
         }
         attrs.update(self._fill(a["tasks"]))
         if a["kind"] == "head":
@@ -398,18 +402,26 @@ class _Drawer:
             (n for n, d in g.nodes(data=True) if d["kind"] == "unit" and d["stage"] == stage),
             key=lambda n: self._col(g.nodes[n]["tasks"]),
         )
-        gates = [u for u in units if g.nodes[u]["type"] == "attention"]
+        gates = [
+            u for u in units if g.nodes[u]["type"] == "attention" and g.nodes[u]["role"] == "gate"
+        ]
         row = list(blocks)
         if gates:
             # MTAN: the trunk is one column in the middle, each task's gate beside it
-            # on the same row, as in Liu et al.'s figure.
+            # on the same row, as in Liu et al.'s figure. The stage's refinement stays
+            # out of the row: fed by the gates above and feeding these, it lands between.
             half = len(self.tasks) // 2
             left = [u for u in gates if self._col(g.nodes[u]["tasks"]) < half]
             self.left_gates.update(left)
             row = left + blocks + [u for u in gates if u not in left]
         for b in blocks:
             who = b.split("/", 1)[1]
-            self._box(b, f"{stage} · {who}", width=COLUMN_WIDTH if gates else None)
+            self._box(
+                b,
+                f"{stage} · {who}",
+                width=COLUMN_WIDTH if gates else None,
+                group="~trunk" if gates else None,  # the trunk straight down the middle
+            )
         for u in units:
             self._unit(u)
         kinds = " / ".join(sorted(s.replace("_", "-") for s in sharing if s))
@@ -496,10 +508,24 @@ class _Drawer:
 
     def _attention(self, u: str) -> None:
         a = self.g.nodes[u]
+        if a["role"] == "refine":
+            self._refine(u)
+            return
         t = a["owner"]
         lines = [("b", f"attention · {t}"), ("s", "σ(conv1×1 …) ⊙ shared")] + self._cost_lines(u)
         attrs = {"label": _html(lines), "shape": "invtrapezium", "group": t, "width": COLUMN_WIDTH}
         attrs.update(self._fill((t,)))
+        self.dot.node(u, **self._status(u, attrs))
+
+    def _refine(self, u: str) -> None:
+        """MTAN's refinement, one small grey box that every task's chain passes through."""
+        a = self.g.nodes[u]
+        before = self.g.nodes[next(iter(self.g.predecessors(u)))]["shape"]
+        what = "3×3 conv-BN-ReLU" + ("" if mtan_pool(before, a["shape"]) == (1, 1) else " + pool")
+        lines = [("b", "refine"), ("s", what)] + self._cost_lines(u)
+        attrs = {"label": _html(lines), "height": 0.3, "fontsize": 9}
+        attrs.update(self._fill(tuple(self.tasks)))
+        attrs["style"] = "rounded,filled"
         self.dot.node(u, **self._status(u, attrs))
 
     def _generic_unit(self, u: str) -> None:
