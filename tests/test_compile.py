@@ -185,3 +185,25 @@ def test_torch_compile_default_backend_matches_eager(small_spec):
         pytest.skip(f"torch.compile unavailable here: {type(exc).__name__}")
     for key, value in model(x).items():
         torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_encoder_feeds_a_distillation_decoder():
+    from pathlib import Path
+
+    spec = Path(__file__).parent.parent / "specs" / "attention_distillation.yaml"
+    compiled = compile_spec(spec)
+    g = compiled.topology.graph
+    # each task's decoder features read that task's last attended feature, not the trunk
+    for t in ("seg", "depth", "normal"):
+        assert list(g.predecessors(f"decoder/{t}/features")) == [f"s3/attention/{t}"]
+    assert compiled.topology.shared_repr is None  # after attention the tasks' features differ
+    x = torch.randn(2, 3, 64, 64)
+    out = compiled.supervised(x)
+    assert set(out) == {"seg", "depth", "normal", "seg:initial", "depth:initial", "normal:initial"}
+    gm = compiled.supervised
+    nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+    features = nodes["decoder.seg.features.conv0"]
+    gate = features.args[0]  # the attended feature: mask ⊙ trunk
+    assert gate.target is torch.mul and gate.meta["mtlc"]["block"] == "s3/attention/seg"
+    sum(v.float().mean() for v in out.values()).backward()
+    assert all(p.grad is not None for p in gm.parameters())
