@@ -8,11 +8,14 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mtlc.errors import MtlcError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def set_option(fn: Callable) -> Callable:
@@ -40,7 +43,7 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
-def console(stderr: bool = False):
+def console(stderr: bool = False) -> Console:
     """A rich console (imported lazily: rich is not needed for --help)."""
     from rich.console import Console
 

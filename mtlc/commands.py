@@ -169,10 +169,22 @@ def schema_document() -> dict:
     doc = Spec.model_json_schema()
     doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     doc["title"] = "mtlc spec, format 1"
+
+    def or_type_name(union: dict) -> list[dict]:
+        """A discriminated union, plus the bare type names `_typed` also accepts."""
+        types = sorted(
+            doc["$defs"][m["$ref"].rsplit("/", 1)[1]]["properties"]["type"]["const"]
+            for m in union["oneOf"]
+        )
+        return [{"enum": types}, union]
+
     sharing = doc["$defs"]["Encoder"]["properties"]["sharing"]
-    names = sorted(m["$ref"].rsplit("/", 1)[1] for m in sharing["additionalProperties"]["oneOf"])
-    types = [doc["$defs"][n]["properties"]["type"].get("const") for n in names]
-    sharing["additionalProperties"] = {"anyOf": [{"enum": types}, sharing["additionalProperties"]]}
+    sharing["additionalProperties"] = {"anyOf": or_type_name(sharing["additionalProperties"])}
+    balancer = doc["properties"]["balancer"]
+    union = {k: balancer.pop(k) for k in ("discriminator", "oneOf")}
+    balancer["anyOf"] = or_type_name(union)
+    decoder = doc["properties"]["decoder"]
+    decoder["anyOf"] = or_type_name(decoder["anyOf"][0]) + decoder["anyOf"][1:]
     return doc
 
 
@@ -227,7 +239,7 @@ def list_names(as_json: bool) -> None:
         return
     from rich.table import Table
 
-    from mtlc.layers.vocab import LAYERS
+    from mtlc.layers.vocab import LAYERS, REQUIRED
 
     out = console()
     for kind, items in found.items():
@@ -239,15 +251,9 @@ def list_names(as_json: bool) -> None:
             for name in items:
                 spec = LAYERS[name]
                 args = ", ".join(
-                    k if v is _required() else f"{k}={v!r}" for k, v in spec.params.items()
+                    k if v is REQUIRED else f"{k}={v!r}" for k, v in spec.params.items()
                 )
                 table.add_row(name, args, spec.doc)
             out.print(table)
         else:
             out.print(f"[bold]{kind}[/bold]: {', '.join(items)}")
-
-
-def _required():
-    from mtlc.layers.vocab import REQUIRED
-
-    return REQUIRED

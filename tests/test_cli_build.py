@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -130,3 +132,23 @@ def test_every_example_spec_builds(tmp_path):
     for spec in specs:
         result = CliRunner().invoke(main, ["build", str(spec), "--json"])
         assert result.exit_code == 0, f"{spec}: {result.output}"
+
+
+def test_schema_accepts_what_the_loader_accepts():
+    """Editors validate with the published schema: shorthands the loader takes must pass it."""
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    from mtlc.commands import SCHEMA_FILE
+
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    specs = sorted(Path(__file__).parent.parent.glob("specs/*.yaml"))
+    assert specs
+    for path in specs:
+        data = yaml.safe_load(path.read_text())
+        assert not list(validator.iter_errors(data)), path
+    data["decoder"], data["balancer"] = "distillation", "mgda"
+    data["encoder"]["sharing"] = {"s1": "nddr", "s2": {"groups": [[t] for t in data["tasks"]]}}
+    assert not list(validator.iter_errors(data))
+    data["decoder"] = "distilation"
+    assert list(validator.iter_errors(data))

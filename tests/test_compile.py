@@ -207,3 +207,43 @@ def test_attention_encoder_feeds_a_distillation_decoder():
     assert gate.target is torch.mul and gate.meta["mtlc"]["block"] == "s3/attention/seg"
     sum(v.float().mean() for v in out.values()).backward()
     assert all(p.grad is not None for p in gm.parameters())
+
+
+def test_weights_too_large_to_allocate_are_a_located_error(write_spec, monkeypatch):
+    """`conv(100000000)` passes shape inference; its allocation failing must not be a traceback.
+
+    The allocator's refusal is simulated (really asking for ~30 GB would depend on the
+    machine's memory and overcommit policy).
+    """
+    from mtlc.compiler import emitter
+    from mtlc.errors import SpecError
+
+    real = emitter.build_module
+
+    def refuse_s2(layer, shape):
+        if shape[0] == 8 and layer.name == "conv":  # s2's conv reads s1's 8 channels
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                "allocate memory: you tried to allocate 28800000000 bytes. Error code 12"
+            )
+        return real(layer, shape)
+
+    monkeypatch.setattr(emitter, "build_module", refuse_s2)
+    path = write_spec(SMALL)
+    with pytest.raises(SpecError) as info:
+        compile_spec(path)
+    assert str(info.value) == (
+        f"{path}:7:9: encoder.stages.s2: not enough memory for the weights of 's2/shared' "
+        "(26.8 GiB for one tensor)"
+    )
+
+
+def test_other_runtime_errors_are_not_disguised_as_memory(small_spec, monkeypatch):
+    from mtlc.compiler import emitter
+
+    def broken(layer, shape):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(emitter, "build_module", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        compile_spec(small_spec)

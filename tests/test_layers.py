@@ -114,3 +114,47 @@ def test_layer_prints_back_to_what_it_parses_from():
     for text in ["conv(64, 5, 2)", "conv(64, stride=2)", "maxpool", "upsample(size=8)"]:
         assert str(parse_layer(text)) == text
         assert parse_layer(str(parse_layer(text))) == parse_layer(text)
+
+
+@pytest.mark.parametrize("k", range(1, 7))
+@pytest.mark.parametrize("stride", range(1, 5))
+def test_deconv_scales_by_exactly_its_stride_or_says_why_not(k, stride):
+    layer = parse_layer(f"deconv(4, {k}, {stride})")
+    if stride == 1 and k % 2 == 0:  # (H − 1) + k − 2p is H only for odd k
+        with pytest.raises(LayerError, match="even kernel"):
+            infer_shape(layer, (3, 5, 7))
+        return
+    out = build_module(layer, (3, 5, 7))(torch.randn(1, 3, 5, 7))
+    assert infer_shape(layer, (3, 5, 7)) == tuple(out.shape[1:]) == (4, 5 * stride, 7 * stride)
+
+
+@pytest.mark.parametrize(
+    "text,shape,message",
+    [
+        ("upsample(0.05)", MAP, "upsample shrinks the feature map to nothing"),
+        ("maxpool(2, padding=2)", MAP, "maxpool: padding must be at most k/2"),
+        ("avgpool(3, padding=2)", MAP, "avgpool: padding must be at most k/2"),
+        ("upsample(size=2000000000)", MAP, "more than 1099511627776 values"),
+    ],
+)
+def test_shapes_torch_would_refuse_are_refused_here(text, shape, message):
+    with pytest.raises(LayerError, match=re.escape(message)):
+        infer_shape(parse_layer(text), shape)
+
+
+def test_fractional_upsample_floors_like_torch():
+    layer = parse_layer("upsample(1.5)")
+    out = build_module(layer, (2, 5, 7))(torch.randn(1, 2, 5, 7))
+    assert infer_shape(layer, (2, 5, 7)) == tuple(out.shape[1:]) == (2, 7, 10)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("conv(2147483648)", "out must be at most 2147483647"),
+        ("bn(momentum=2)", "momentum must be in (0, 1]"),
+    ],
+)
+def test_values_torch_would_refuse_are_refused_here(text, message):
+    with pytest.raises(LayerError, match=re.escape(message)):
+        parse_layer(text)

@@ -397,3 +397,12 @@ def test_command_module_does_not_import_torch():
     code = "import sys, mtlc.cli, mtlc.profile.command; assert 'torch' not in sys.modules"
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_a_csv_that_cannot_be_written_is_a_one_line_error(small_spec: Path, tmp_path: Path):
+    (tmp_path / "file").write_text("")
+    target = tmp_path / "file" / "rows.csv"  # a folder that is a file
+    result = run(small_spec, "--csv", target)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: cannot write '{target}': ")
+    assert len(result.output.strip().splitlines()) == 1

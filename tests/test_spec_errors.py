@@ -273,3 +273,168 @@ def test_sections_without_type_take_the_default(small_spec):
         ["seg"],
         ["depth"],
     ]
+
+
+# Specs that used to end in a Python traceback (or a misleading message) from `mtlc build`.
+# Each: what replaces what in SMALL (or text appended, or `--set`s), and the located message.
+_SHARING = "tasks:\n"
+BUILD_CASES = [
+    (
+        "NUL character",
+        ("name: small", "name: sm\x00all"),
+        (),
+        "spec.yaml:2:9: YAML syntax error: character U+0000 is not allowed",
+    ),
+    (
+        "task named like the unit after its own copy",
+        (
+            "tasks:\n  seg: ",
+            "  sharing: {s2: nddr}\ntasks:\n  nddr: ",
+        ),
+        (),
+        "spec.yaml:10:3: tasks.nddr: task name 'nddr' would share its node id with the sharing unit 's2/nddr'",
+    ),
+    (
+        "task named like MTAN's refinement",
+        ("tasks:\n  seg: ", "  sharing: {s1: attention, s2: attention}\ntasks:\n  refine: "),
+        (),
+        "spec.yaml:10:3: tasks.refine: task name 'refine' would share its node id with the sharing unit 's2/attention/refine'",
+    ),
+    (
+        "stage named like the loss nodes",
+        ("    s2:", "    loss:"),
+        ("encoder.sharing.loss=separate",),
+        "spec.yaml:7:5: encoder.stages.loss: stage name 'loss' must be an identifier other than",
+    ),
+    (
+        "number as a task name",
+        ("  depth:", "  3:"),
+        (),
+        "spec.yaml:10:3: tasks[3]: the key 3 is read as a number: names are strings (quote it)",
+    ),
+    (
+        "groups on separate",
+        (_SHARING, "  sharing: {s2: {type: separate, groups: [[seg], [depth]]}}\n" + _SHARING),
+        (),
+        "spec.yaml:8:34: encoder.sharing.s2.groups: 'groups' is not an option of 'separate'",
+    ),
+    (
+        "null sharing",
+        (_SHARING, "  sharing: {s2: }\n" + _SHARING),
+        (),
+        "encoder.sharing.s2: expected a type name or a mapping, got None",
+    ),
+    (
+        "one-number init",
+        (_SHARING, "  sharing: {s2: {type: cross_stitch, init: [0.9]}}\n" + _SHARING),
+        (),
+        "encoder.sharing.s2.init: item 1 is missing, got [0.9]",
+    ),
+    (
+        "layer call without brackets in a flow mapping",
+        ("head: [conv(1, 1), upsample(2)]", "head: conv(1, 1)"),
+        (),
+        "unknown key '1)' (allowed: head, loss, metrics, target, auxiliary); a layer list needs brackets",
+    ),
+    (
+        "size past int64",
+        ("conv(16, 3)", "conv(99999999999999999999, 3)"),
+        (),
+        "spec.yaml:7:10: encoder.stages.s2[0]: conv: out must be at most 2147483647",
+    ),
+    (
+        "input too large for a tensor",
+        ("[3, 16, 16]", "[3, 1000000000, 1000000000]"),
+        (),
+        "spec.yaml:3:16: input.image: [3, 1000000000, 1000000000] is too large",
+    ),
+    (
+        "upsample to nothing",
+        ("upsample(2)], loss: l1", "upsample(0.01)], loss: l1"),
+        (),
+        "spec.yaml:10:30: tasks.depth.head[1]: upsample shrinks the feature map to nothing",
+    ),
+    (
+        "pool padding torch refuses",
+        ("maxpool(2)", "maxpool(2, padding=2)"),
+        (),
+        "encoder.stages.s1[3]: maxpool: padding must be at most k/2",
+    ),
+    (
+        "decoder features past int64",
+        ("", "decoder: {type: distillation, features: 100000000000000000000}\n"),
+        (),
+        "decoder.features: input should be less than or equal to 2147483647",
+    ),
+    (
+        "--set inside a layer string",
+        None,
+        ("encoder.stages.s1[0].out=5",),
+        "--set encoder.stages.s1[0].out=5: encoder.stages.s1[0]: cannot set 'out' inside 'conv(8, 3)'",
+    ),
+    (
+        "--set through a scalar",
+        None,
+        ("name.first=x",),
+        "--set name.first=x: name: cannot set 'first' inside 'small'",
+    ),
+    (
+        "--set past the end of a list",
+        None,
+        ("tasks.seg.head[5]=relu",),
+        "--set tasks.seg.head[5]=relu: tasks.seg.head[5]: no item 5 in a list of 2",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,change,sets,expected", BUILD_CASES, ids=[c[0] for c in BUILD_CASES])
+def test_build_reports_odd_specs_as_located_errors(write_spec, name, change, sets, expected):
+    text = SMALL
+    if change is not None:
+        old, new = change
+        assert old in text
+        text = text.replace(old, new, 1) if old else text + new
+    path = write_spec(text)
+    args = ["build", str(path)] + [a for s in sets for a in ("--set", s)]
+    result = CliRunner().invoke(main, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert expected in result.output.replace(str(path), "spec.yaml"), result.output
+
+
+def test_merge_keys_may_be_overridden_but_keys_may_not_repeat(write_spec):
+    text = (
+        SMALL.replace(
+            "  depth: {head",
+            "  depth: &d {head",
+        )
+        + "  depth2: {<<: *d, loss: mse, target: depth}\n"
+    )
+    spec = load_spec(write_spec(text))
+    assert (
+        spec.tasks["depth2"].loss == "mse" and spec.tasks["depth2"].head == spec.tasks["depth"].head
+    )
+    assert "duplicate key 'loss'" in error_of(
+        write_spec, text.replace("loss: mse, target", "loss: mse, loss: l1, target")
+    )
+
+
+def test_decoder_takes_a_bare_type_name_like_sharing_and_balancer(small_spec):
+    spec = load_spec(small_spec, ["decoder=distillation", "balancer=mgda"])
+    assert spec.decoder.type == "distillation" and spec.decoder.features == 64
+    assert spec.balancer.type == "mgda"
+    with pytest.raises(SpecError, match="decoder: needs a 'type' key"):
+        load_spec(small_spec, ["decoder={features: 8}"])
+
+
+def test_set_fills_a_null_section(write_spec):
+    spec = load_spec(write_spec(SMALL + "decoder:\n"), ["decoder.type=affinity"])
+    assert spec.decoder.type == "affinity"
+
+
+def test_negative_fixed_weight_is_refused_at_validation(small_spec):
+    with pytest.raises(
+        SpecError, match=r"balancer\.weights\.seg: input should be greater than or equal to 0"
+    ):
+        load_spec(small_spec, ["balancer.weights.seg=-2"])

@@ -21,7 +21,7 @@ from mtlc.errors import SpecError
 from mtlc.spec import load_spec
 from mtlc.train import loop, runfolder
 from mtlc.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mtlc.train.loop import Diverged, Interrupted, Trainer, TrainError, resolve_spec, train
+from mtlc.train.loop import Diverged, Interrupted, Trainer, TrainError, train
 
 SPECS = sorted(Path(__file__).resolve().parent.parent.glob("specs/*.yaml"))
 
@@ -99,7 +99,7 @@ def test_each_balancer_lowers_the_loss_on_each_spec(path: Path, balancer: str):
     overrides = tiny_overrides(path)
     if overrides is None:
         pytest.skip(f"{path.name}: its data set needs files")
-    spec = resolve_spec(path, [*overrides, f"balancer={BALANCERS[balancer]}"])
+    spec = load_spec(path, [*overrides, f"balancer={BALANCERS[balancer]}"])
     if balancer == "mgda-ub":
         from mtlc.compiler import compile_spec
 
@@ -328,7 +328,7 @@ def test_cross_stitch_units_get_their_lr_mult_group(write_spec):
 
 
 def test_uncertainty_weights_are_logged_before_the_step_and_s_learns(tiny: Path):
-    trainer = Trainer(resolve_spec(tiny, ["balancer={type: uncertainty, init: 0.5}"]), device="cpu")
+    trainer = Trainer(load_spec(tiny, ["balancer={type: uncertainty, init: 0.5}"]), device="cpu")
     batch = next(iterate_batches(trainer.train_data, 8, shuffle=False))
     record = trainer.train_step(batch)
     # c_t e^{-s}: 1 for classification (seg, edge: bce), 1/2 for regression (depth)
@@ -343,7 +343,7 @@ def test_uncertainty_weights_are_logged_before_the_step_and_s_learns(tiny: Path)
 def test_dtp_observes_the_batch_kpi_of_each_tasks_metric(tiny: Path):
     from mtlc.metrics import build_metric, kpi
 
-    spec = resolve_spec(tiny, ["balancer={type: dtp, momentum: 0.5, kpi: {depth: abs_err}}"])
+    spec = load_spec(tiny, ["balancer={type: dtp, momentum: 0.5, kpi: {depth: abs_err}}"])
     trainer = Trainer(spec, device="cpu")
     assert trainer.kpi_metric == {"seg": "miou", "depth": "abs_err"}  # edge has no metric
     batch = next(iterate_batches(trainer.train_data, 8, shuffle=False))
@@ -380,11 +380,11 @@ def test_best_rule_without_baselines_is_the_pairwise_mean_rank():
 
 def test_data_that_does_not_fit_the_spec_is_a_located_error(tiny: Path):
     with pytest.raises(SpecError, match=r"input\.image.*\[3, 16, 16\].*\[3, 32, 32\]"):
-        Trainer(resolve_spec(tiny, ["train.data.size=32"]), device="cpu")
+        Trainer(load_spec(tiny, ["train.data.size=32"]), device="cpu")
     with pytest.raises(SpecError, match="reads batch entry 'labels'"):
-        Trainer(resolve_spec(tiny, ["tasks.seg.target=labels"]), device="cpu")
+        Trainer(load_spec(tiny, ["tasks.seg.target=labels"]), device="cpu")
     with pytest.raises(TrainError, match="train.data.root"):
-        Trainer(resolve_spec(tiny, ["train.data={name: nyuv2, root: /nonexistent}"]), device="cpu")
+        Trainer(load_spec(tiny, ["train.data={name: nyuv2, root: /nonexistent}"]), device="cpu")
 
 
 def test_checkpoints_are_atomic_and_checked(tmp_path: Path):
@@ -440,3 +440,15 @@ def test_training_on_cuda_and_resuming(tiny: Path, tmp_path: Path):
     assert scored["metrics"]["seg"]["miou"] == pytest.approx(
         result.summary["final"]["metrics"]["seg"]["miou"], abs=1e-3
     )
+
+
+def test_training_the_baselines_first_leaves_the_run_unchanged(tiny: Path, tmp_path: Path):
+    # The run's trainer is built (data and model checked) before its baselines train, and
+    # their dropout draws from the same global generator: fit() must rewind it.
+    first = train(
+        tiny, out=tmp_path / "a", device="cpu", overrides=["train.epochs=1"], baselines=True
+    )
+    given = first.summary["baselines"]
+    assert sorted(given) == ["depth", "seg"]
+    train(tiny, out=tmp_path / "b", device="cpu", overrides=["train.epochs=1"], baselines=given)
+    _assert_same_run(tmp_path / "a", tmp_path / "b")

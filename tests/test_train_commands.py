@@ -157,11 +157,11 @@ def test_eval_reports_the_checkpoint_metrics(tiny: Path, tmp_path: Path):
         "--checkpoint",
         out / "last.pt",
         "--set",
-        "tasks.depth.head=[conv(2, 1), upsample(2)]",
+        "tasks.depth.head=[conv(1, 3), upsample(2)]",  # a 3×3 conv where the run had 1×1
     )
     assert other.exit_code == 2
     assert (
-        "does not fit this spec's model: 2 of another shape (e.g. heads.depth.conv0.weight)"
+        "does not fit this spec's model: 1 of another shape (e.g. heads.depth.conv0.weight)"
         in other.output
     )
 
@@ -337,3 +337,118 @@ def test_tensorboard_logs_scalars(tiny: Path, tmp_path: Path):
     scalars = events.Tags()["scalars"]
     assert {"loss/seg", "weight/depth", "lr", "val/seg/miou"} <= set(scalars)
     assert [e.step for e in events.Scalars("loss/seg")] == [1, 2, 3]
+
+
+# -- a run that cannot start: one line, exit 2, nothing written or removed -------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "tasks.depth.head=[conv(3, 1), upsample(2)]",
+            "tasks.depth.head: 'depth' predicts [3, 16, 16] per sample, which does not fit "
+            "batch entry 'depth'",
+        ),
+        ("tasks.depth.target=normal", "batch entry 'normal' of data set 'shapes' ([3, 16, 16]"),
+        (  # upsample(4): the logits are 32×32, the labels 16×16
+            "tasks.seg.head=[conv(5, 1), upsample(4)]",
+            "tasks.seg.head: 'seg' predicts [5, 32, 32] per sample",
+        ),
+        ("tasks.seg.head=[conv(3, 1), upsample(2)]", "tasks.seg.head: 'seg' predicts [3, 16, 16]"),
+        (
+            "balancer.weights.seg=-2",
+            "balancer.weights.seg: input should be greater than or equal to 0",
+        ),
+    ],
+)
+def test_a_run_that_cannot_start_fails_in_one_line_and_force_removes_nothing(
+    tiny: Path, tmp_path: Path, override: str, message: str
+):
+    out = tmp_path / "run"
+    assert run(command.train, tiny, "--out", out, "--epochs", 1, "--device", "cpu").exit_code == 0
+    before = files(out)
+    result = CliRunner().invoke(
+        command.train, [str(tiny), "--out", str(out), "--force", "--set", override]
+    )
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and message in result.output
+    assert files(out) == before  # --force starts over only once everything was checked
+    fresh = tmp_path / "fresh"
+    again = CliRunner().invoke(command.train, [str(tiny), "--out", str(fresh), "--set", override])
+    assert again.exit_code == 2 and not fresh.exists()
+
+
+USER_DATA = """
+import torch
+
+def raises(split, seed):
+    raise RuntimeError("no such table")
+
+def ints(split, seed):
+    return {"image": torch.zeros(4, 3, 16, 16, dtype=torch.long), "seg": torch.zeros(4, 16, 16)}
+
+def empty(split, seed):
+    return {"image": torch.zeros(0, 3, 16, 16), "seg": torch.zeros(0, 16, 16)}
+
+def late_class(split, seed):  # the probe's first two samples look fine; the fourth does not
+    seg = torch.zeros(4, 16, 16, dtype=torch.long)
+    seg[3, 0, 0] = 5
+    return {"image": torch.zeros(4, 3, 16, 16), "seg": seg}
+"""
+
+
+@pytest.mark.parametrize(
+    "function, message",
+    [
+        ("raises", "'userdata:raises' raised RuntimeError for the train split: no such table"),
+        ("ints", "input.image: data set 'callable' gives 'image' as torch.int64"),
+        ("empty", "data set 'callable' has no samples in its train split"),
+        (
+            "late_class",
+            "tasks.seg.head: 'seg' predicts 5 classes, but batch entry 'seg' of data set "
+            "'callable' holds class id 5 (ids must lie in [0, 4], or be the ignore index -1)",
+        ),
+    ],
+)
+def test_a_callable_data_set_that_misbehaves_is_a_one_line_error(
+    tiny: Path, tmp_path: Path, monkeypatch, function: str, message: str
+):
+    (tmp_path / "userdata.py").write_text(USER_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "userdata", raising=False)
+    data = f"train.data={{name: callable, function: 'userdata:{function}'}}"
+    seg_only = "tasks={seg: {head: ['conv(5, 1)', 'upsample(2)'], loss: cross_entropy}}"
+    args = ["--out", tmp_path / "run", "--allow-import", "userdata", "--set", data]
+    result = CliRunner().invoke(command.train, [str(a) for a in [tiny, *args, "--set", seg_only]])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and message in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_and_compare_reject_files_that_are_not_what_they_claim(tiny: Path, tmp_path: Path):
+    fake = tmp_path / "fake.pt"
+    torch.save({"format": "mtlc-checkpoint", "version": 1, "epoch": 3}, fake)
+    result = CliRunner().invoke(command.evaluate, [str(tiny), "--checkpoint", str(fake)])
+    assert result.exit_code == 2
+    assert result.output == f"error: {fake}: an incomplete mtlc checkpoint (no model)\n"
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "summary.json").write_text("[1, 2]")
+    result = CliRunner().invoke(command.compare, [str(folder), "--baseline", str(folder)])
+    assert result.exit_code == 2
+    assert result.output == f"error: {folder / 'summary.json'}: not a run summary (a JSON object)\n"
+
+
+def test_sweep_checks_each_points_balancer_before_training_any(tiny: Path, tmp_path: Path):
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(
+        command.sweep,
+        [str(tiny), "--grid", "balancer.weights.seg=1,-2", "--out", str(out), "--device", "cpu"],
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        "error: --grid balancer.weights.seg=1,-2: balancer.weights.seg: "
+        "input should be greater than or equal to 0\n"
+    )
+    assert not out.exists()

@@ -610,6 +610,18 @@ def test_unknown_suffix_lists_the_supported_ones(write_spec, tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "spec.yaml"]
 
 
+def test_an_output_that_cannot_be_written_is_a_one_line_error(write_spec, tmp_path):
+    spec = str(write_spec(TINY))
+    (tmp_path / "file").write_text("")
+    for args in (["viz", spec], ["diff", spec, "--set", "encoder.sharing.s2=nddr"]):
+        out = tmp_path / "file" / "t.dot"  # a folder that is a file
+        result = CliRunner().invoke(main, [*args, "-o", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: cannot write '{out}': "), result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "spec.yaml"]
+
+
 def test_spec_that_does_not_compile_is_a_located_error(write_spec, tmp_path):
     bad = write_spec(
         TINY.replace("s2: [conv(6, 3), relu]", "s2: [conv(6, 3), flatten, conv(4, 3)]")

@@ -27,7 +27,8 @@ def build_balancer(
     if name not in BALANCERS:
         raise BalancerError(
             f"unknown balancer type {name!r}{did_you_mean(str(name), list(BALANCERS))};"
-            f" known: {', '.join(BALANCERS)}"
+            f" known: {', '.join(BALANCERS)}",
+            ("type",),
         )
     cls = resolve(BALANCERS, name)
     allowed = option_names(cls)
@@ -36,6 +37,7 @@ def build_balancer(
             known = ", ".join(allowed) if allowed else "none"
             raise BalancerError(
                 f"unknown option {key!r} for balancer {name!r}"
-                f"{did_you_mean(str(key), allowed)}; its options: {known}"
+                f"{did_you_mean(str(key), allowed)}; its options: {known}",
+                (str(key),),
             )
     return cls(tasks, kinds, **opts)

@@ -26,7 +26,15 @@ KINDS = ("classification", "regression")
 
 
 class BalancerError(ValueError):
-    """A balancer was configured or called in a way that cannot work."""
+    """A balancer was configured or called in a way that cannot work.
+
+    ``path`` locates a bad option inside the spec's ``balancer:`` block (``("weights",
+    "seg")``), so the trainer can point at the very key, or the ``--set`` that wrote it.
+    """
+
+    def __init__(self, message: str, path: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def did_you_mean(name: str, choices: Sequence[str]) -> str:
@@ -78,11 +86,12 @@ class Balancer(torch.nn.Module):
     def index(self, task: str) -> int:
         return self.tasks.index(task)
 
-    def check_task(self, task: Any, where: str) -> str:
+    def check_task(self, task: Any, where: str, path: tuple[str, ...] = ()) -> str:
         if task not in self.tasks:
             raise BalancerError(
                 f"{where} names {task!r}, which is not a task{did_you_mean(str(task), self.tasks)};"
-                f" tasks: {', '.join(self.tasks)}"
+                f" tasks: {', '.join(self.tasks)}",
+                path,
             )
         return task
 
@@ -100,14 +109,16 @@ class Balancer(torch.nn.Module):
         elif not isinstance(value, Mapping):
             raise BalancerError(
                 f"balancer option {option!r} must be a number or a mapping task → number,"
-                f" got {value!r}"
+                f" got {value!r}",
+                (option,),
             )
         out = dict.fromkeys(self.tasks, float(default))
         for task, v in value.items():
-            self.check_task(task, f"balancer option {option!r}")
+            self.check_task(task, f"balancer option {option!r}", (option, str(task)))
             if not is_number(v) or not math.isfinite(v) or not check(float(v)):
                 raise BalancerError(
-                    f"balancer option {option!r} for task {task!r} must be {requirement}, got {v!r}"
+                    f"balancer option {option!r} for task {task!r} must be {requirement}, got {v!r}",
+                    (option, task),
                 )
             out[task] = float(v)
         return out

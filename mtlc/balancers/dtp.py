@@ -51,20 +51,27 @@ class DTP(Balancer):
         super().__init__(tasks, kinds)
         self.gamma = self.per_task("gamma", gamma, 1.0, lambda v: v >= 0, "a number ≥ 0")
         if not is_number(momentum) or not 0 <= momentum < 1:
-            raise BalancerError(f"balancer option 'momentum' must be in [0, 1), got {momentum!r}")
+            raise BalancerError(
+                f"balancer option 'momentum' must be in [0, 1), got {momentum!r}", ("momentum",)
+            )
         self.momentum = float(momentum)
         if not is_number(init) or not 0 < init < 1:
-            raise BalancerError(f"balancer option 'init' must be in (0, 1), got {init!r}")
+            raise BalancerError(
+                f"balancer option 'init' must be in (0, 1), got {init!r}", ("init",)
+            )
         if kpi is None:
             kpi = {}
         if not isinstance(kpi, Mapping):
-            raise BalancerError(f"balancer option 'kpi' must map task → metric name, got {kpi!r}")
+            raise BalancerError(
+                f"balancer option 'kpi' must map task → metric name, got {kpi!r}", ("kpi",)
+            )
         self.kpi: dict[str, str] = {}
         for task, metric in kpi.items():
-            self.check_task(task, "balancer option 'kpi'")
+            self.check_task(task, "balancer option 'kpi'", ("kpi", str(task)))
             if not isinstance(metric, str):
                 raise BalancerError(
-                    f"balancer option 'kpi' for task {task!r} must be a metric name, got {metric!r}"
+                    f"balancer option 'kpi' for task {task!r} must be a metric name, got {metric!r}",
+                    ("kpi", task),
                 )
             self.kpi[task] = metric
         self.register_buffer(

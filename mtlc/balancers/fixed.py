@@ -30,7 +30,9 @@ class Fixed(Balancer):
             weights = {}
         # A scalar would silently rescale every task alike; only a mapping means something.
         if not isinstance(weights, Mapping):
-            raise BalancerError(f"balancer option 'weights' must be a mapping, got {weights!r}")
+            raise BalancerError(
+                f"balancer option 'weights' must be a mapping, got {weights!r}", ("weights",)
+            )
         self._weights = self.per_task("weights", weights, 1.0, lambda v: v >= 0, "a number ≥ 0")
 
     def combine(self, losses: Mapping[str, Tensor]) -> Tensor:

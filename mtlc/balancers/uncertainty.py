@@ -33,7 +33,9 @@ class Uncertainty(Balancer):
     ) -> None:
         super().__init__(tasks, kinds)
         if not is_number(init) or not math.isfinite(init):
-            raise BalancerError(f"balancer option 'init' must be a finite number, got {init!r}")
+            raise BalancerError(
+                f"balancer option 'init' must be a finite number, got {init!r}", ("init",)
+            )
         self.log_vars = torch.nn.Parameter(torch.full((len(self.tasks),), float(init)))
         self._c = {t: 1.0 if self.kinds[t] == "classification" else 0.5 for t in self.tasks}
 

@@ -9,6 +9,7 @@ node. Profile and viz sum and colour by these labels.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -106,8 +107,6 @@ class Emitter:
     def getitem(
         self, value: fx.Node, index: int, *, block: str, kind: str, owner: str | None
     ) -> fx.Node:
-        import operator
-
         return self.call_function(
             operator.getitem, (value, index), block=block, kind=kind, owner=owner
         )

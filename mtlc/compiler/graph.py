@@ -13,6 +13,7 @@ other.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from mtlc import registry
 from mtlc.compiler.emitter import Emitter
 from mtlc.compiler.labels import SHARED_KEY, task_sets
 from mtlc.spec import Spec, load_spec
+from mtlc.spec.load import spec_error
 from mtlc.topology import Topology, build_topology
 
 
@@ -98,6 +100,25 @@ def _label_tasks(graph: fx.Graph, outputs: dict[str, fx.Node]) -> None:
             n.meta["mtlc"]["tasks"] = tasks[n]
 
 
+def _out_of_memory(spec: Spec, attrs: dict, block: str, exc: Exception) -> Exception:
+    """A located error for weights too large to allocate; any other error unchanged.
+
+    Shape inference accepts any size a layer can compute, so `conv(100000000)` passes
+    validation and fails only when its weight tensor is allocated here.
+    """
+    if not isinstance(exc, MemoryError) and "can't allocate memory" not in str(exc):
+        return exc
+    if attrs["kind"] == "head":
+        path: tuple = ("tasks", attrs["owner"], "head")
+    elif attrs["stage"] == "decoder":
+        path = ("decoder",)
+    else:
+        path = ("encoder", "sharing" if attrs["kind"] == "unit" else "stages", attrs["stage"])
+    size = re.search(r"allocate (\d+) bytes", str(exc))
+    need = f" ({int(size.group(1)) / 2**30:.1f} GiB for one tensor)" if size else ""
+    return spec_error(spec, path, f"not enough memory for the weights of '{block}'{need}")
+
+
 def compile_spec(
     spec: Spec | str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
 ) -> Compiled:
@@ -106,7 +127,10 @@ def compile_spec(
     topo = build_topology(spec)
     em = Emitter(topo)
     for block in nx.topological_sort(topo.graph):
-        _emit_block(em, block)
+        try:
+            _emit_block(em, block)
+        except (MemoryError, RuntimeError) as exc:
+            raise _out_of_memory(spec, em.attrs(block), block, exc) from None
 
     keys = sorted(topo.predictions, key=lambda k: (":" in k, topo.tasks.index(k.split(":")[0])))
     supervised_out = {k: _value_of(em, k, topo.predictions[k]) for k in keys}

@@ -38,8 +38,10 @@ def resolve_function(spec: Any, allow_import: frozenset[str]) -> Any:
         raise DataError(f"{key}: importing {top!r} needs --allow-import {top}.")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise DataError(f"{key}: cannot import module {module_name!r} ({exc}).") from exc
+    except Exception as exc:  # the user's module may fail in any way while it loads
+        raise DataError(
+            f"{key}: cannot import module {module_name!r} ({type(exc).__name__}: {exc})."
+        ) from exc
     fn = module
     for part in attr.split("."):
         if not hasattr(fn, part):
@@ -63,7 +65,13 @@ def load(
     if function is None:
         raise DataError("train.data.function: data set 'callable' needs this option.")
     fn = resolve_function(function, frozenset(allow_import))
-    result = fn(split=split, seed=seed, **extra)
+    try:
+        result = fn(split=split, seed=seed, **extra)
+    except Exception as exc:  # report the user's failure as one line, like any data error
+        raise DataError(
+            f"train.data.function: {function!r} raised {type(exc).__name__} for the {split} "
+            f"split: {exc}"
+        ) from exc
     if isinstance(result, TensorData):
         return result
     if not isinstance(result, Mapping):

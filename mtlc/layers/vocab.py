@@ -75,11 +75,17 @@ def conv_padding(a: dict[str, Any]) -> int:
 
 
 def deconv_padding(a: dict[str, Any]) -> tuple[int, int]:
-    """Padding and output padding that make a transposed conv scale H by exactly its stride."""
+    """Padding and output padding that make a transposed conv scale H by exactly its stride.
+
+    The output is `(H − 1)·s − 2p + k + op`, so `op = s − k + 2p` gives `H·s`; the
+    smallest p ≥ 0 with op ≥ 0 leaves op ≤ 1 (or s − k when k < s), which torch accepts
+    as long as op < s. Only an even k at stride 1 has no such p: `_deconv` rejects it.
+    """
     if a["padding"] is not None:
         return a["padding"], 0
-    pad = (a["k"] - a["stride"] + 1) // 2
-    return max(pad, 0), max(2 * pad - (a["k"] - a["stride"]), 0)
+    k, s = a["k"], a["stride"]
+    pad = max((k - s + 1) // 2, 0)
+    return pad, s - k + 2 * pad
 
 
 def _conv(shape: Shape, a: dict[str, Any]) -> Shape:
@@ -99,6 +105,11 @@ def _conv(shape: Shape, a: dict[str, Any]) -> Shape:
 def _deconv(shape: Shape, a: dict[str, Any]) -> Shape:
     _, h, w = _need_map("deconv", shape)
     p, op = deconv_padding(a)
+    if op >= a["stride"]:
+        raise LayerError(
+            f"deconv with an even kernel k={a['k']} at stride {a['stride']} cannot keep the size; "
+            "use an odd k or give padding="
+        )
     size = lambda n: (n - 1) * a["stride"] - 2 * p + a["k"] + op  # noqa: E731
     return (a["out"], _spatial("deconv", size(h)), _spatial("deconv", size(w)))
 
@@ -106,6 +117,10 @@ def _deconv(shape: Shape, a: dict[str, Any]) -> Shape:
 def _pool(name: str) -> Callable[[Shape, dict[str, Any]], Shape]:
     def infer(shape: Shape, a: dict[str, Any]) -> Shape:
         c, h, w = _need_map(name, shape)
+        if 2 * a["padding"] > a["k"]:  # torch's own limit, found here rather than at run time
+            raise LayerError(
+                f"{name}: padding must be at most k/2, got padding={a['padding']}, k={a['k']}"
+            )
         s = a["stride"] or a["k"]
         return (
             c,
@@ -125,7 +140,11 @@ def _upsample(shape: Shape, a: dict[str, Any]) -> Shape:
     c, h, w = _need_map("upsample", shape)
     if a["size"] is not None:
         return (c, a["size"], a["size"])
-    return (c, int(math.floor(h * a["scale"])), int(math.floor(w * a["scale"])))
+    return (
+        c,
+        _spatial("upsample", math.floor(h * a["scale"])),
+        _spatial("upsample", math.floor(w * a["scale"])),
+    )
 
 
 def _linear(shape: Shape, a: dict[str, Any]) -> Shape:
@@ -231,6 +250,12 @@ LAYERS: dict[str, LayerSpec] = {
 
 _POSITIVE_INT = {"out", "k", "stride", "dilation", "groups", "size"}
 _NON_NEGATIVE_INT = {"padding"}
+# torch refuses sizes past int64 with a TypeError deep in a module's constructor; 2**31
+# is far beyond any real layer and keeps every size a 32-bit int
+MAX_SIZE = 2**31 - 1
+# elements of one sample's feature map (4 TiB of float32): past this torch's storage
+# size overflows int64 once a batch and the element size multiply in
+MAX_ELEMENTS = 2**40
 _CHOICES = {"mode": ("nearest", "bilinear", "bicubic")}
 
 
@@ -244,6 +269,8 @@ def _check_value(layer: str, key: str, value: Any) -> Any:
             raise LayerError(
                 f"{layer}: {key} must be {'positive' if key in _POSITIVE_INT else '>= 0'}, got {value}"
             )
+        if value > MAX_SIZE:
+            raise LayerError(f"{layer}: {key} must be at most {MAX_SIZE}, got {value}")
     elif key in ("bias", "affine"):
         if not isinstance(value, bool):
             raise LayerError(f"{layer}: {key} must be true or false, got {value!r}")
@@ -254,6 +281,8 @@ def _check_value(layer: str, key: str, value: Any) -> Any:
             raise LayerError(f"{layer}: p must be in [0, 1), got {value}")
         if key != "p" and value <= 0:
             raise LayerError(f"{layer}: {key} must be positive, got {value}")
+        if key == "momentum" and value > 1:
+            raise LayerError(f"{layer}: momentum must be in (0, 1], got {value}")
     elif key in _CHOICES and value not in _CHOICES[key]:
         raise LayerError(f"{layer}: {key} must be one of {', '.join(_CHOICES[key])}, got {value!r}")
     return value
@@ -350,4 +379,7 @@ def rejoin_calls(items: list[Any]) -> list[Any]:
 
 def infer_shape(layer: Layer, shape: Shape) -> Shape:
     """The output shape (no batch dim) of `layer` applied to `shape`."""
-    return tuple(LAYERS[layer.name].infer(tuple(shape), layer.args))
+    out = tuple(LAYERS[layer.name].infer(tuple(shape), layer.args))
+    if math.prod(out) > MAX_ELEMENTS:
+        raise LayerError(f"{layer.name} outputs {list(out)}: more than {MAX_ELEMENTS} values")
+    return out

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mtlc.errors import MtlcError
 from mtlc.profile.counting import GraphCost, NodeCost, count
 
 CONVENTION = (
@@ -382,10 +383,14 @@ def write_csv(path: str | Path, profiles: list[Profile], by: str) -> None:
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as exc:
+        raise MtlcError(f"cannot write '{path}': {exc.strerror or exc}") from None
 
 
 __all__ = [

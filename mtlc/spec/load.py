@@ -9,6 +9,7 @@ fit), which building the topology performs.
 from __future__ import annotations
 
 import copy
+import math
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from mtlc import registry
 from mtlc.errors import Location, SpecError, did_you_mean, unknown
+from mtlc.layers.vocab import MAX_ELEMENTS, MAX_SIZE
 from mtlc.spec.overrides import apply_overrides
 from mtlc.spec.schema import Spec
 from mtlc.spec.yaml_source import Positions, dotted, parse_yaml, read_yaml
@@ -30,7 +32,7 @@ class Source(Positions):
         super().__init__(positions.file)
         self.values, self.keys, self.overrides = positions.values, positions.keys, overrides
 
-    def locate(self, path, *, key: bool = False):
+    def locate(self, path: tuple, *, key: bool = False) -> Location:
         path = tuple(path)
         for n in range(len(path), 0, -1):
             if path[:n] in self.overrides:
@@ -114,8 +116,6 @@ def _data_path(loc: tuple, data: Any) -> tuple:
         ):
             node = node[part]
             path.append(part)
-        elif isinstance(node, str) and part in ("type",):
-            continue
     return tuple(path)
 
 
@@ -171,13 +171,6 @@ def _fields_at(path: tuple, data: Any) -> list[str]:
     return list(models[0].model_fields) if models else []
 
 
-_FRIENDLY = {
-    "missing": "required key is missing",
-    "literal_error": None,
-    "union_tag_invalid": None,
-}
-
-
 def _translate(exc: ValidationError, data: dict, src: Source) -> SpecError:
     """The first pydantic error as one located line (the rest follow once it is fixed)."""
     errors = exc.errors(include_url=False)
@@ -192,10 +185,29 @@ def _translate(exc: ValidationError, data: dict, src: Source) -> SpecError:
         message = f"unknown key '{key}'" + (
             did_you_mean(key, allowed) or (f" (allowed: {', '.join(allowed)})" if allowed else "")
         )
+        if isinstance(key, str) and key.count(")") > key.count("("):
+            # `{head: conv(1, 1)}`: YAML split the call at its comma into two keys
+            message += "; a layer list needs brackets, e.g. head: [conv(1, 1)]"
         return src.error(path, message, key=True)
+    if kind == "invalid_key" or loc and loc[-1] == "[key]":  # a key such as `3:` or `yes:`
+        key = err["input"] if kind == "invalid_key" else path[-1]
+        what = "a boolean" if isinstance(key, bool) else "a number"
+        return src.error(
+            path, f"the key {key!r} is read as {what}: names are strings (quote it)", key=True
+        )
+    if kind == "missing" and isinstance(loc[-1], int):  # a fixed-length list (tuple) too short
+        return src.error(path, f"item {loc[-1]} is missing, got {_get(data, path)!r}")
     if kind == "missing":
         missing = loc[-1]
         return src.error(path, f"required key '{missing}' is missing", key=True)
+    if kind == "none_required":  # an option the chosen type does not take
+        owner = _get(data, path[:-1])
+        tag = owner.get("type") if isinstance(owner, dict) else None
+        return src.error(path, f"'{path[-1]}' is not an option of '{tag}'", key=True)
+    if kind in ("model_type", "model_attributes_type"):
+        shorthand = path[:1] in (("balancer",), ("decoder",)) or path[:2] == ("encoder", "sharing")
+        expected = "a type name or a mapping" if shorthand else "a mapping"
+        return src.error(path, f"expected {expected}, got {_get(data, path)!r}")
     if kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
         tag = ctx.get("tag")
@@ -246,6 +258,11 @@ def _check_names(spec: Spec, src: Source) -> None:
     for name, size in spec.input.items():
         if not size or any(isinstance(n, bool) or n < 1 for n in size):
             raise src.error(("input", name), f"sizes must be positive integers, got {size}")
+        if max(size) > MAX_SIZE or math.prod(size) > MAX_ELEMENTS:
+            raise src.error(
+                ("input", name),
+                f"{size} is too large: at most {MAX_SIZE} per size and {MAX_ELEMENTS} values",
+            )
     tasks = list(spec.tasks)
     for t, task in spec.tasks.items():
         loss_path = ("tasks", t, "loss") + (() if isinstance(task.loss, str) else ("type",))

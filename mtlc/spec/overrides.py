@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from mtlc.errors import Location, SpecError
+from mtlc.spec.yaml_source import dotted
 
 
 def parse_override(text: str) -> tuple[tuple[str | int, ...], Any]:
@@ -33,6 +34,29 @@ def parse_override(text: str) -> tuple[tuple[str | int, ...], Any]:
     return tuple(parts), value
 
 
+def _step(node: Any, part: str | int, path: tuple, text: str, *, last: bool) -> None:
+    """Check that `node` (the value at `path`) can hold `part`; raise a located error if not.
+
+    A list takes an existing index, or the next one for the last part (to append); a
+    mapping takes any key; a scalar takes nothing, so `--set name.x=1` is an error
+    rather than silently turning the name into a mapping.
+    """
+    if isinstance(node, list):
+        limit = len(node) + (1 if last else 0)
+        if not isinstance(part, int) or part >= limit:
+            raise SpecError(
+                f"no item {part} in a list of {len(node)}",
+                dotted(path + (part,)),
+                Location(f"--set {text}"),
+            )
+    elif not isinstance(node, dict):
+        raise SpecError(
+            f"cannot set '{part}' inside {node!r}: it is not a mapping or a list",
+            dotted(path),
+            Location(f"--set {text}"),
+        )
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[tuple, str]:
     """Apply overrides in place; return {path: override text} for locating errors."""
     applied: dict[tuple, str] = {}
@@ -40,31 +64,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[tuple, s
         path, value = parse_override(text)
         node: Any = data
         for i, part in enumerate(path[:-1]):
-            nxt = path[i + 1]
-            if isinstance(node, list):
-                if not isinstance(part, int) or part >= len(node):
-                    raise SpecError(
-                        f"no item {part} in a list of {len(node)}",
-                        ".".join(map(str, path[: i + 1])),
-                        Location(f"--set {text}"),
-                    )
-                node = node[part]
-            else:
-                if not isinstance(node.get(part), (dict, list)):
-                    node[part] = [] if isinstance(nxt, int) else {}
-                node = node[part]
+            _step(node, part, path[:i], text, last=False)
+            if isinstance(node, dict) and node.get(part) is None:  # absent or `key: ~`
+                node[part] = [] if isinstance(path[i + 1], int) else {}
+            node = node[part]
         last = path[-1]
-        if isinstance(node, list):
-            if not isinstance(last, int) or last > len(node):
-                raise SpecError(
-                    f"no item {last} in a list of {len(node)}",
-                    ".".join(map(str, path)),
-                    Location(f"--set {text}"),
-                )
-            if last == len(node):
-                node.append(value)
-            else:
-                node[last] = value
+        _step(node, last, path[:-1], text, last=True)
+        if isinstance(node, list) and last == len(node):
+            node.append(value)
         else:
             node[last] = value
         applied[path] = text

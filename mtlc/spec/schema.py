@@ -8,11 +8,13 @@ format, so that the format can be checked and published without loading any mode
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
 
 from mtlc import registry
+from mtlc.layers.vocab import MAX_SIZE
 
 LayerItem = str | dict[str, Any]
 
@@ -21,13 +23,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-def _typed(default: str):
-    """`s1: hard` is short for `s1: {type: hard}`, and a mapping without `type` has the default."""
+def _typed(default: str | None) -> Callable[[Any], Any]:
+    """`s1: hard` is short for `s1: {type: hard}`; a mapping without `type` has the default.
+
+    The decoder has no default type (no decoder at all is the default), so a mapping
+    without `type` stays as written and validation asks for the key.
+    """
 
     def normalise(value: Any) -> Any:
         if isinstance(value, str):
             return {"type": value}
-        if isinstance(value, dict) and "type" not in value:
+        if isinstance(value, dict) and "type" not in value and default is not None:
             return {"type": default, **value}
         return value
 
@@ -95,7 +101,10 @@ class Attention(StageSharing):
     type: Literal["attention"]
     groups: None = None
     hidden: int | None = Field(
-        None, gt=0, description="channels inside the attention module (default: the stage's)"
+        None,
+        gt=0,
+        le=MAX_SIZE,
+        description="channels inside the attention module (default: the stage's)",
     )
 
 
@@ -109,7 +118,9 @@ Sharing = Annotated[
 
 
 class DecoderBase(Strict):
-    features: int = Field(64, gt=0, description="channels of the per-task initial features")
+    features: int = Field(
+        64, gt=0, le=MAX_SIZE, description="channels of the per-task initial features"
+    )
     supervision: float = Field(1.0, ge=0, description="loss weight of the intermediate predictions")
 
 
@@ -141,7 +152,9 @@ class Recursive(DecoderBase):
     steps: int = Field(2, ge=1, description="rounds of turns")
 
 
-Decoder = Annotated[Distillation | Affinity | Recursive, Field(discriminator="type")]
+Decoder = Annotated[
+    Distillation | Affinity | Recursive, Field(discriminator="type"), BeforeValidator(_typed(None))
+]
 
 # -- tasks -----------------------------------------------------------------------------
 
@@ -174,7 +187,7 @@ class Task(Strict):
 
 class Fixed(Strict):
     type: Literal["fixed"] = "fixed"
-    weights: dict[str, float] = {}
+    weights: dict[str, Annotated[float, Field(ge=0)]] = {}
 
 
 class Uncertainty(Strict):

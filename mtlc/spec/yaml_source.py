@@ -54,26 +54,31 @@ def _build(node: yaml.Node, path: Path_, pos: Positions, loader: yaml.SafeLoader
     if plain is not None and node.tag != plain:
         raise SpecError(
             f"YAML tag {node.tag!r} is not allowed: a spec is plain data",
-            _dotted(path),
+            dotted(path),
             Location(pos.file, *_mark(node)),
         )
     if isinstance(node, yaml.MappingNode):
+        # keys written in this mapping; `<<: *anchor` merges may be overridden by them
+        own = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
         loader.flatten_mapping(node)
         out: dict[Any, Any] = {}
+        written: set[Any] = set()
         for key_node, value_node in node.value:
             key = _build(key_node, path + ("<key>",), pos, loader)
             if not isinstance(key, (str, int, float, bool)):
                 raise SpecError(
                     "a key must be a plain name",
-                    _dotted(path),
+                    dotted(path),
                     Location(pos.file, *_mark(key_node)),
                 )
-            if key in out:
+            if key in written and id(key_node) in own:
                 raise SpecError(
                     f"duplicate key '{key}'",
-                    _dotted(path + (key,)),
+                    dotted(path + (key,)),
                     Location(pos.file, *_mark(key_node)),
                 )
+            if id(key_node) in own:
+                written.add(key)
             pos.keys[path + (key,)] = _mark(key_node)
             out[key] = _build(value_node, path + (key,), pos, loader)
         pos.values.pop(path + ("<key>",), None)
@@ -88,7 +93,7 @@ def _build(node: yaml.Node, path: Path_, pos: Positions, loader: yaml.SafeLoader
     except yaml.constructor.ConstructorError:
         raise SpecError(
             f"YAML tag {node.tag!r} is not allowed: a spec is plain data",
-            _dotted(path),
+            dotted(path),
             Location(pos.file, *_mark(node)),
         ) from None
 
@@ -129,21 +134,20 @@ def _rejoin_calls(items: list[yaml.Node]) -> list[yaml.Node]:
     return out + pending
 
 
-def _dotted(path: Path_) -> str:
+def dotted(path: Path_) -> str:
+    """`encoder.stages.s1[0]`: how error messages name a key path."""
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-dotted = _dotted
-
-
 def parse_yaml(text: str, file: str = "<spec>") -> tuple[Any, Positions]:
     """Parse one YAML document safely; return the data and the positions of its paths."""
     pos = Positions(file)
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # its reader already rejects control characters
         node = loader.get_single_node()
         if node is None:
             return None, pos
@@ -153,10 +157,19 @@ def parse_yaml(text: str, file: str = "<spec>") -> tuple[Any, Positions]:
         where = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
         problem = exc.problem or exc.context or "invalid YAML"
         raise SpecError(f"YAML syntax error: {problem}", "", where) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML forbids, e.g. NUL
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise SpecError(
+            f"YAML syntax error: character U+{exc.character:04X} is not allowed",
+            "",
+            Location(file, line, col),
+        ) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"YAML syntax error: {exc}", "", Location(file)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml(path: str | Path) -> tuple[Any, Positions]:

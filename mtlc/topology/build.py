@@ -34,6 +34,9 @@ from mtlc.spec.schema import Spec
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DECODER_STAGE = "decoder"
+# first parts of node ids that are not stages: a stage with one of these names would
+# give its blocks the ids of inputs, heads, outputs or losses (`loss/seg`)
+_NOT_STAGES = ("input", "head", "output", "loss", DECODER_STAGE)
 
 
 @dataclass
@@ -92,6 +95,17 @@ def _who(tasks: tuple[str, ...], all_tasks: list[str]) -> str:
     return "shared" if len(tasks) == len(all_tasks) and len(all_tasks) > 1 else "+".join(tasks)
 
 
+def _unclaimed(spec: Spec, taken: bool, unit: str, task: str) -> None:
+    """Refuse a unit id that a task's own node takes (task `nddr` in an NDDR stage)."""
+    if taken:
+        raise _err(
+            spec,
+            ("tasks", task),
+            f"task name '{task}' would share its node id with the sharing unit '{unit}'; rename the task",
+            key=True,
+        )
+
+
 def build_topology(spec: Spec) -> Topology:
     """The topology of a validated spec; raises a located SpecError where it cannot be built."""
     for t in spec.tasks:
@@ -103,11 +117,11 @@ def build_topology(spec: Spec) -> Topology:
                 key=True,
             )
     for s in spec.encoder.stages:
-        if not _IDENT.match(s) or s == DECODER_STAGE:
+        if not _IDENT.match(s) or s in _NOT_STAGES:
             raise _err(
                 spec,
                 ("encoder", "stages", s),
-                f"stage name '{s}' must be an identifier other than 'decoder'",
+                f"stage name '{s}' must be an identifier other than {', '.join(map(repr, _NOT_STAGES))}",
                 key=True,
             )
 
@@ -180,13 +194,7 @@ def build_topology(spec: Spec) -> Topology:
                 # one refinement for all tasks: its own node, so its weights are counted
                 # and drawn once rather than inside whichever task's gate came first
                 refine = f"{stage}/attention/refine"
-                if "refine" in tasks:
-                    raise _err(
-                        spec,
-                        ("tasks", "refine"),
-                        f"task name 'refine' would share its node id with MTAN's refinement '{refine}'; rename the task",
-                        key=True,
-                    )
+                _unclaimed(spec, "refine" in tasks, refine, "refine")  # gate `s/attention/refine`
                 g.add_node(
                     refine,
                     kind="unit",
@@ -266,6 +274,7 @@ def build_topology(spec: Spec) -> Topology:
                 unit = f"{stage}/{sharing.type}" + (
                     "" if len(members) == len(tasks) else f"/{'+'.join(members)}"
                 )
+                _unclaimed(spec, unit in g, unit, sharing.type)  # block `s/nddr`
                 g.add_node(
                     unit,
                     kind="unit",

@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from mtlc.errors import MtlcError
 from mtlc.spec import Spec, load_spec
 from mtlc.train import runfolder
 
@@ -40,24 +38,15 @@ def single_task_spec(spec: Spec, task: str) -> Spec:
     return load_spec(data)
 
 
-def _cached(spec: Spec, folder: Path) -> dict[str, Any] | None:
-    """The summary of a completed baseline run trained from exactly ``spec``."""
-    try:
-        summary = runfolder.read_summary(folder)
-        saved = yaml.safe_load((folder / runfolder.SPEC).read_text(encoding="utf-8"))
-    except (MtlcError, OSError, yaml.YAMLError):
-        return None
-    if summary.get("status") != "completed" or saved != spec.model_dump(mode="json"):
-        return None
-    return summary
-
-
 def find_baselines(spec: Spec, run_dir: Path) -> dict[str, dict[str, float]] | None:
     """Baseline metrics already in ``run_dir/baselines`` for every Δm task, else None."""
     tasks = baseline_tasks(spec)
     found = {}
     for t in tasks:
-        summary = _cached(single_task_spec(spec, t), run_dir / runfolder.BASELINES / t)
+        single = single_task_spec(spec, t)
+        summary = runfolder.completed_summary(
+            run_dir / runfolder.BASELINES / t, single.model_dump(mode="json")
+        )
         if summary is None or not summary.get("final"):
             return None
         found[t] = summary["final"]["metrics"][t]
@@ -84,7 +73,7 @@ def baseline_metrics(
     for i, t in enumerate(tasks, 1):
         single = single_task_spec(spec, t)
         folder = run_dir / runfolder.BASELINES / t
-        summary = _cached(single, folder)
+        summary = runfolder.completed_summary(folder, single.model_dump(mode="json"))
         if summary is None:
             if console is not None:
                 console.print(

@@ -30,6 +30,8 @@ from mtlc.train.runfolder import file_mode
 
 FORMAT = "mtlc-checkpoint"
 VERSION = 1
+# what resuming a run reads; `mtlc eval` and `mtlc viz --checkpoint` need only "model"
+RUN_KEYS = ("spec", "model", "balancer", "optimizer", "epoch", "step", "batch", "rng", "progress")
 
 
 class CheckpointError(MtlcError):
@@ -67,11 +69,13 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; raise CheckpointError otherwise.
 
-    Everything is loaded onto the CPU: RNG states must be CPU tensors, and
-    ``load_state_dict`` moves weights and optimizer state to wherever the model is.
+    ``keys`` are entries the caller is about to read: a file that lacks one is reported
+    here, in one line, rather than as a KeyError deep in the caller. Everything is loaded
+    onto the CPU: RNG states must be CPU tensors, and ``load_state_dict`` moves weights
+    and optimizer state to wherever the model is.
     """
     path = Path(path)
     if not path.is_file():
@@ -80,6 +84,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a bad file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if first.startswith("Weights only load failed"):  # torch's advice to unpickle: no
+            first = "not a torch.save file of tensors and plain data"
         raise CheckpointError(f"{path}: cannot read checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mtlc checkpoint")
@@ -87,4 +93,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: checkpoint format version {state.get('version')!r}; this mtlc reads {VERSION}"
         )
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: an incomplete mtlc checkpoint (no {', '.join(missing)})")
+    if "model" in keys and not isinstance(state["model"], dict):
+        raise CheckpointError(f"{path}: its 'model' entry is not a state dict")
     return state

@@ -16,7 +16,19 @@ import click
 
 from mtlc.clitools import console, guarded, set_option
 
-DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N."
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA when available), cpu, cuda or cuda:N.",
+)
+allow_import_option = click.option(
+    "--allow-import",
+    "allow_import",
+    multiple=True,
+    metavar="MODULE",
+    help="Allow a `callable` data set to import MODULE (repeatable).",
+)
 
 
 def _run_options(fn: Any) -> Any:
@@ -25,19 +37,13 @@ def _run_options(fn: Any) -> Any:
         [
             click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs."),
             click.option("--seed", type=int, help="Override train.seed."),
-            click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
+            device_option,
             click.option(
                 "--force",
                 is_flag=True,
                 help="Start over in an existing run folder (its baselines/ are kept).",
             ),
-            click.option(
-                "--allow-import",
-                "allow_import",
-                multiple=True,
-                metavar="MODULE",
-                help="Allow a `callable` data set to import MODULE (repeatable).",
-            ),
+            allow_import_option,
             click.option(
                 "--baselines",
                 is_flag=True,
@@ -160,8 +166,8 @@ def print_summary(out: Any, summary: dict[str, Any], run_dir: Any) -> None:
     type=click.Path(dir_okay=False),
     help="A last.pt or best.pt written by mtlc train.",
 )
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--allow-import", "allow_import", multiple=True, metavar="MODULE")
+@device_option
+@allow_import_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @set_option
 @guarded

@@ -61,7 +61,7 @@ from mtlc.compiler.labels import shared_parameters
 from mtlc.errors import MtlcError
 from mtlc.spec import Spec, load_spec, spec_error
 from mtlc.train import runfolder
-from mtlc.train.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
+from mtlc.train.checkpoint import RUN_KEYS, copy_checkpoint, load_checkpoint, save_checkpoint
 
 
 class TrainError(MtlcError):
@@ -207,7 +207,17 @@ def load_split(spec: Spec, split: str, allow_import: frozenset[str]):
             f"data set '{data_spec.name}' has no entry '{spec.input_name}' (it has: {', '.join(keys)})",
             key=True,
         )
-    got = tuple(data[spec.input_name].shape[1:])
+    if len(data) == 0:
+        raise TrainError(f"data set '{data_spec.name}' has no samples in its {split} split")
+    x = data[spec.input_name]
+    if x.dtype != torch.float32:
+        raise spec_error(
+            spec,
+            ("input", spec.input_name),
+            f"data set '{data_spec.name}' gives '{spec.input_name}' as {x.dtype}, but the "
+            "model computes in float32: convert it (e.g. tensor.float())",
+        )
+    got = tuple(x.shape[1:])
     if got != spec.input_shape:
         raise spec_error(
             spec,
@@ -226,6 +236,35 @@ def load_split(spec: Spec, split: str, allow_import: frozenset[str]):
                 key=task.target is None,
             )
     return data
+
+
+def run_balancer(spec: Spec, topology: Any) -> Any:
+    """The spec's balancer for these tasks; a bad option is a SpecError at its key.
+
+    Used by the trainer and by ``mtlc sweep`` to check every grid point before the
+    first one trains (the schema cannot know, e.g., that weights must be ≥ 0).
+    """
+    from mtlc.balancers import BalancerError, build_balancer
+
+    options = spec.balancer.model_dump()
+    try:
+        balancer = build_balancer(options, topology.tasks, task_kinds(spec))
+    except BalancerError as exc:
+        raise spec_error(spec, ("balancer", *exc.path), str(exc)) from None
+    if options.get("mode") == "ub" and topology.shared_repr is None:
+        raise spec_error(
+            spec,
+            ("balancer", "mode"),
+            "mgda mode 'ub' needs one shared representation that every task reads, "
+            "but this spec's tasks leave the encoder with separate features; "
+            "use mode: exact",
+        )
+    return balancer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def best_reference(
@@ -305,7 +344,6 @@ class Trainer:
         progress: bool = True,
         splits: tuple[str, ...] = ("train", "val"),
     ):
-        from mtlc.balancers import BalancerError, build_balancer
         from mtlc.compiler import compile_spec
 
         self.spec = spec
@@ -325,20 +363,12 @@ class Trainer:
         self.targets = {t: task.target or t for t, task in spec.tasks.items()}
         self.losses = loss_functions(spec)
         self.supervision = spec.decoder.supervision if spec.decoder is not None else 1.0
+        for data in (self.train_data, self.val_data):
+            if data is not None:
+                self._check_targets(data)
 
         options = spec.balancer.model_dump()
-        try:
-            self.balancer = build_balancer(options, self.tasks, task_kinds(spec)).to(self.device)
-        except BalancerError as exc:
-            raise spec_error(spec, ("balancer",), str(exc)) from None
-        if options.get("mode") == "ub" and self.compiled.topology.shared_repr is None:
-            raise spec_error(
-                spec,
-                ("balancer", "mode"),
-                "mgda mode 'ub' needs one shared representation that every task reads, "
-                "but this spec's tasks leave the encoder with separate features; "
-                "use mode: exact",
-            )
+        self.balancer = run_balancer(spec, self.compiled.topology).to(self.device)
         self.use_shared_repr = options.get("mode") == "ub"
         self.shared = shared_parameters(self.model)
         self.kpi_metric: dict[str, str] = {}
@@ -368,16 +398,73 @@ class Trainer:
         self.train_time = 0.0
         self.samples = 0
         self._stop = False
+        # where a fresh run's random stream starts (dropout...): fit() rewinds to it, so
+        # whatever runs between construction and fit (baselines) cannot change the run
+        self._start_rng = self._rng_state()
+
+    @torch.no_grad()
+    def _check_targets(self, data: Any) -> None:
+        """Every supervised prediction against its batch entry, before anything is written.
+
+        One forward of two samples (eval mode: no statistics or random numbers used) goes
+        through each task's own loss and metrics, so a head with the wrong number of
+        channels or resolution is a located error instead of a traceback at step 1; the
+        class ids of a cross-entropy task are checked over the whole split (an id beyond
+        the logits would otherwise stop the run mid-epoch, or crash a CUDA kernel).
+        """
+        from mtlc.metrics import build_metric
+
+        name = self.spec.train.data.name
+        sample = self._to_device({k: v[:2] for k, v in data.tensors.items()})
+        self.model.eval()
+        out = self.model(sample[self.spec.input_name])
+        for key in self.pred_keys:
+            t = key.split(":")[0]
+            task, pred, entry = self.spec.tasks[t], out[key], self.targets[t]
+            target = sample[entry]
+            try:
+                self.losses[t](pred, target)
+                for m in task.metrics if key == t else ():
+                    build_metric(m).update(pred, target)
+            except (ValueError, IndexError, RuntimeError) as exc:
+                raise spec_error(
+                    self.spec,
+                    ("tasks", t, "head"),
+                    f"'{key}' predicts {list(pred.shape[1:])} per sample, which does not fit "
+                    f"batch entry '{entry}' of data set '{name}' ({list(target.shape[1:])}, "
+                    f"{target.dtype}): {_first_line(exc)}",
+                ) from None
+            if task.loss_name == "cross_entropy":
+                ids = data[entry]
+                ignore = task.loss_options.get("ignore_index", -1)
+                bad = ids[(ids != ignore) & ((ids < 0) | (ids >= pred.shape[1]))]
+                if bad.numel():
+                    raise spec_error(
+                        self.spec,
+                        ("tasks", t, "head"),
+                        f"'{key}' predicts {pred.shape[1]} classes, but batch entry '{entry}' "
+                        f"of data set '{name}' holds class id {int(bad[0])} (ids must lie in "
+                        f"[0, {pred.shape[1] - 1}], or be the ignore index {ignore})",
+                    )
+
+    def _rng_state(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return rng
+
+    def _set_rng_state(self, rng: dict[str, Any]) -> None:
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     # -- checkpoints ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        rng: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
+        rng = {
+            **self._rng_state(),
             "generator": self.generator.get_state(),
             "epoch_generator": self.epoch_generator,
         }
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "spec": self.spec.model_dump(mode="json"),
             "model": self.model.state_dict(),
@@ -410,11 +497,9 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.batch = state["epoch"], state["step"], state["batch"]
         rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
+        self._set_rng_state(rng)
         self.generator.set_state(rng["generator"])
         self.epoch_generator = rng["epoch_generator"]
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(rng["cuda"])
         p = state["progress"]
         self.epoch_sums, self.epoch_count = dict(p["epoch_sums"]), p["epoch_count"]
         self.best, self.last = p["best"], p["last"]
@@ -599,7 +684,9 @@ class Trainer:
         from mtlc.train.plots import write_plots
 
         if resume:
-            self.load_state(load_checkpoint(run_dir / runfolder.LAST))
+            self.load_state(load_checkpoint(run_dir / runfolder.LAST, RUN_KEYS))
+        else:
+            self._set_rng_state(self._start_rng)
         runfolder.write_spec(run_dir, self.spec.model_dump(mode="json"))
         log = runfolder.MetricsLog(run_dir, keep=(self.epoch, self.step) if resume else None)
         writer = _tensorboard(run_dir) if tensorboard else None
@@ -795,12 +882,9 @@ def _restore_sigint(previous: Any) -> None:
 
 
 def _tensorboard(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise TrainError(
-            "--tensorboard needs the tensorboard package: pip install 'mtlc[tensorboard]'"
-        ) from None
+    _tensorboard_available()
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(str(run_dir / runfolder.TENSORBOARD))
 
 
@@ -861,25 +945,9 @@ def _fmt(value: Any) -> str:
 # -- entry points -------------------------------------------------------------------------------
 
 
-def resolve_spec(
-    spec: Any,
-    overrides: list[str] | tuple[str, ...] = (),
-    *,
-    epochs: int | None = None,
-    seed: int | None = None,
-) -> Spec:
-    """The spec with ``--set`` overrides, then ``--epochs``/``--seed`` applied."""
-    extra = list(overrides)
-    if epochs is not None:
-        extra.append(f"train.epochs={epochs}")
-    if seed is not None:
-        extra.append(f"train.seed={seed}")
-    return load_spec(spec, extra)
-
-
 def check_resumable(spec: Spec, run_dir: Path) -> None:
     """Resuming needs the same spec as the stopped run, except for the number of epochs."""
-    saved = load_checkpoint(run_dir / runfolder.LAST)["spec"]
+    saved = load_checkpoint(run_dir / runfolder.LAST, RUN_KEYS)["spec"]
     now = spec.model_dump(mode="json")
     diffs = [p for p in _diff(saved, now) if p != "train.epochs"]
     if diffs:
@@ -917,7 +985,8 @@ def train(
 
     ``baselines=True`` trains (or reuses) the single-task baselines in
     ``<run>/baselines/`` first; a dict gives their metrics directly. Raises
-    :class:`TrainError`/``SpecError`` before anything is written, :class:`Diverged` or
+    :class:`TrainError`/``SpecError`` before anything is written or removed (the data,
+    the model, the balancer and the folder are all checked first), :class:`Diverged` or
     :class:`Interrupted` after.
     """
     from mtlc.train.baselines import baseline_metrics, find_baselines
@@ -927,9 +996,13 @@ def train(
     torch_device = resolve_device(device)
     if tensorboard:
         _tensorboard_available()
-    runfolder.prepare(run_dir, resume=resume, force=force)
+    runfolder.check(run_dir, resume=resume, force=force)
     if resume:
         check_resumable(spec, run_dir)
+    trainer = Trainer(
+        spec, device=torch_device, allow_import=allow_import, console=console, progress=progress
+    )
+    runfolder.prepare(run_dir, resume=resume, force=force)
     if baselines is True:
         found = baseline_metrics(
             spec, run_dir, device=torch_device, allow_import=allow_import, console=console
@@ -938,9 +1011,6 @@ def train(
         found = baselines
     else:
         found = find_baselines(spec, run_dir)
-    trainer = Trainer(
-        spec, device=torch_device, allow_import=allow_import, console=console, progress=progress
-    )
     return trainer.fit(run_dir, resume=resume, baselines=found, tensorboard=tensorboard)
 
 
@@ -963,7 +1033,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Validation losses and metrics of a checkpoint on the spec's validation split."""
     spec = load_spec(spec, overrides)
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint, ("model",))
     trainer = Trainer(spec, device=device, allow_import=allow_import, console=None, splits=("val",))
     load_model_state(trainer.model, state["model"], str(checkpoint))
     val_loss, metrics = trainer.validate()

@@ -55,11 +55,16 @@ def default_run_dir(spec_name: str, root: str | Path = "runs") -> Path:
 
 
 def is_run_folder(path: Path) -> bool:
+    """Whether ``path`` holds anything a run writes (so starting a new run there loses it)."""
     return any((path / name).exists() for name in (*OWN_FILES, TENSORBOARD))
 
 
-def prepare(path: Path, *, resume: bool, force: bool) -> None:
-    """Make ``path`` ready for a new run (``resume=False``) or check it can be resumed."""
+def check(path: Path, *, resume: bool, force: bool) -> None:
+    """Raise unless ``path`` can be resumed (``resume``) or used for a new run; writes nothing.
+
+    Kept apart from :func:`prepare` so that the trainer can check everything else (data,
+    model, balancer) between the two: ``--force`` must not delete a run and then fail.
+    """
     if resume and force:
         raise RunFolderError("--resume and --force contradict each other: pick one")
     if resume:
@@ -68,12 +73,19 @@ def prepare(path: Path, *, resume: bool, force: bool) -> None:
         return
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"{path}: exists and is not a folder")
+    if not force and path.is_dir() and is_run_folder(path):
+        raise RunFolderError(
+            f"{path}: a run folder already exists; pass --resume to continue it or "
+            "--force to start over"
+        )
+
+
+def prepare(path: Path, *, resume: bool, force: bool) -> None:
+    """:func:`check`, then make ``path`` ready: created, and emptied of mtlc's files (force)."""
+    check(path, resume=resume, force=force)
+    if resume:
+        return
     if path.is_dir() and is_run_folder(path):
-        if not force:
-            raise RunFolderError(
-                f"{path}: a run folder already exists; pass --resume to continue it or "
-                "--force to start over"
-            )
         for name in OWN_FILES:
             (path / name).unlink(missing_ok=True)
         shutil.rmtree(path / TENSORBOARD, ignore_errors=True)
@@ -125,9 +137,25 @@ def read_summary(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise RunFolderError(f"{path}: not a run folder (no {SUMMARY})")
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        summary = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunFolderError(f"{file}: cannot read ({exc})") from None
+    if not isinstance(summary, dict):
+        raise RunFolderError(f"{file}: not a run summary (a JSON object)")
+    return summary
+
+
+def completed_summary(path: Path, spec_dict: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary of a run in ``path`` that completed training exactly ``spec_dict``, else None.
+
+    What baselines and sweep points reuse instead of training again.
+    """
+    try:
+        summary = read_summary(path)
+        saved = yaml.safe_load((path / SPEC).read_text(encoding="utf-8"))
+    except (MtlcError, OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return summary if summary.get("status") == "completed" and saved == spec_dict else None
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtlc.errors import Location, SpecError
+from mtlc.errors import Location, MtlcError, SpecError
 from mtlc.spec import Spec, load_spec
 
 
@@ -106,13 +106,22 @@ def point_name(index: int, values: dict[str, str]) -> str:
 def check_points(
     spec: str | Path, overrides: list[str], grid: list[tuple[str, list[str]]]
 ) -> list[Spec]:
-    """Validate every point before any trains; a bad grid value is reported as ``--grid``."""
+    """Validate every point before any trains; a bad grid value is reported as ``--grid``.
+
+    A point is checked as far as it can be without its data: the spec, its topology and
+    its balancer (whose options, such as a negative weight, only the balancer knows).
+    """
+    from mtlc.topology import build_topology
+    from mtlc.train.loop import run_balancer
+
     specs = []
     items = {k: f"{k}={','.join(v)}" for k, v in grid}
     for values in grid_points(grid):
         point = [f"{k}={v}" for k, v in values.items()]
         try:
-            specs.append(load_spec(spec, overrides + point))
+            loaded = load_spec(spec, overrides + point)
+            run_balancer(loaded, build_topology(loaded))
+            specs.append(loaded)
         except SpecError as exc:
             text = str(exc.location)
             for k, v in values.items():
@@ -204,6 +213,9 @@ def sweep(
     points = grid_points(grid)
     torch_device = resolve_device(device)
     out_dir = Path(out) if out is not None else runfolder.default_run_dir(base.name + "-sweep")
+    path = Path(csv_path) if csv_path is not None else out_dir / "sweep.csv"
+    if path.is_dir() or out_dir.is_file():  # found now, not after every point has trained
+        raise runfolder.RunFolderError(f"{path if path.is_dir() else out_dir}: is not a file")
     out_dir.mkdir(parents=True, exist_ok=True)
     found = None
     if baselines:
@@ -215,7 +227,11 @@ def sweep(
         name = point_name(i, values)
         run_dir = out_dir / name
         shown = "  ".join(f"{k}={v}" for k, v in values.items())
-        summary = _finished(point_spec, run_dir) if not force else None
+        summary = (
+            None
+            if force
+            else runfolder.completed_summary(run_dir, point_spec.model_dump(mode="json"))
+        )
         if summary is None:
             if console is not None:
                 console.print(
@@ -258,26 +274,9 @@ def sweep(
 
     columns = [(t, k) for t in base.outputs for k in base.tasks[t].metrics]
     _mark(rows, columns, bool(found))
-    path = Path(csv_path) if csv_path is not None else out_dir / "sweep.csv"
     keys = [k for k, _ in grid]
     write_csv(path, rows, keys, columns, with_delta=bool(found))
     return SweepResult(rows, keys, columns, path, found)
-
-
-def _finished(spec: Spec, run_dir: Path) -> dict[str, Any] | None:
-    """The summary of a completed run of exactly this spec in ``run_dir``, if there is one."""
-    import yaml
-
-    from mtlc.errors import MtlcError
-    from mtlc.train import runfolder
-
-    try:
-        summary = runfolder.read_summary(run_dir)
-        saved = yaml.safe_load((run_dir / runfolder.SPEC).read_text(encoding="utf-8"))
-    except (MtlcError, OSError, yaml.YAMLError):
-        return None
-    ok = summary.get("status") == "completed" and saved == spec.model_dump(mode="json")
-    return summary if ok else None
 
 
 def _mark(rows: list[SweepRow], columns: list[tuple[str, str]], by_delta: bool) -> None:
@@ -307,19 +306,22 @@ def write_csv(
     *,
     with_delta: bool,
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = ["point", "run", *keys, *[f"{t}.{k}" for t, k in columns]]
     header += ["delta_m"] if with_delta else []
     header += ["best", "pareto", "status"]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for r in rows:
-            line = [r.point, str(r.run_dir), *[r.values[k] for k in keys]]
-            line += [_num(r.metrics.get(t, {}).get(k)) for t, k in columns]
-            line += [_num(r.delta_m)] if with_delta else []
-            line += [int(r.best), int(r.pareto), r.status]
-            writer.writerow(line)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            for r in rows:
+                line = [r.point, str(r.run_dir), *[r.values[k] for k in keys]]
+                line += [_num(r.metrics.get(t, {}).get(k)) for t, k in columns]
+                line += [_num(r.delta_m)] if with_delta else []
+                line += [int(r.best), int(r.pareto), r.status]
+                writer.writerow(line)
+    except OSError as exc:  # the runs are kept: run the sweep again with another --csv
+        raise MtlcError(f"cannot write '{path}': {exc.strerror or exc}") from None
 
 
 def _num(value: float | None) -> str:

@@ -96,13 +96,19 @@ def write(source: str | Sequence[str], path: str | Path, title: str = "mtlc") ->
     """Render `source` (or the first of several layouts that works) into `path`, atomically."""
     path = Path(path)
     data = to_bytes(source, output_format(path), title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise RenderError(f"cannot write '{path}': {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, or `path` is a folder
+        Path(tmp).unlink(missing_ok=True)
+        raise RenderError(f"cannot write '{path}': {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
