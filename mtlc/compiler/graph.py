@@ -124,7 +124,7 @@ def compile_spec(
 ) -> Compiled:
     """Compile a spec into its final and supervised GraphModules (sharing modules)."""
     spec = load_spec(spec, overrides)
-    topo = build_topology(spec)
+    topo = spec._topology or build_topology(spec)
     em = Emitter(topo)
     for block in nx.topological_sort(topo.graph):
         try:

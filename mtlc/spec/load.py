@@ -88,7 +88,7 @@ def _validate(data: Any, positions: Positions, overrides: list[str] | tuple[str,
     _check_names(spec, src)
     from mtlc.topology import build_topology
 
-    build_topology(spec)  # shape and tree checks; raises located SpecErrors
+    spec._topology = build_topology(spec)  # shape and tree checks; raises located SpecErrors
     return spec
 
 

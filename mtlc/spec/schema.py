@@ -282,6 +282,7 @@ class Spec(Strict):
     train: Train = Train()
 
     _source: Any = PrivateAttr(None)
+    _topology: Any = PrivateAttr(None)  # built once while validating; compile reuses it
 
     @property
     def input_name(self) -> str:
