@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from mtlc.data.batches import iterate_batches
+from mtlc.devices import resolve_device
 from mtlc.spec import load_spec
 from mtlc.train import loop
 
@@ -55,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = loop.resolve_device(args.device)
+    device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch threads {torch.get_num_threads()}, {args.size}x{args.size}")
     print(f"batch {args.batch}, median of {args.steps} interleaved steps\n")

@@ -27,6 +27,8 @@ from rich.console import Console
 
 from mtlc.compiler import compile_spec
 from mtlc.data.batches import iterate_batches
+from mtlc.devices import resolve_device
+from mtlc.spec import load_spec
 from mtlc.train import loop, runfolder
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "hard.yaml"
@@ -83,8 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = loop.resolve_device(args.device)
-    spec = loop.resolve_spec(
+    device = resolve_device(args.device)
+    spec = load_spec(
         SPEC,
         [
             f"train.data.train={args.train}",

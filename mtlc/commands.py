@@ -22,6 +22,7 @@ def build_report(spec_path: str, overrides: tuple[str, ...] = ()) -> tuple[dict,
     """Compile a spec and collect what `mtlc build` shows (also its --json output)."""
     from mtlc.compiler import compile_spec
     from mtlc.compiler.labels import count_parameters
+    from mtlc.profile import summarize
 
     compiled = compile_spec(spec_path, overrides)
     topo = compiled.topology
@@ -34,13 +35,8 @@ def build_report(spec_path: str, overrides: tuple[str, ...] = ()) -> tuple[dict,
         "params": {k: params[k] for k in ("total", "shared", "tasks")},
         "blocks": params["blocks"],
     }
-    try:
-        from mtlc.profile import summarize
-    except ImportError:
-        summarize = None
-    if summarize is not None:
-        cost = summarize(compiled, batch=1)
-        report["flops"], report["macs"] = cost["flops"], cost["macs"]
+    cost = summarize(compiled, batch=1)
+    report["flops"], report["macs"] = cost["flops"], cost["macs"]
     return report, compiled
 
 
@@ -115,12 +111,11 @@ def build(
         f"parameters: total {p['total']:,} · shared {p['shared']:,} · "
         + " · ".join(f"{t} {n:,}" for t, n in p["tasks"].items())
     )
-    if "flops" in report:
-        f = report["flops"]
-        out.print(
-            f"forward FLOPs per sample (2 per multiply-add): total {_fmt(f['total'])} · shared {_fmt(f['shared'])} · "
-            + " · ".join(f"{t} {_fmt(n)}" for t, n in f["tasks"].items())
-        )
+    f = report["flops"]
+    out.print(
+        f"forward FLOPs per sample (2 per multiply-add): total {_fmt(f['total'])} · shared {_fmt(f['shared'])} · "
+        + " · ".join(f"{t} {_fmt(n)}" for t, n in f["tasks"].items())
+    )
     out.print(
         "outputs: "
         + ", ".join(f"{t} {v}" for t, v in report["outputs"].items())
@@ -137,21 +132,13 @@ def build(
 
 
 def _save_model(model, path: Path) -> None:
-    """Write atomically, so an interrupted save never leaves half a file where a model was."""
-    import os
-    import tempfile
-
     import torch
 
+    from mtlc.atomic import atomic_open
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path, "wb") as fh:
+        torch.save(model, fh)
 
 
 SCHEMA_FILE = Path(__file__).parent / "spec" / "schema.json"

@@ -43,6 +43,12 @@ def test_build_json(small_spec):
     assert report["name"] == "small" and report["tasks"] == ["seg", "depth"]
     assert report["params"] == {"total": 1525, "shared": 1440, "tasks": {"seg": 68, "depth": 17}}
     assert report["outputs"] == {"seg": [4, 16, 16], "depth": [1, 16, 16]}
+    # multiply-adds per sample: s1 conv 8·3·9·16·16 = 55296, s2 conv 16·8·9·8·8 = 73728,
+    # heads 4·16·8·8 = 4096 and 1·16·8·8 = 1024; a multiply-add is 2 FLOPs
+    assert report["flops"]["total"] == 2 * (55296 + 73728 + 4096 + 1024)
+    assert report["flops"]["shared"] == 2 * (55296 + 73728)
+    assert report["flops"]["tasks"] == {"seg": 2 * 4096, "depth": 2 * 1024}
+    assert report["macs"]["total"] == report["flops"]["total"] // 2
 
 
 def test_build_code_prints_the_graph_module(small_spec):

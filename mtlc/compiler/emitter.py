@@ -43,6 +43,13 @@ class Emitter:
             for src in g.predecessors(block)
         }
 
+    def streams(self, block: str) -> dict[str, fx.Node]:
+        """Each task's incoming value, for units whose predecessors carry one task each."""
+        merged: dict[str, fx.Node] = {}
+        for values in self.inputs(block).values():
+            merged.update(values)
+        return merged
+
     # -- writing nodes --------------------------------------------------------------------
     def add_module(self, qualname: str, module: nn.Module) -> str:
         """Register `module` under a dotted name (containers are created as needed)."""

@@ -97,7 +97,8 @@ def profile(
     ptflops report, are half of that. Counting runs on the meta device: no weights are
     allocated, whatever the model's size.
     """
-    from mtlc.profile.latency import measure, resolve_device
+    from mtlc.devices import resolve_device
+    from mtlc.profile.latency import measure
     from mtlc.profile.report import (
         CONVENTION,
         comparison,

@@ -16,26 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mtlc.devices import describe, resolve_device
 from mtlc.errors import MtlcError
-
-
-def resolve_device(name: str):
-    """`auto` is CUDA when present, else CPU; asking for CUDA without one is the user's error."""
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MtlcError("--device cuda: no CUDA device is available here (use --device cpu)")
-    return torch.device(name)
-
-
-def describe(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def _time(fn: Callable[[], None], sync: Callable[[], None], warmup: int, iters: int) -> dict:

@@ -86,9 +86,7 @@ class Propagation(nn.Module):
 def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
     attrs = em.attrs(unit)
     spec, opts = em.topology.spec, attrs["options"]
-    features: dict[str, fx.Node] = {}
-    for values in em.inputs(unit).values():
-        features.update(values)
+    features = em.streams(unit)
     tasks = list(attrs["tasks"])
     _, h, w = attrs["shape"]
     d = opts["downsample"]

@@ -55,9 +55,7 @@ def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
     """One cross-stitch module over the unit's task columns; each task reads its own row."""
     attrs = em.attrs(unit)
     tasks, opts = attrs["tasks"], attrs["options"]
-    columns: dict[str, fx.Node] = {}
-    for values in em.inputs(unit).values():
-        columns.update(values)
+    columns = em.streams(unit)
     xs = tuple(columns[t] for t in tasks)
     stage = attrs["stage"]
     name = f"encoder.{stage}." + (

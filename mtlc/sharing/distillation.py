@@ -41,9 +41,7 @@ class DistillationGate(nn.Module):
 def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
     attrs = em.attrs(unit)
     spec = em.topology.spec
-    features: dict[str, fx.Node] = {}
-    for values in em.inputs(unit).values():
-        features.update(values)
+    features = em.streams(unit)
     tasks = list(attrs["tasks"])
     channels = attrs["shape"][0]
     refined: dict[str, fx.Node] = {}

@@ -42,9 +42,7 @@ def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
     """A shared concat node, then per task its own 1×1 conv → BN → ReLU (owner: the task)."""
     attrs = em.attrs(unit)
     tasks, opts, shape, stage = attrs["tasks"], attrs["options"], attrs["shape"], attrs["stage"]
-    columns: dict[str, fx.Node] = {}
-    for values in em.inputs(unit).values():
-        columns.update(values)
+    columns = em.streams(unit)
     stacked = em.call_function(
         torch.cat,
         (tuple(columns[t] for t in tasks),),

@@ -64,9 +64,7 @@ class TaskAttention(nn.Module):
 def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
     attrs = em.attrs(unit)
     spec, opts = em.topology.spec, attrs["options"]
-    state: dict[str, fx.Node] = {}
-    for values in em.inputs(unit).values():
-        state.update(values)
+    state = em.streams(unit)
     members = set(attrs["tasks"])
     order = [t for t in opts["order"] if t in members]
     turns = [t for t in order if not spec.tasks[t].auxiliary]

@@ -17,16 +17,14 @@ Ctrl-C while saving leaves the previous checkpoint intact, never a truncated one
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mtlc.atomic import atomic_open
 from mtlc.errors import MtlcError
-from mtlc.train.runfolder import file_mode
 
 FORMAT = "mtlc-checkpoint"
 VERSION = 1
@@ -39,34 +37,16 @@ class CheckpointError(MtlcError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` (format keys added) to ``path`` atomically."""
-    path = Path(path)
+    """Write ``state`` (format keys added) to ``path`` atomically, flushed to disk."""
     payload = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb", fsync=True) as fh:
+        torch.save(payload, fh)
 
 
 def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
     """Copy a checkpoint file atomically (best.pt from last.pt without pickling twice)."""
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open(src, "rb") as source, atomic_open(dst, "wb") as fh:
+        shutil.copyfileobj(source, fh)
 
 
 def load_checkpoint(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from torch import nn
 from mtlc import registry
 from mtlc.compiler import SHARED_KEY
 from mtlc.compiler.labels import shared_parameters
+from mtlc.devices import resolve_device
 from mtlc.errors import MtlcError
 from mtlc.spec import Spec, load_spec, spec_error
 from mtlc.train import runfolder
@@ -107,21 +108,6 @@ class Launched:
 
 
 # -- helpers the trainer, eval and the benchmarks share ----------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when a device is visible, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"--device {name}: no CUDA device is available (use cpu or auto)")
-    if device.type not in ("cpu", "cuda"):
-        raise TrainError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
-    return device
 
 
 def load_model_state(model: nn.Module, state: dict[str, Any], where: str) -> None:

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mtlc.atomic import write_text
 from mtlc.errors import MtlcError
 
 SPEC = "spec.yaml"
@@ -103,31 +102,12 @@ def finite(value: Any) -> Any:
     return value
 
 
-def file_mode() -> int:
-    """The mode a plain ``open()`` would give a new file (mkstemp makes them 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_spec(path: Path, spec_dict: dict[str, Any]) -> None:
-    write_text_atomic(path / SPEC, yaml.safe_dump(spec_dict, sort_keys=False))
+    write_text(path / SPEC, yaml.safe_dump(spec_dict, sort_keys=False))
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    write_text_atomic(path / SUMMARY, json.dumps(finite(summary), indent=2) + "\n")
+    write_text(path / SUMMARY, json.dumps(finite(summary), indent=2) + "\n")
 
 
 def read_summary(path: str | Path) -> dict[str, Any]:
@@ -188,7 +168,7 @@ class MetricsLog:
                 if (r.get("type") == "epoch" and r.get("epoch", 0) <= epochs)
                 or (r.get("type") == "step" and r.get("step", 0) <= steps)
             ]
-            write_text_atomic(file, "".join(line + "\n" for line in kept))
+            write_text(file, "".join(line + "\n" for line in kept))
         self._fh = open(file, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
 
     def write(self, record: dict[str, Any]) -> None:

@@ -202,9 +202,10 @@ def sweep(
     """Train every grid point (reusing finished ones) and rank them (module docstring)."""
     from rich.markup import escape
 
+    from mtlc.devices import resolve_device
     from mtlc.train import runfolder
     from mtlc.train.baselines import baseline_metrics, baseline_tasks
-    from mtlc.train.loop import Diverged, check_resumable, resolve_device, train
+    from mtlc.train.loop import Diverged, check_resumable, train
 
     overrides = list(overrides)
     grid = parse_grid(grid_items)

@@ -9,14 +9,12 @@ is written whole or not at all: a failed render leaves no half-written file behi
 from __future__ import annotations
 
 import html
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from mtlc.atomic import atomic_open
 from mtlc.errors import MtlcError
-from mtlc.train.runfolder import file_mode
 
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".html": "html"}
 INSTALL_HINT = (
@@ -98,18 +96,8 @@ def write(source: str | Sequence[str], path: str | Path, title: str = "mtlc") ->
     data = to_bytes(source, output_format(path), title)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as exc:
+        with atomic_open(path, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:  # an unwritable folder, a full disk, or `path` is a folder
         raise RenderError(f"cannot write '{path}': {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except OSError as exc:  # a full disk, or `path` is a folder
-        Path(tmp).unlink(missing_ok=True)
-        raise RenderError(f"cannot write '{path}': {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -1,0 +1,40 @@
+"""The benchmarks still run (at toy sizes): they are run on demand, so nothing else would notice them rot.
+
+Only the exit status is checked; the figures at these sizes mean nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+TOY = {
+    "bench_mgda_cost.py": ["--steps", "1", "--size", "16", "--batch", "4"],
+    "bench_sharing_overhead.py": ["--batch", "2", "--reps", "1", "--warmup", "0"],
+    "bench_trainer_overhead.py": ["--reps", "1", "--train", "16", "--size", "16", "--batch", "8"],
+    "trivial_shapes.py": ["--train", "32", "--val", "16", "--size", "16"],
+    "bench_profile_large.py": [],
+}
+
+
+def test_every_benchmark_has_a_toy_run():
+    # bench_startup_compile.py times fresh processes only; test_cli_build covers what it checks
+    assert {p.name for p in (ROOT / "benchmarks").glob("*.py")} - set(TOY) == {
+        "bench_startup_compile.py"
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(TOY))
+def test_benchmark_runs(script):
+    proc = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *TOY[script]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
