@@ -63,6 +63,9 @@ def test_build_saves_a_model_torch_load_gives_back(small_spec, tmp_path):
     path = tmp_path / "model.pt"
     assert run("build", str(small_spec), "-o", str(path)).exit_code == 0
     model = torch.load(path, weights_only=False)
+    from mtlc.atomic import file_mode
+
+    assert path.stat().st_mode & 0o777 == file_mode()  # what a plain open() gives, not 0600
     assert model(torch.randn(1, 3, 16, 16))["seg"].shape == (1, 4, 16, 16)
 
 
