@@ -27,9 +27,19 @@ def __getattr__(name: str) -> Any:
 
 
 def compile(
-    spec: Any, *, supervision: bool = False, overrides: list[str] | tuple[str, ...] = ()
+    spec: Any,
+    *,
+    supervision: bool = False,
+    overrides: list[str] | tuple[str, ...] = (),
+    fuse: bool = True,
+    device: str | None = None,
 ) -> GraphModule:
-    """Compile a spec (path, dict or Spec) into a GraphModule returning `{task: tensor}`."""
+    """Compile a spec (path, dict or Spec) into a GraphModule returning `{task: tensor}`.
+
+    Per-task copies run fused for `device` unless `fuse=False` (see `mtlc.compiler.compile`).
+    """
     from mtlc.compiler import compile as _compile
 
-    return _compile(spec, supervision=supervision, overrides=overrides)
+    return _compile(
+        spec, supervision=supervision, overrides=overrides, fuse=fuse, device=device
+    )

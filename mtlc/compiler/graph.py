@@ -31,11 +31,17 @@ from mtlc.topology import Topology, build_topology
 
 @dataclass
 class Compiled:
-    """The final model, the supervised model (same modules) and the topology they came from."""
+    """The final model, the supervised model (same modules) and the topology they came from.
+
+    With fusion on (`compile_spec(..., fuse=True)`), `model` and `supervised` are the fused
+    graphs and `unfused` holds the pair as the spec says them, one node per layer and
+    task (what profile and viz attribute to tasks); the four share every module.
+    """
 
     model: fx.GraphModule
     supervised: fx.GraphModule
     topology: Topology
+    unfused: tuple[fx.GraphModule, fx.GraphModule] | None = None
 
     @property
     def spec(self) -> Spec:
@@ -119,10 +125,25 @@ def _out_of_memory(spec: Spec, attrs: dict, block: str, exc: Exception) -> Excep
     return spec_error(spec, path, f"not enough memory for the weights of '{block}'{need}")
 
 
+def default_device() -> str:
+    """The device type a model compiled without one is fused for: CUDA when there is one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def compile_spec(
-    spec: Spec | str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
+    spec: Spec | str | Path | dict[str, Any],
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    fuse: bool = False,
+    device: str | None = None,
 ) -> Compiled:
-    """Compile a spec into its final and supervised GraphModules (sharing modules)."""
+    """Compile a spec into its final and supervised GraphModules (sharing modules).
+
+    `fuse=True` runs the column fusion pass (`mtlc.compiler.fuse`) for `device` (a device
+    type, default `default_device()`) unless the spec's `train.fuse` is false.
+    """
     spec = load_spec(spec, overrides)
     topo = spec._topology or build_topology(spec)
     em = Emitter(topo)
@@ -162,6 +183,13 @@ def compile_spec(
             "tasks": list(topo.tasks),
             "outputs": list(topo.outputs),
         }
+    if fuse and (spec.train is None or spec.train.fuse):
+        from mtlc.compiler.fuse import fuse as fuse_columns
+
+        where = device or default_device()
+        return Compiled(
+            fuse_columns(model, where), fuse_columns(supervised, where), topo, (model, supervised)
+        )
     return Compiled(model, supervised, topo)
 
 
@@ -170,6 +198,8 @@ def compile(
     *,
     supervision: bool = False,
     overrides: list[str] | tuple[str, ...] = (),
+    fuse: bool = True,
+    device: str | None = None,
 ) -> fx.GraphModule:
     """A spec's model as a `torch.fx.GraphModule` whose forward returns `{task: prediction}`.
 
@@ -177,6 +207,11 @@ def compile(
     one forward: all tasks (auxiliary ones included), the intermediate predictions under
     `task:tag` keys (`seg:initial`, `depth:step2`) and the shared representation under
     `@shared` when the tasks have one.
+
+    Per-task copies of equal shape run fused (one grouped op on stacked activations,
+    `mtlc.compiler.fuse`) for `device` (a device type; default CUDA when present, else
+    CPU) unless `fuse=False` or the spec's `train.fuse: false`; the state dict, parameter
+    names and outputs are the unfused model's either way.
     """
-    compiled = compile_spec(spec, overrides)
+    compiled = compile_spec(spec, overrides, fuse=fuse, device=device)
     return compiled.supervised if supervision else compiled.model

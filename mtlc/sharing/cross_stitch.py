@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from mtlc.compiler.emitter import Emitter
+from mtlc.compiler.fused_ops import Fused, register
 
 
 class CrossStitch(nn.Module):
@@ -68,3 +69,24 @@ def emit(em: Emitter, unit: str) -> dict[str, fx.Node]:
     )
     mixed = em.call_module(name, module, xs, block=unit, kind="unit", owner=attrs["owner"])
     return {t: em.getitem(mixed, i, block=unit, kind="unit", owner=t) for i, t in enumerate(tasks)}
+
+
+@register(CrossStitch)
+class FusedCrossStitch(Fused):
+    """The unit on stacked columns `[N, T·C, ...]`: `x̃[n,t,c] = Σ_s α[t,s,c] · x[n,s,c]`, one einsum.
+
+    The same sum as `CrossStitch.forward`, with the task axis of the stacked value as
+    the contracted index (α of a scalar unit is broadcast over channels).
+    """
+
+    modes = frozenset({"mix"})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (unit,) = self.members
+        tasks = unit.alpha.shape[0]
+        alpha = unit.alpha
+        stacked = x.reshape(x.shape[0], tasks, -1, *x.shape[2:])
+        if alpha.dim() == 2:
+            alpha = alpha.unsqueeze(-1).expand(tasks, tasks, stacked.shape[2])
+        mixed = torch.einsum("tsc,nsc...->ntc...", alpha, stacked)
+        return mixed.reshape(x.shape)

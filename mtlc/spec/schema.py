@@ -257,6 +257,11 @@ class Train(Strict):
     scheduler: Literal["none", "cosine"] = "none"
     grad_clip: float | None = Field(None, gt=0)
     seed: int = 0
+    fuse: bool = Field(
+        True,
+        description="run equal per-task copies as one grouped op on stacked activations "
+        "(exact; the state dict is unchanged)",
+    )
 
 
 # -- the spec --------------------------------------------------------------------------

@@ -1,0 +1,139 @@
+"""Column fusion (issue 12): run on demand, `python benchmarks/bench_fusion.py`.
+
+One training step (forward + backward) of `specs/cross_stitch.yaml` (3 tasks), four ways
+carrying the same weights (outputs checked equal first):
+
+- `unfused`: the compiled graph as the spec says it (`compile_spec(..., fuse=False)`);
+- `fused`: the column fusion pass for the device being measured (`fuse(gm, device)`);
+- `fused-grouped`: the pass as for a GPU (grouped convolutions) run on this device;
+- `hand`: the plain hand-written model of `bench_sharing_overhead.py`.
+
+Targets: fused / unfused ≥ 1.5× faster on a GPU and never slower on the CPU; fused /
+hand ≤ 0.8 on a GPU, ≤ 1.0 on the CPU. Repetitions are interleaved (the order rotates
+every round) so drift in machine load hits all alike; the figure is the median, the
+spread the 10th–90th percentile of the per-round ratios.
+
+Options: `--device cuda`, `--batch N`, `--reps N`, `--warmup N`, `--threads N`, `--tasks N`
+(a cross-stitch spec with N copies of the tasks; the hand model exists for 3 only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from mtlc.compiler import compile_spec
+from mtlc.compiler.fuse import fuse
+
+HERE = Path(__file__).resolve().parent
+SPEC = HERE.parent / "specs" / "cross_stitch.yaml"
+
+
+def _sharing_overhead():
+    """`bench_sharing_overhead.py`, for its hand-written cross-stitch model."""
+    loaded = importlib.util.spec_from_file_location("bench_so", HERE / "bench_sharing_overhead.py")
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    return module
+
+
+def spec_with(tasks: int) -> dict:
+    spec = yaml.safe_load(SPEC.read_text())
+    if tasks != 3:
+        base = list(spec["tasks"].values())
+        spec["tasks"] = {f"t{i}": dict(base[i % 3]) for i in range(tasks)}
+    return spec
+
+
+def step(model: torch.nn.Module, x: torch.Tensor, sync) -> float:
+    start = time.perf_counter()
+    out = model(x)
+    sum(v.float().mean() for v in out.values()).backward()
+    sync()
+    elapsed = time.perf_counter() - start
+    for p in model.parameters():
+        p.grad = None
+    return elapsed
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--tasks", type=int, default=3)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    unfused = compile_spec(spec_with(args.tasks), fuse=False).model
+    with torch.no_grad():  # random mixing weights, so a mis-wired unit would show
+        for name, p in unfused.named_parameters():
+            if "cross_stitch" in name:
+                p.uniform_(0, 1)
+    models = {
+        "unfused": unfused,
+        "fused": fuse(unfused, device.type),
+        "fused-grouped": fuse(unfused, "cuda"),
+    }
+    if args.tasks == 3:
+        so = _sharing_overhead()
+        hand = so.HandCrossStitch()
+        hand.load_state_dict({hand.translate(k): v for k, v in unfused.state_dict().items()})
+        models["hand"] = hand
+    x = torch.rand(args.batch, 3, 64, 64)
+    reference = unfused(x)
+    for name, m in models.items():
+        out = m(x)
+        for t in reference:
+            torch.testing.assert_close(out[t], reference[t], rtol=1e-4, atol=1e-4, msg=name)
+    for m in models.values():
+        m.to(device).train()
+    x = x.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    names = list(models)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(args.warmup + args.reps):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            t = step(models[name], x, sync)
+            if r >= args.warmup:
+                times[name].append(t)
+    where = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"cpu, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"cross-stitch, {args.tasks} tasks, forward+backward, batch {args.batch} of 3×64×64, "
+        f"{args.reps} interleaved reps ({where}, torch {torch.__version__})"
+    )
+    for name in names:
+        med = statistics.median(times[name])
+        print(f"  {name:<14} median {1e3 * med:8.2f} ms")
+    for a, b in (("fused", "unfused"), ("fused-grouped", "unfused"), ("fused", "hand")):
+        if b not in times:
+            continue
+        ratios = [x / y for x, y in zip(times[a], times[b], strict=True)]
+        print(
+            f"  {a} / {b}: median {statistics.median(ratios):.3f} "
+            f"(p10 {percentile(ratios, 0.1):.3f}, p90 {percentile(ratios, 0.9):.3f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
