@@ -40,6 +40,4 @@ def compile(
     """
     from mtlc.compiler import compile as _compile
 
-    return _compile(
-        spec, supervision=supervision, overrides=overrides, fuse=fuse, device=device
-    )
+    return _compile(spec, supervision=supervision, overrides=overrides, fuse=fuse, device=device)

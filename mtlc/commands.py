@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -18,15 +19,26 @@ def _fmt(n: int) -> str:
     return str(n)
 
 
-def build_report(spec_path: str, overrides: tuple[str, ...] = ()) -> tuple[dict, object]:
-    """Compile a spec and collect what `mtlc build` shows (also its --json output)."""
+def build_report(
+    spec_path: str,
+    overrides: tuple[str, ...] = (),
+    *,
+    fuse: bool = False,
+    device: str | None = None,
+) -> tuple[dict, object]:
+    """Compile a spec and collect what `mtlc build` shows (also its --json output).
+
+    Counts come from the unfused graph (one node per layer and task); with `fuse` the
+    returned `Compiled.model` is the fused one (what `--code` and `-o` show).
+    """
     from mtlc.compiler import compile_spec
     from mtlc.compiler.labels import count_parameters
     from mtlc.profile import summarize
 
-    compiled = compile_spec(spec_path, overrides)
+    compiled = compile_spec(spec_path, overrides, fuse=fuse, device=device)
     topo = compiled.topology
-    params = count_parameters(compiled.supervised)
+    plain_model, plain_supervised = compiled.plain
+    params = count_parameters(plain_supervised)
     report = {
         "name": topo.spec.name,
         "tasks": list(topo.tasks),
@@ -35,7 +47,9 @@ def build_report(spec_path: str, overrides: tuple[str, ...] = ()) -> tuple[dict,
         "params": {k: params[k] for k in ("total", "shared", "tasks")},
         "blocks": params["blocks"],
     }
-    cost = summarize(compiled, batch=1)
+    cost = summarize(
+        dataclasses.replace(compiled, model=plain_model, supervised=plain_supervised), batch=1
+    )
     report["flops"], report["macs"] = cost["flops"], cost["macs"]
     return report, compiled
 
@@ -83,6 +97,18 @@ def _table(report: dict, compiled) -> object:
     "-o", "--output", type=click.Path(dir_okay=False), help="Save the compiled model (torch.save)."
 )
 @click.option("--force", is_flag=True, help="Overwrite the -o file if it exists.")
+@click.option(
+    "--no-fuse",
+    "no_fuse",
+    is_flag=True,
+    help="Keep per-task copies unfused in --code and -o (as train.fuse: false).",
+)
+@click.option(
+    "--device",
+    "device",
+    default=None,
+    help="Device type the fusion targets (default: cuda when present, else cpu).",
+)
 @guarded
 def build(
     spec: str,
@@ -91,11 +117,13 @@ def build(
     code: bool,
     output: str | None,
     force: bool,
+    no_fuse: bool,
+    device: str | None,
 ) -> None:
     """Validate and compile SPEC; print its stages, shapes and parameters."""
     if output and Path(output).exists() and not force:
         fail(f"{output}: exists; pass --force to overwrite it")
-    report, compiled = build_report(spec, overrides)
+    report, compiled = build_report(spec, overrides, fuse=not no_fuse, device=device)
     if output:
         _save_model(compiled.model, Path(output))
     if as_json:

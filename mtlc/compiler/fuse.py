@@ -7,7 +7,8 @@ one after another. This pass rewrites such runs into one fused op each
 `[t·C, (t+1)·C)`), so T columns cost one kernel launch:
 
 - copies that all read one tensor (the first stage after a shared one, NDDR's
-  concatenation, heads on a shared feature) become one wider layer ("broadcast");
+  concatenation, heads on a shared feature) become one wider layer ("broadcast"), or
+  one call when they hold no weights (T poolings of one tensor are one pooling);
 - copies that read the T slices of a stacked value, in its order, become one grouped
   layer ("stacked"), and the run continues;
 - a unit whose inputs are exactly a stacked value's members ("mix": the cross-stitch
@@ -64,6 +65,7 @@ class ColumnFusion:
         self.env: dict[fx.Node, fx.Node] = {}
         self.stacks: dict[fx.Node, tuple[Stack, int]] = {}
         self.done: set[fx.Node] = set()
+        self.aliases: dict[fx.Node, list[fx.Node]] = {}  # new node → originals it computes
         self.fused = nn.Module()
         self.count = 0
 
@@ -94,7 +96,11 @@ class ColumnFusion:
             run = [self._copy_reading(m, module) for m in stack.members]
             if node in run and all(r is not None for r in run):
                 return "stacked", run, stack.node
-        run = [u for u in arg.users if self._copy_reading(arg, module, only=u) is not None]
+        # copies that read `arg` or an original node computing the same value (deduplicated)
+        same = self.aliases.get(self.env.get(arg), [arg])
+        run = [
+            u for a in same for u in a.users if self._copy_reading(a, module, only=u) is not None
+        ]
         if len(run) >= 2 and node in run:
             return "broadcast", sorted(run, key=self._order.__getitem__), arg
         return None
@@ -109,6 +115,7 @@ class ColumnFusion:
     # -- the rewrite -------------------------------------------------------------------
     def run(self) -> fx.GraphModule:
         self._order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
+        self.live = _live(self.gm.graph)
         for node in self.gm.graph.nodes:
             if node in self.done:
                 continue
@@ -121,10 +128,12 @@ class ColumnFusion:
         if self.count:
             root.add_module(FUSED_ROOT, self.fused)
         out = fx.GraphModule(root, self.graph, class_name=type(self.gm).__name__)
-        for name, child in self.gm.named_children():  # keep unused originals: same state dict
-            setattr(out, name, child)
+        # GraphModule copied only the modules the new graph calls; put back the original
+        # tree, in its order, so names, parameter order and state dict are the unfused ones
+        out._modules.clear()
+        for name, child in root.named_children():
+            out.add_module(name, child)
         out.meta.update(self.gm.meta)
-        out.graph.eliminate_dead_code()
         out.graph.lint()
         out.recompile()
         return out
@@ -146,7 +155,9 @@ class ColumnFusion:
         return stack.views[index]
 
     def _module(self, node: fx.Node) -> nn.Module | None:
-        if node.op != "call_module" or node in self.done:
+        # a copy whose value reaches no output stays as it is: fused, its weights would
+        # get zero gradients instead of none, and an optimizer treats those differently
+        if node.op != "call_module" or node in self.done or node not in self.live:
             return None
         return self.modules[node.target]
 
@@ -156,9 +167,9 @@ class ColumnFusion:
         """The not yet fused user of `source` that calls a module equivalent to `like` on it alone."""
         for user in [only] if only is not None else list(source.users):
             module = self._module(user)
-            if module is not None and user.args == (source,) and not user.kwargs:
-                if self.equivalent(module, like):
-                    return user
+            reads_only_source = user.args == (source,) and not user.kwargs
+            if module is not None and reads_only_source and self.equivalent(module, like):
+                return user
         return None
 
     def _add(self, op: Fused, members: list[fx.Node], args: tuple) -> fx.Node:
@@ -190,6 +201,14 @@ class ColumnFusion:
             return False
         if mode == "broadcast":
             source = self.value(source)
+            if op.pure:  # one call of the first copy serves every task
+                new = self.graph.call_module(run[0].target, (source,))
+                new.meta["mtlc"] = {**run[0].meta.get("mtlc", {}), "owner": None}
+                for member in run:
+                    self.env[member] = new
+                    self.done.add(member)
+                self.aliases[new] = run
+                return True
         self._stack(self._add(op, run, (source,)), run)
         return True
 
@@ -232,6 +251,18 @@ class ColumnFusion:
             return None
         stack = self.stacks[first][0]
         return stack if list(args) == stack.members else None
+
+
+def _live(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes some output depends on."""
+    live: set[fx.Node] = set()
+    todo = [n for n in graph.nodes if n.op == "output"]
+    while todo:
+        node = todo.pop()
+        if node not in live:
+            live.add(node)
+            todo.extend(node.all_input_nodes)
+    return live
 
 
 def _owners(members: list[fx.Node]) -> set[str]:

@@ -39,6 +39,8 @@ class Fused(nn.Module):
     """
 
     modes: frozenset[str] = frozenset({"stacked"})
+    # stateless and deterministic: copies reading one tensor give one result, computed once
+    pure = False
 
     def __init__(self, members: Members, mode: str):
         super().__init__()
@@ -69,10 +71,15 @@ class Channelwise(Fused):
     """Layers that treat channels independently (activations, pooling, upsampling, flatten).
 
     Running the first member on the stacked tensor is exactly running each member on its
-    own slice: they hold no weights and mix no channels. `nn.Flatten` (start_dim 1) is
+    own slice: they hold no weights and mix no channels. T copies reading one tensor
+    compute the same value, so they run once ("broadcast": the pass calls the first copy
+    and hands its result to every task). `nn.Flatten` (start_dim 1) is
     exact too: flattening `[N, T·C, H, W]` lays the tasks out one after another, which is
     the concatenation of the per-task flattened vectors.
     """
+
+    modes = frozenset({"stacked", "broadcast"})
+    pure = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.members[0](x)
@@ -186,7 +193,9 @@ class FusedGroupNorm(Fused):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.members[0]
-        return F.group_norm(x, m.num_groups * self.tasks, self.cat("weight"), self.cat("bias"), m.eps)
+        return F.group_norm(
+            x, m.num_groups * self.tasks, self.cat("weight"), self.cat("bias"), m.eps
+        )
 
 
 class FusedLayerNorm(Fused):

@@ -44,6 +44,11 @@ class Compiled:
     unfused: tuple[fx.GraphModule, fx.GraphModule] | None = None
 
     @property
+    def plain(self) -> tuple[fx.GraphModule, fx.GraphModule]:
+        """(model, supervised) with one labelled node per layer and task, fused or not."""
+        return self.unfused or (self.model, self.supervised)
+
+    @property
     def spec(self) -> Spec:
         return self.topology.spec
 

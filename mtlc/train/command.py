@@ -81,6 +81,9 @@ def _stopped(exc: Exception) -> None:
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder (default runs/<name>).")
 @click.option("--resume", is_flag=True, help="Continue the stopped run in the run folder.")
 @click.option("--tensorboard", is_flag=True, help="Also log to <run>/tensorboard.")
+@click.option(
+    "--no-fuse", "no_fuse", is_flag=True, help="Run per-task copies unfused (train.fuse=false)."
+)
 @_run_options
 @guarded
 def train(
@@ -88,6 +91,7 @@ def train(
     out: str | None,
     resume: bool,
     tensorboard: bool,
+    no_fuse: bool,
     epochs: int | None,
     seed: int | None,
     device: str,
@@ -109,7 +113,7 @@ def train(
     try:
         result = run(
             spec,
-            overrides=_extra(overrides, epochs, seed),
+            overrides=_extra(overrides, epochs, seed) + (["train.fuse=false"] if no_fuse else []),
             out=out,
             resume=resume,
             force=force,

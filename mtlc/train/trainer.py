@@ -91,7 +91,7 @@ class Trainer(Checkpointing, Stepping, Validating):
         self.val_data = load_split(spec, "val", allow)
 
         torch.manual_seed(spec.train.seed)
-        self.compiled = compile_spec(spec)
+        self.compiled = compile_spec(spec, fuse=True, device=self.device.type)
         self.model = self.compiled.supervised.to(self.device)
         self.tasks = list(self.compiled.topology.tasks)
         self.pred_keys = [k for k in self.compiled.topology.predictions]
@@ -114,7 +114,7 @@ class Trainer(Checkpointing, Stepping, Validating):
         options = spec.balancer.model_dump()
         self.balancer = run_balancer(spec, self.compiled.topology).to(self.device)
         self.use_shared_repr = options.get("mode") == "ub"
-        self.shared = shared_parameters(self.model)
+        self.shared = shared_parameters(self.compiled.plain[1])  # labelled: one node per task
         self.kpi_metric: dict[str, str] = {}
         if options.get("type") == "dtp":
             for t, task in spec.tasks.items():
