@@ -54,7 +54,17 @@ class Fused(nn.Module):
 
     @classmethod
     def pays(cls, mode: str, device: str) -> bool:
-        return True
+        """Whether the fused form is faster on `device` (a device type).
+
+        On the CPU it is not: kernel launches cost little there, while stacking adds
+        copies (views of a stacked tensor are not contiguous) and grouped convolutions
+        run well below T separate ones (oneDNN and the native kernels alike). Measured
+        on `specs/cross_stitch.yaml`, batch 16, one thread: fused 1.19×, fusing only
+        the shared-input convolutions still 1.11× the unfused step time
+        (`benchmarks/bench_fusion.py`, benchmarks/RESULTS.md). So on the CPU only
+        copies that compute the same value are merged (`pure`, below), which is free.
+        """
+        return device != "cpu"
 
     def cat(self, name: str, dim: int = 0) -> torch.Tensor | None:
         """The members' parameter `name` concatenated (None when they have none)."""
@@ -81,6 +91,10 @@ class Channelwise(Fused):
     modes = frozenset({"stacked", "broadcast"})
     pure = True
 
+    @classmethod
+    def pays(cls, mode: str, device: str) -> bool:
+        return mode == "broadcast" or device != "cpu"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.members[0](x)
 
@@ -99,10 +113,6 @@ class FusedConv(Fused):
     with member t's weight: the T separate convolutions, the same multiply-adds (so the
     same FLOPs). On a shared input the members are one convolution with T·C_out outputs
     (groups 1 only: with g > 1 the output order would interleave the members).
-
-    On the CPU grouped convolutions run well below the speed of T separate ones (oneDNN
-    and the native kernels; measured in `benchmarks/bench_fusion.py`), so the stacked
-    form is used only on accelerators; the broadcast form wins everywhere.
     """
 
     modes = frozenset({"stacked", "broadcast"})
@@ -113,10 +123,6 @@ class FusedConv(Fused):
         if first.padding_mode != "zeros" or isinstance(first.padding, str):
             return False
         return mode == "stacked" or first.groups == 1
-
-    @classmethod
-    def pays(cls, mode: str, device: str) -> bool:
-        return mode == "broadcast" or device != "cpu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.members[0]
