@@ -9,8 +9,11 @@ and :func:`mgda_weights`; :class:`MGDA` only collects the gradients and
 back-propagates. Choices, with the official code
 (github.com/isl-org/MultiObjectiveOptimization) as the reference:
 
-* Solver: everything runs on the T×T Gram matrix in float64 on the CPU, so it
-  costs the same for any P. As in the official ``find_min_norm_element_FW``: the
+* Solver: everything runs on the T×T Gram matrix in float64, so it costs the same
+  for any P. Up to ``ENUMERATE_MAX`` tasks it is solved exactly on the gradients'
+  device by enumerating the simplex's faces (:func:`min_norm_enumerate`: tensor ops
+  only, so a GPU step never waits for the host); beyond that on the CPU, as in the
+  official ``find_min_norm_element_FW``: the
   best pair by the 2-vector closed form, then Frank–Wolfe steps with exact line
   search, stopping when a step changes α by less than ``tol`` (L1) or after
   ``max_iter`` steps (the official loop never incremented its counter, a known
@@ -69,13 +72,80 @@ def _min_norm_2(v11: float, v12: float, v22: float) -> tuple[float, float]:
 
 
 def _gram(grads: Tensor) -> Tensor:
-    """``grads @ grads.T`` accumulated in float64 block by block, returned on the CPU."""
+    """``grads @ grads.T`` accumulated in float64 block by block, on ``grads``' device."""
     t, p = grads.shape
     gram = torch.zeros(t, t, dtype=torch.float64, device=grads.device)
     for start in range(0, p, _GRAM_CHUNK):
         block = grads[:, start : start + _GRAM_CHUNK].to(torch.float64)
         gram += block @ block.T
-    return gram.cpu()
+    return gram
+
+
+# Up to this many tasks the exact enumeration solver runs on the device (2^T − 1 faces).
+ENUMERATE_MAX = 10
+
+
+def _faces(n: int, device: torch.device) -> Tensor:
+    """Every non-empty subset of n tasks as a [2^n − 1, n] boolean mask."""
+    codes = torch.arange(1, 2**n, device=device)
+    return (codes[:, None] >> torch.arange(n, device=device)) & 1 == 1
+
+
+def min_norm_enumerate(gram: Tensor) -> Tensor:
+    """The exact α ∈ Δ minimising ``αᵀ·gram·α``, by tensor ops only (no host sync).
+
+    The minimiser lies in the relative interior of one face S of the simplex, where it
+    solves the equality-constrained problem on S: the KKT system
+    ``[G_SS 1; 1ᵀ 0]·[α_S; λ] = [0; 1]``. All 2^T − 1 faces are solved at once (a
+    batched pseudo-inverse, so a singular Gram block gives its least-squares point);
+    a candidate counts if it is feasible (α ≥ 0, Σα = 1, the system solved), and the
+    feasible one of least ``αᵀGα`` is the answer. The T vertices are always feasible.
+    Fixed work for a given T, and nothing leaves the device: the GPU never waits for
+    the host. Checked against the Frank–Wolfe solver (:func:`_min_norm_gram`).
+    """
+    n = gram.shape[0]
+    dtype = torch.float64
+    gram = gram.to(dtype)
+    if n == 1:
+        return torch.ones(1, dtype=dtype, device=gram.device)
+    faces = _faces(n, gram.device)  # [F, n]
+    f = faces.shape[0]
+    mask = faces.to(dtype)
+    kkt = torch.zeros(f, n + 1, n + 1, dtype=dtype, device=gram.device)
+    inside = mask[:, :, None] * mask[:, None, :]
+    # rows in S: G_S· α + λ = 0; rows outside S: α_i = 0; last row: Σ α_S = 1
+    kkt[:, :n, :n] = gram * inside + torch.diag_embed(1.0 - mask)
+    kkt[:, :n, n] = mask
+    kkt[:, n, :n] = mask
+    rhs = torch.zeros(f, n + 1, 1, dtype=dtype, device=gram.device)
+    rhs[:, n] = 1.0
+    sol = torch.linalg.pinv(kkt) @ rhs
+    alpha = sol[:, :n, 0] * mask
+    residual = (kkt @ sol - rhs).abs().amax(dim=(1, 2))
+    scale = gram.diagonal().abs().max().clamp(min=1e-300)
+    feasible = (
+        (alpha >= -1e-10).all(dim=1)
+        & ((alpha.sum(dim=1) - 1.0).abs() <= 1e-8)
+        & (residual <= 1e-8 * (1.0 + scale))
+        & torch.isfinite(alpha).all(dim=1)
+    )
+    alpha = alpha.clamp(min=0.0)
+    alpha = alpha / alpha.sum(dim=1, keepdim=True).clamp(min=1e-300)
+    cost = torch.einsum("fi,ij,fj->f", alpha, gram, alpha)
+    cost = torch.where(feasible, cost, torch.full_like(cost, math.inf))
+    best = alpha[torch.argmin(cost)]
+    # as the CPU solver: non-finite gradients mean nothing (the NaN loss will surface
+    # anyway) and with all-zero gradients every α is optimal; uniform is the least arbitrary
+    uniform = torch.full_like(best, 1.0 / n)
+    meaningful = torch.isfinite(gram).all() & (gram.diagonal().sum() > 0)
+    return torch.where(meaningful, best, uniform)
+
+
+def _solve(gram: Tensor, max_iter: int, tol: float) -> Tensor:
+    """α for a Gram matrix: on its device by enumeration for small T, else Frank–Wolfe."""
+    if gram.shape[0] <= ENUMERATE_MAX:
+        return min_norm_enumerate(gram)
+    return _min_norm_gram(gram.cpu(), max_iter, tol).to(gram.device)
 
 
 def _polish(gram: Tensor, alpha: Tensor) -> Tensor:
@@ -166,7 +236,7 @@ def min_norm(grads: Tensor, *, max_iter: int = 250, tol: float = 1e-6) -> Tensor
     """
     if grads.dim() != 2 or grads.shape[0] < 1:
         raise BalancerError(f"min_norm needs a [T, P] matrix with T ≥ 1, got {tuple(grads.shape)}")
-    alpha = _min_norm_gram(_gram(grads), max_iter, tol)
+    alpha = _solve(_gram(grads), max_iter, tol)
     return alpha.to(device=grads.device, dtype=_out_dtype(grads))
 
 
@@ -195,17 +265,17 @@ def mgda_weights(
         )
     gram = _gram(grads)
     n = gram.shape[0]
-    scale = torch.ones(n, dtype=torch.float64)
+    scale = torch.ones(n, dtype=torch.float64, device=gram.device)
     if normalize in ("l2", "loss+"):
         norms = gram.diagonal().clamp(min=0).sqrt()
         scale = scale * torch.where(norms > 0, 1.0 / norms, torch.ones_like(norms))
     if normalize in ("loss", "loss+"):
-        values = losses.detach().reshape(-1).to(device="cpu", dtype=torch.float64).abs()
+        values = losses.detach().reshape(-1).to(device=gram.device, dtype=torch.float64).abs()
         if values.numel() != n:
             raise BalancerError(f"mgda_weights got {values.numel()} losses for {n} gradients")
         scale = scale * torch.where(values > 0, 1.0 / values, torch.ones_like(values))
     gram = gram * scale[:, None] * scale[None, :]
-    alpha = _min_norm_gram(gram, max_iter, tol)
+    alpha = _solve(gram, max_iter, tol)
     return alpha.to(device=grads.device, dtype=_out_dtype(grads))
 
 
@@ -249,6 +319,7 @@ class MGDA(Balancer):
         self.max_iter, self.tol = max_iter, float(tol)
         n = len(self.tasks)
         self.register_buffer("alpha", torch.full((n,), 1.0 / n, dtype=torch.float64))
+        self.batched: bool | None = None  # per-task gradients in one vmapped backward?
 
     def _targets(
         self, shared_params: Sequence[Tensor], shared_repr: Tensor | Sequence[Tensor] | None
@@ -268,10 +339,24 @@ class MGDA(Balancer):
         return targets
 
     def task_gradients(self, losses: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
-        """The ``[T, P]`` matrix of ``∂L_t/∂targets``, flattened and concatenated (None → 0)."""
+        """The ``[T, P]`` matrix of ``∂L_t/∂targets``, flattened and concatenated (None → 0).
+
+        One batched backward (``is_grads_batched``: a vmap over the T one-hot output
+        gradients) replaces T backward passes; where an op has no batching rule the T
+        passes run one by one instead (decided once per balancer).
+        """
         sizes = [x.numel() for x in targets]
         dtype = torch.float64 if any(x.dtype == torch.float64 for x in targets) else torch.float32
         device = targets[0].device if targets else torch.device("cpu")
+        if targets and len(losses) > 1 and self.batched is not False:
+            try:
+                out = self._batched_gradients(losses, targets, dtype)
+                self.batched = True
+                return out
+            except RuntimeError:
+                if self.batched:  # it worked before: a real error
+                    raise
+                self.batched = False
         out = torch.zeros(len(losses), sum(sizes), dtype=dtype, device=device)
         if not targets:
             return out
@@ -284,6 +369,32 @@ class MGDA(Balancer):
                 offset += size
         return out
 
+    @staticmethod
+    def _batched_gradients(
+        losses: Sequence[Tensor], targets: Sequence[Tensor], dtype: torch.dtype
+    ) -> Tensor:
+        stacked = torch.stack([x.reshape(()) for x in losses])
+        eye = torch.eye(len(losses), dtype=stacked.dtype, device=stacked.device)
+        grads = torch.autograd.grad(
+            stacked,
+            list(targets),
+            grad_outputs=eye,
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+        return torch.cat(
+            [
+                (
+                    torch.zeros(len(losses), x.numel(), dtype=dtype, device=stacked.device)
+                    if g is None
+                    else g.reshape(len(losses), -1).to(dtype)
+                )
+                for g, x in zip(grads, targets, strict=True)
+            ],
+            dim=1,
+        )
+
     def backward(
         self,
         losses: Mapping[str, Tensor],
@@ -291,23 +402,25 @@ class MGDA(Balancer):
         shared_params: Sequence[Tensor],
         shared_repr: Tensor | None = None,
     ) -> Tensor:
+        """α on the device, then one backward of ``Σ_t α_t L_t``; the host never waits."""
         names = self.present(losses)
         targets = self._targets(shared_params, shared_repr)
         task_losses = [losses[t].reshape(()) for t in names]
+        stacked = torch.stack(task_losses)
         if len(names) == 1:
-            alpha = [1.0]
+            alpha = torch.ones(1, dtype=torch.float64, device=stacked.device)
         else:
             grads = self.task_gradients(task_losses, targets)
-            values = torch.stack([x.detach().to("cpu", torch.float64) for x in task_losses])
+            values = stacked.detach().to(torch.float64)
             alpha = mgda_weights(
                 grads, values, self.normalize, max_iter=self.max_iter, tol=self.tol
-            ).tolist()
-        total = sum(a * x for a, x in zip(alpha, task_losses))
+            ).to(device=stacked.device, dtype=torch.float64)
+        total = (alpha.to(stacked.dtype) * stacked).sum()
         total.backward()
         with torch.no_grad():
+            index = torch.tensor([self.index(t) for t in names], device=self.alpha.device)
             self.alpha.zero_()
-            for a, t in zip(alpha, names):
-                self.alpha[self.index(t)] = a
+            self.alpha.index_copy_(0, index, alpha.to(self.alpha.device))
         return total.detach()
 
     def weights(self) -> dict[str, float]:

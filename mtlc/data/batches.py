@@ -36,6 +36,8 @@ def iterate_batches(
     count = num_batches(n, batch_size, drop_last=drop_last)
     if shuffle:
         perm = torch.randperm(n, generator=generator)
+        # data kept on a GPU is gathered there: the permutation moves once per epoch
+        perm = perm.to(next(iter(data.tensors.values())).device)
         for b in range(count):
             idx = perm[b * batch_size : (b + 1) * batch_size]
             yield {k: v.index_select(0, idx) for k, v in data.tensors.items()}

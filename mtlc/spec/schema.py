@@ -249,6 +249,12 @@ class Optimizer(Strict):
     momentum: float = Field(0.9, ge=0, description="sgd only")
 
 
+class CompileOptions(Strict):
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        Field("default", description="torch.compile mode; reduce-overhead uses CUDA graphs")
+    )
+
+
 class Train(Strict):
     data: DataSpec = DataSpec(name="shapes")
     epochs: int = Field(10, ge=1)
@@ -262,6 +268,25 @@ class Train(Strict):
         description="run equal per-task copies as one grouped op on stacked activations "
         "(exact; the state dict is unchanged)",
     )
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="mixed precision: autocast to bf16, or fp16 with loss scaling (CUDA)"
+    )
+    channels_last: bool = Field(False, description="NHWC memory layout for weights and images")
+    compile: bool | CompileOptions = Field(
+        False, description="torch.compile the model's training forward (true or {mode: ...})"
+    )
+    log_every: int = Field(
+        20,
+        ge=1,
+        description="steps between host read-backs of the losses (every step is still logged)",
+    )
+
+    @property
+    def compile_mode(self) -> str | None:
+        """torch.compile's mode, or None when compiling is off."""
+        if self.compile is False:
+            return None
+        return "default" if self.compile is True else self.compile.mode
 
 
 # -- the spec --------------------------------------------------------------------------

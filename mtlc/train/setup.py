@@ -228,3 +228,28 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     if device.type == "cpu":
         return batch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+# the data sets mtlc ships (their splits are plain tensors built in memory)
+BUILT_IN_DATA = frozenset({"shapes", "correlated", "nyuv2", "cityscapes"})
+
+
+def fits_on_device(nbytes: int, free: int, share: float = 0.25) -> bool:
+    """Whether a split of `nbytes` may live on a device with `free` bytes (a quarter of it)."""
+    return nbytes <= share * free
+
+
+def keep_on_device(data: Any, device: torch.device) -> bool:
+    """Move a split's tensors to the GPU when they fit, so batches need no host copy.
+
+    A split takes at most a quarter of the free device memory, leaving the rest to the
+    model and activations; otherwise (and on the CPU) batches are copied per step.
+    """
+    if device.type != "cuda":
+        return False
+    nbytes = sum(v.numel() * v.element_size() for v in data.tensors.values())
+    free, _ = torch.cuda.mem_get_info(device)
+    if not fits_on_device(nbytes, free):
+        return False
+    data.tensors = {k: v.to(device) for k, v in data.tensors.items()}
+    return True

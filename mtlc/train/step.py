@@ -7,14 +7,16 @@ MGDA-UB differentiates against. Task t's loss for the balancer is its final loss
 ``decoder.supervision`` × each of its intermediate losses, so deep supervision is
 balanced together with the task it belongs to.
 
-The host reads a step's losses back only after launching the next step
-(:meth:`Stepping.launch_step`), so logging never makes a GPU wait. A non-finite task loss
+The host reads the steps' losses back only once per ``train.log_every`` steps
+(:meth:`Stepping.finish_steps`), so logging never makes a GPU wait more often. A non-finite task loss
 stops the run with :class:`~mtlc.train.errors.Diverged` naming the task and the step.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from torch import nn
 
 from mtlc.compiler import SHARED_KEY
 from mtlc.train.errors import Diverged
+from mtlc.train.speed import autocast
 
 
 @dataclass
@@ -37,9 +40,8 @@ class Launched:
     intermediate: list[str]
     values: torch.Tensor
     ready: Any  # a torch.cuda.Event on a GPU, None on the CPU
-    weights: dict[str, float]
+    weights: list[torch.Tensor]  # the balancer's tensors after this step's backward
     lr: float
-    extra: dict[str, float]
 
 
 class Stepping:
@@ -50,14 +52,23 @@ class Stepping:
     """
 
     def forward_losses(
-        self, batch: dict[str, torch.Tensor]
+        self, batch: dict[str, torch.Tensor], *, training: bool = False
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(outputs, per-task balancer losses, every supervised prediction's own loss)."""
-        out = self.model(batch[self.spec.input_name])
-        parts = {
-            k: self.losses[k.split(":")[0]](out[k], batch[self.targets[k.split(":")[0]]])
-            for k in self.pred_keys
-        }
+        """(outputs, per-task balancer losses, every supervised prediction's own loss).
+
+        A training forward runs the speed switches (:mod:`mtlc.train.speed`): the
+        compiled model, autocast, fp16's gradient scaling at the outputs; validation runs
+        the plain model in float32.
+        """
+        with autocast(self.device, self.amp if training else "off"):
+            forward = self.train_forward if training else self.model
+            out = forward(batch[self.spec.input_name])
+            if training and self.scaler is not None:
+                out = self.scaler.scale_outputs(out, keep=SHARED_KEY)
+            parts = {
+                k: self.losses[k.split(":")[0]](out[k], batch[self.targets[k.split(":")[0]]])
+                for k in self.pred_keys
+            }
         per_task: dict[str, torch.Tensor] = {}
         for key, loss in parts.items():
             task = key.split(":")[0]
@@ -92,13 +103,14 @@ class Stepping:
         """
         if not self.model.training:
             self.model.train()
-        out, per_task, parts = self.forward_losses(batch)
+        out, per_task, parts = self.forward_losses(batch, training=True)
         self.optimizer.zero_grad(set_to_none=True)
         total = self.balance(out, per_task)
         intermediate = [k for k in parts if ":" in k]
         values, ready = _read_later([*per_task.values(), *(parts[k] for k in intermediate), total])
-        weights = self.balancer.weights()
-        lr = self._optimizer_step()
+        weights = [t.detach().clone() for t in _tensors(self.balancer)]
+        finite = self.scaler is None or self.scaler.unscale(list(self.model.parameters()))
+        lr = self._optimizer_step(finite)
         if self.kpi_metric:
             self.balancer.observe(self._batch_kpis(out, batch))
         self.step += 1
@@ -112,23 +124,47 @@ class Stepping:
             ready=ready,
             weights=weights,
             lr=lr,
-            extra=self.balancer.extra_state_for_log(),
         )
 
-    def _optimizer_step(self) -> float:
-        """Clip, step the optimizer and the schedule; the learning rate the step used."""
+    def _optimizer_step(self, finite: bool = True) -> float:
+        """Clip, step the optimizer (not when fp16 overflowed) and the schedule; the lr used."""
         if self.spec.train.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        if finite:
+            self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
         return lr
 
+    def finish_steps(self, pending: list[Launched]) -> Iterator[dict[str, Any]]:
+        """Read launched steps back with one wait for the device; their records, in order.
+
+        A generator: the records of the steps before a non-finite one are yielded (and
+        logged) before :class:`Diverged` is raised for it.
+
+        The balancer's weights of each step were copied on the device when it was
+        launched; they are read here into a CPU copy of the balancer, whose ``weights()``
+        and ``extra_state_for_log()`` then run without touching the device.
+        """
+        if not pending:
+            return
+        if pending[-1].ready is not None:
+            pending[-1].ready.synchronize()  # stream order: every earlier copy is done too
+        shadow = copy.deepcopy(self.balancer).cpu() if pending[0].weights else self.balancer
+        for launched in pending:
+            if launched.weights:
+                with torch.no_grad():
+                    for mine, saved in zip(_tensors(shadow), launched.weights, strict=True):
+                        mine.copy_(saved)
+            yield self._record(launched, shadow)
+
     def finish_step(self, launched: Launched) -> dict[str, Any]:
-        """Read a launched step's losses, stop on a non-finite one, return its record."""
-        if launched.ready is not None:
-            launched.ready.synchronize()
+        """Read one launched step back (see :meth:`finish_steps`)."""
+        return next(self.finish_steps([launched]))
+
+    def _record(self, launched: Launched, balancer: Any) -> dict[str, Any]:
+        """A step's record; a non-finite task loss stops the run (Diverged)."""
         values = launched.values.tolist()
         losses = dict(zip(launched.tasks, values))
         for task, value in losses.items():
@@ -146,13 +182,14 @@ class Stepping:
             "step": launched.step,
             "loss": losses,
             "total": values[-1],
-            "weights": launched.weights,
+            "weights": balancer.weights(),
             "lr": launched.lr,
         }
         if launched.intermediate:
             record["parts"] = dict(zip(launched.intermediate, values[len(losses) : -1]))
-        if launched.extra:
-            record["balancer"] = launched.extra
+        extra = balancer.extra_state_for_log()
+        if extra:
+            record["balancer"] = extra
         return record
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -174,6 +211,11 @@ class Stepping:
             if math.isfinite(value):
                 kpis[t] = kpi(name, value)
         return kpis
+
+
+def _tensors(balancer: nn.Module) -> list[torch.Tensor]:
+    """A balancer's parameters and buffers: the state its weights are read from."""
+    return [*balancer.parameters(), *balancer.buffers()]
 
 
 def _read_later(read: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:

@@ -18,9 +18,11 @@ Choices worth knowing:
   :class:`~mtlc.train.errors.Diverged` naming the task and the step (the CLI exits 1: the
   command was right, the training failed); nothing is saved after it, so
   ``last.pt``/``best.pt`` keep the last good epoch.
-* **Speed.** Batches are slices of pre-built tensors; the host reads a step's losses back
-  only after launching the next step (:meth:`Trainer.launch_step`), so logging never
-  makes a GPU wait.
+* **Speed.** Batches are slices of pre-built tensors, kept on the GPU when they fit
+  (:func:`~mtlc.train.setup.keep_on_device`); the host reads the steps' losses and
+  balancer weights back once per ``train.log_every`` steps (:meth:`Trainer.launch_step`),
+  so the host never waits for the device more often than that. ``train.amp``,
+  ``channels_last`` and ``compile`` are in :mod:`mtlc.train.speed`.
 * **best.pt**: :mod:`mtlc.train.best`.
 * **Shared parameters** (what MGDA ``mode: exact`` differentiates) are the parameters of
   modules whose graph nodes serve two or more tasks
@@ -32,6 +34,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,9 +49,11 @@ from mtlc.train.best import best_reference, is_better, safe_delta_m
 from mtlc.train.checkpoint import RUN_KEYS, copy_checkpoint, load_checkpoint, save_checkpoint
 from mtlc.train.errors import Diverged, Interrupted, RunResult
 from mtlc.train.setup import (
+    BUILT_IN_DATA,
     build_optimizer,
     check_targets,
     cosine_schedule,
+    keep_on_device,
     load_split,
     loss_functions,
     run_balancer,
@@ -61,6 +66,13 @@ from mtlc.train.sinks import (
     short_losses,
     tb_epoch,
     tb_step,
+)
+from mtlc.train.speed import (
+    CompiledForward,
+    LossScaler,
+    check_speed,
+    compiler_missing,
+    to_channels_last,
 )
 from mtlc.train.state import Checkpointing
 from mtlc.train.step import Launched, Stepping
@@ -90,9 +102,20 @@ class Trainer(Checkpointing, Stepping, Validating):
         self.train_data = load_split(spec, "train", allow) if "train" in splits else None
         self.val_data = load_split(spec, "val", allow)
 
+        check_speed(spec, self.device)
+        for data in (self.train_data, self.val_data):
+            if data is not None and spec.train.data.name in BUILT_IN_DATA:
+                keep_on_device(data, self.device)
+
         torch.manual_seed(spec.train.seed)
         self.compiled = compile_spec(spec, fuse=True, device=self.device.type)
         self.model = self.compiled.supervised.to(self.device)
+        if spec.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.amp = spec.train.amp
+        self.scaler = LossScaler() if self.amp == "fp16" else None
+        self._said: set[str] = set()
+        self.train_forward = self._compiled_forward(spec.train.compile_mode)
         self.tasks = list(self.compiled.topology.tasks)
         self.pred_keys = [k for k in self.compiled.topology.predictions]
         self.pred_keys.sort(key=lambda k: (":" in k, self.tasks.index(k.split(":")[0])))
@@ -149,7 +172,28 @@ class Trainer(Checkpointing, Stepping, Validating):
         self._start_rng = self._rng_state()
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return to_device(batch, self.device)
+        batch = to_device(batch, self.device)
+        return to_channels_last(batch) if self.spec.train.channels_last else batch
+
+    def say(self, message: str) -> None:
+        """A notice shown once per run (on the console, else as a warning)."""
+        if message in self._said:
+            return
+        self._said.add(message)
+        if self.console is not None:
+            self.console.print(f"[yellow]{message}")
+        else:
+            warnings.warn(message, stacklevel=2)
+
+    def _compiled_forward(self, mode: str | None) -> Any:
+        """The model's training forward: `torch.compile`d when `train.compile` asks and can."""
+        if mode is None:
+            return self.model
+        missing = compiler_missing(self.device)
+        if missing is not None:
+            self.say(f"train.compile: {missing}; training runs uncompiled")
+            return self.model
+        return CompiledForward(self.model, mode, self.say)
 
     def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """The epoch in progress, from where it stopped (same permutation as before)."""
@@ -228,16 +272,15 @@ class Trainer(Checkpointing, Stepping, Validating):
                 # the loop's time counts everything per batch: slicing, the step, logging
                 start = time.perf_counter()
                 try:
-                    pending = None
+                    pending: list[Launched] = []
                     for batch in self._batches():
-                        launched = self.launch_step(self._to_device(batch))
-                        if pending is not None:
+                        pending.append(self.launch_step(self._to_device(batch)))
+                        if len(pending) >= self.spec.train.log_every or self._stop:
                             self._account(pending, log, writer, bar, task_id)
-                        pending = launched
+                            pending = []
                         if self._stop:
                             break
-                    if pending is not None:
-                        self._account(pending, log, writer, bar, task_id)
+                    self._account(pending, log, writer, bar, task_id)
                 finally:
                     self.train_time += time.perf_counter() - start
             if self._stop:
@@ -245,19 +288,24 @@ class Trainer(Checkpointing, Stepping, Validating):
             self._end_epoch(run_dir, log, writer)
 
     def _account(
-        self, launched: Launched, log: runfolder.MetricsLog, writer: Any, bar: Any, task_id: Any
+        self,
+        pending: list[Launched],
+        log: runfolder.MetricsLog,
+        writer: Any,
+        bar: Any,
+        task_id: Any,
     ) -> None:
-        """Finish a launched step: epoch sums, counters, metrics.jsonl, TensorBoard, progress."""
-        record = self.finish_step(launched)
-        for t, v in record["loss"].items():
-            self.epoch_sums[t] += v * launched.size
-        self.epoch_count += launched.size
-        self.batch += 1
-        self.samples += launched.size
-        log.write(record)
-        if writer is not None:
-            tb_step(writer, record)
-        bar.update(task_id, advance=1, losses=short_losses(record["loss"]))
+        """Finish launched steps (one wait for the device): sums, counters, logs, progress."""
+        for launched, record in zip(pending, self.finish_steps(pending), strict=True):
+            for t, v in record["loss"].items():
+                self.epoch_sums[t] += v * launched.size
+            self.epoch_count += launched.size
+            self.batch += 1
+            self.samples += launched.size
+            log.write(record)
+            if writer is not None:
+                tb_step(writer, record)
+            bar.update(task_id, advance=1, losses=short_losses(record["loss"]))
 
     def _save_interrupted(self, run_dir: Path) -> None:
         save_checkpoint(self.state(), run_dir / runfolder.LAST)
