@@ -246,10 +246,12 @@ def random_spec(seed: int) -> dict:
     tasks = rng.randint(2, 4)
     stages = {}
     sharing = {}
+    split = False  # once the tasks have their own columns, no stage may be hard again
     for i in range(rng.randint(1, 3)):
         layers = ["conv(6, 3)"] + rng.sample(IMAGE_LAYERS, rng.randint(1, 3))
         stages[f"s{i}"] = layers
-        kind = rng.choice(SHARING)
+        kind = rng.choice(SHARING[1:] if split else SHARING)
+        split = kind != "hard"
         if kind == "cross_stitch_scalar":
             sharing[f"s{i}"] = {"type": "cross_stitch", "granularity": "scalar"}
         else:
@@ -258,7 +260,7 @@ def random_spec(seed: int) -> dict:
         stages["v"] = ["adaptive_avgpool(2)", "flatten", "linear(12)", "relu"]
         sharing["v"] = rng.choice(["separate", "cross_stitch", "nddr"])
         stages["v2"] = ["linear(8)", rng.choice(["bn", "ln", "tanh"])]
-        sharing["v2"] = rng.choice(SHARING[:3] + ["nddr"])
+        sharing["v2"] = rng.choice(["separate", "cross_stitch", "nddr"])
         heads = {
             f"t{k}": {
                 "head": ["linear(8)", "relu", f"linear({rng.choice([3, 3, 4])})"],
