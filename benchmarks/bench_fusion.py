@@ -6,14 +6,16 @@ carrying the same weights (outputs checked equal first):
 - `unfused`: the compiled graph as the spec says it (`compile_spec(..., fuse=False)`);
 - `fused`: the column fusion pass for the device being measured (`fuse(gm, device)`);
 - `fused-grouped`: the pass as for a GPU (grouped convolutions) run on this device;
-- `hand`: the plain hand-written model of `bench_sharing_overhead.py`.
+- `hand`: the plain hand-written model of `bench_sharing_overhead.py`;
+- `fused+torch.compile` (with `--torch-compile`): the fused model under `torch.compile`.
 
 Targets: fused / unfused ≥ 1.5× faster on a GPU and never slower on the CPU; fused /
 hand ≤ 0.8 on a GPU, ≤ 1.0 on the CPU. Repetitions are interleaved (the order rotates
 every round) so drift in machine load hits all alike; the figure is the median, the
 spread the 10th–90th percentile of the per-round ratios.
 
-Options: `--device cuda`, `--batch N`, `--reps N`, `--warmup N`, `--threads N`, `--tasks N`
+Options: `--device cuda`, `--batch N`, `--reps N`, `--warmup N`, `--threads N`, `--tasks N`,
+`--torch-compile`
 (a cross-stitch spec with N copies of the tasks; the hand model exists for 3 only).
 """
 
@@ -75,6 +77,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--tasks", type=int, default=3)
+    parser.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="also time the fused model under torch.compile (compiles first: minutes on a CPU)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,6 +111,8 @@ def main() -> None:
     for m in models.values():
         m.to(device).train()
     x = x.to(device)
+    if args.torch_compile:
+        models["fused+torch.compile"] = torch.compile(models["fused"])
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     names = list(models)
     times: dict[str, list[float]] = {k: [] for k in names}
@@ -125,8 +134,13 @@ def main() -> None:
     for name in names:
         med = statistics.median(times[name])
         print(f"  {name:<14} median {1e3 * med:8.2f} ms")
-    for a, b in (("fused", "unfused"), ("fused-grouped", "unfused"), ("fused", "hand")):
-        if b not in times:
+    for a, b in (
+        ("fused", "unfused"),
+        ("fused-grouped", "unfused"),
+        ("fused", "hand"),
+        ("fused+torch.compile", "hand"),
+    ):
+        if a not in times or b not in times:
             continue
         ratios = [x / y for x, y in zip(times[a], times[b], strict=True)]
         print(

@@ -13,6 +13,18 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 TOY = {
+    "bench_amp.py": [
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--batch",
+        "2",
+        "--size",
+        "16",
+        "--spec",
+        "specs/hard.yaml",
+    ],
     "bench_fusion.py": ["--batch", "2", "--reps", "1", "--warmup", "0"],
     "bench_mgda_cost.py": ["--steps", "1", "--size", "16", "--batch", "4"],
     "bench_sharing_overhead.py": ["--batch", "2", "--reps", "1", "--warmup", "0"],

@@ -226,3 +226,20 @@ def test_data_lives_on_the_device_only_when_it_fits(tiny):
     # on the CPU batches are slices of the host tensors: nothing moves
     tr = trainer(tiny)
     assert all(v.device.type == "cpu" for v in tr.train_data.tensors.values())
+
+
+@pytest.mark.parametrize(
+    ("sets", "key"),
+    [
+        (["train.amp=bf61"], "train.amp"),
+        (["train.compile={mode: fast}"], "train.compile"),
+        (["train.log_every=0"], "train.log_every"),
+        (["train.channels_last=maybe"], "train.channels_last"),
+    ],
+)
+def test_bad_switch_values_are_located_errors(tiny, sets, key):
+    args = ["build", str(tiny)] + [a for s in sets for a in ("--set", s)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    line = result.output.strip().splitlines()[-1]
+    assert key in line and "Traceback" not in result.output

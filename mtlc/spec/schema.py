@@ -272,7 +272,7 @@ class Train(Strict):
         "off", description="mixed precision: autocast to bf16, or fp16 with loss scaling (CUDA)"
     )
     channels_last: bool = Field(False, description="NHWC memory layout for weights and images")
-    compile: bool | CompileOptions = Field(
+    compile: CompileOptions | bool = Field(
         False, description="torch.compile the model's training forward (true or {mode: ...})"
     )
     log_every: int = Field(
