@@ -21,6 +21,16 @@ from mtlc.layers.vocab import Layer, Shape, infer_shape
 from mtlc.topology import Topology
 
 
+def module_prefix(block: str, attrs: dict[str, Any]) -> str:
+    """Where a block's layers live in the root module: `encoder.s2.seg`, `heads.depth`…"""
+    if attrs["kind"] == "head":
+        return f"heads.{attrs['owner']}"
+    if attrs["stage"] == "decoder":
+        return "decoder." + ".".join(block.split("/")[1:])
+    stage, who = block.split("/")
+    return f"encoder.{stage}.{who.replace('+', '_')}"
+
+
 class Emitter:
     """Owns the root module and the fx graph while a spec is compiled."""
 
@@ -129,10 +139,13 @@ class Emitter:
         kind: str,
         owner: str | None,
     ) -> tuple[fx.Node, Shape]:
-        """Emit a layer list as one call_module node per layer, named `prefix.<layer><i>`."""
+        """Emit a layer list as one call_module node per layer, named `prefix.<layer><i>`.
+
+        A layer with a fixed module name (a backbone's `layer3.2`) is registered under it.
+        """
         for i, layer in enumerate(layers):
             x = self.call_module(
-                f"{prefix}.{layer.name}{i}",
+                f"{prefix}.{layer.module or f'{layer.name}{i}'}",
                 build_module(layer, shape),
                 (x,),
                 block=block,

@@ -22,8 +22,9 @@ import networkx as nx
 from torch import fx
 
 from mtlc import registry
-from mtlc.compiler.emitter import Emitter
+from mtlc.compiler.emitter import Emitter, module_prefix
 from mtlc.compiler.labels import SHARED_KEY, task_sets
+from mtlc.compiler.weights import load_backbone_weights
 from mtlc.spec import Spec, load_spec
 from mtlc.spec.load import spec_error
 from mtlc.topology import Topology, build_topology
@@ -65,15 +66,8 @@ def _emit_block(em: Emitter, block: str) -> None:
     (src,) = list(g.predecessors(block))
     members = attrs["tasks"]
     x = em.values[src][members[0]]
-    if kind == "head":
-        prefix = f"heads.{attrs['owner']}"
-    elif attrs["stage"] == "decoder":
-        prefix = "decoder." + ".".join(block.split("/")[1:])
-    else:
-        stage, who = block.split("/")
-        prefix = f"encoder.{stage}.{who.replace('+', '_')}"
     x, shape = em.layers(
-        prefix,
+        module_prefix(block, attrs),
         attrs["layers"],
         x,
         attrs["in_shape"],
@@ -155,6 +149,7 @@ def compile_spec(
         if "mtlc" in node.meta:
             node.meta["mtlc"] = dict(node.meta["mtlc"])
     _label_tasks(model.graph, next(n for n in model.graph.nodes if n.op == "output").args[0])
+    load_backbone_weights(supervised, topo)
     for gm in (model, supervised):
         gm.graph.lint()
         gm.meta["mtlc"] = {

@@ -262,9 +262,38 @@ class Train(Strict):
 # -- the spec --------------------------------------------------------------------------
 
 
+class BackboneSpec(Strict):
+    """A ResNet by name, expanded into blocks; the stages then list its parts in order."""
+
+    name: str = Field(description="resnet18 | resnet34 | resnet50 | resnet101")
+    output_stride: Literal[8, 16, 32] = Field(
+        32,
+        description="8 or 16 dilate the last stages (torchvision's replace_stride_with_dilation)",
+    )
+    weights: str | None = Field(
+        None,
+        description="a local torchvision/timm state dict (torch.save) loaded into every copy of every stage",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from mtlc.layers.backbones import RESNETS
+
+        if value not in RESNETS:
+            from mtlc.errors import unknown
+
+            raise ValueError(unknown("backbone", value, RESNETS))
+        return value
+
+
 class Encoder(Strict):
-    stages: dict[str, list[LayerItem]] = Field(
-        min_length=1, description="ordered stages, each a list of layers"
+    backbone: BackboneSpec | None = Field(
+        None, description="a named backbone; stages then name its parts (stem, layer1, layer3.2)"
+    )
+    stages: dict[str, list[LayerItem] | str] = Field(
+        min_length=1,
+        description="ordered stages, each a list of layers (or, with a backbone, of its parts)",
     )
     sharing: dict[str, Sharing] = Field(
         {}, description="per stage; a stage not listed is hard-shared"

@@ -29,8 +29,17 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from mtlc.layers.vocab import Layer, LayerError, Shape, infer_shape, parse_layer, rejoin_calls
+from mtlc.layers.vocab import (
+    Layer,
+    LayerError,
+    Shape,
+    infer_shape,
+    parse_layer,
+    parse_layers,
+    rejoin_calls,
+)
 from mtlc.spec.schema import Spec
+from mtlc.topology.backbone import backbone_stages
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DECODER_STAGE = "decoder"
@@ -66,13 +75,14 @@ def _err(spec: Spec, path: tuple, message: str, key: bool = False):
 def _layers(spec: Spec, items: list, path: tuple, shape: Shape) -> tuple[list[Layer], Shape]:
     """Parse a layer list and push `shape` through it, locating any problem."""
     layers = []
-    for i, item in enumerate(rejoin_calls(items)):
+    parsed = all(isinstance(item, Layer) for item in items)  # a backbone's, already cut
+    for i, item in enumerate(items if parsed else rejoin_calls(items)):
         try:
-            layer = parse_layer(item)
-            shape = infer_shape(layer, shape)
+            for layer in [item] if parsed else parse_layers(item):
+                shape = infer_shape(layer, shape)
+                layers.append(layer)
         except LayerError as exc:
-            raise _err(spec, path + (i,), str(exc)) from None
-        layers.append(layer)
+            raise _err(spec, path if parsed else path + (i,), str(exc)) from None
     return layers, shape
 
 
@@ -151,7 +161,9 @@ def build_topology(spec: Spec) -> Topology:
         else:
             g.add_edge(src, dst, tasks=tuple(flowing))
 
+    cut = backbone_stages(spec)
     for stage, items in spec.encoder.stages.items():
+        items = cut[stage] if cut is not None else items
         sharing = spec.sharing_of(stage)
         path = ("encoder", "stages", stage)
         if sharing.layout == "trunk":
