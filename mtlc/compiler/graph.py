@@ -22,6 +22,7 @@ import networkx as nx
 from torch import fx
 
 from mtlc import registry
+from mtlc.compiler.columns import freeze_stages, load_task_inits
 from mtlc.compiler.emitter import Emitter, module_prefix
 from mtlc.compiler.labels import SHARED_KEY, task_sets
 from mtlc.compiler.weights import load_backbone_weights
@@ -150,6 +151,8 @@ def compile_spec(
             node.meta["mtlc"] = dict(node.meta["mtlc"])
     _label_tasks(model.graph, next(n for n in model.graph.nodes if n.op == "output").args[0])
     load_backbone_weights(supervised, topo)
+    load_task_inits(supervised, topo)
+    freeze_stages(supervised, topo)
     for gm in (model, supervised):
         gm.graph.lint()
         gm.meta["mtlc"] = {

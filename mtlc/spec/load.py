@@ -284,6 +284,14 @@ def _check_names(spec: Spec, src: Source) -> None:
             )
         if sharing.groups is not None:
             _check_partition(sharing.groups, tasks, ("encoder", "sharing", stage, "groups"), src)
+    for t in spec.encoder.init:
+        if t not in spec.tasks:
+            raise src.error(("encoder", "init", t), unknown("task", t, tasks), key=True)
+    for i, stage in enumerate(spec.encoder.freeze):
+        if stage not in spec.encoder.stages:
+            raise src.error(("encoder", "freeze", i), unknown("stage", stage, spec.encoder.stages))
+    if len(set(spec.encoder.freeze)) != len(spec.encoder.freeze):
+        raise src.error(("encoder", "freeze"), "a stage appears twice")
     bal = spec.balancer
     for key in ("weights", "gamma", "kpi"):
         table = getattr(bal, key, None)

@@ -16,7 +16,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 from mtlc import registry
 from mtlc.layers.vocab import MAX_SIZE
 
-LayerItem = str | dict[str, Any]
+# numbers too: a plain YAML reader splits the flow list `[conv(64, 3, bias=false)]` at its
+# commas into "conv(64", 3, "bias=false)"; mtlc mends that while parsing, and the published
+# schema must accept what an editor's YAML reader sees (the layer parser refuses a lone number)
+LayerItem = str | dict[str, Any] | int | float
 
 
 class Strict(BaseModel):
@@ -297,6 +300,15 @@ class Encoder(Strict):
     )
     sharing: dict[str, Sharing] = Field(
         {}, description="per stage; a stage not listed is hard-shared"
+    )
+    init: dict[str, str] = Field(
+        {},
+        description="task -> checkpoint of a single-task run of this spec (e.g. a baseline's best.pt): "
+        "starts that task's column of every separate/cross_stitch/nddr stage from it",
+    )
+    freeze: list[str] = Field(
+        [],
+        description="stages whose blocks keep their weights (no gradient, not optimised; BN uses running statistics)",
     )
 
 
