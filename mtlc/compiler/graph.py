@@ -67,6 +67,18 @@ def _emit_block(em: Emitter, block: str) -> None:
     (src,) = list(g.predecessors(block))
     members = attrs["tasks"]
     x = em.values[src][members[0]]
+    if attrs.get("traced") is not None:
+        piece = em.topology.traced.pieces[attrs["stage"]]
+        x = em.inline(
+            piece,
+            em.topology.traced.module,
+            x,
+            module_prefix(block, attrs),
+            block=block,
+            owner=attrs["owner"],
+        )
+        em.values[block] = dict.fromkeys(members, x)
+        return
     x, shape = em.layers(
         module_prefix(block, attrs),
         attrs["layers"],
@@ -150,8 +162,11 @@ def compile_spec(
         if "mtlc" in node.meta:
             node.meta["mtlc"] = dict(node.meta["mtlc"])
     _label_tasks(model.graph, next(n for n in model.graph.nodes if n.op == "output").args[0])
-    load_backbone_weights(supervised, topo)
-    load_task_inits(supervised, topo)
+    if not any(p.is_meta for p in supervised.parameters()):
+        # compiled on the meta device (profile, viz costs), no weights are read: they
+        # change no cost; `mtlc build` and training compile for real and check the files
+        load_backbone_weights(supervised, topo)
+        load_task_inits(supervised, topo)
     freeze_stages(supervised, topo)
     for gm in (model, supervised):
         gm.graph.lint()

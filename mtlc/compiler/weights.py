@@ -27,7 +27,7 @@ _IGNORED_SUFFIX = "num_batches_tracked"
 _SHOWN = 4
 
 
-def _few(keys: list[str]) -> str:
+def few(keys: list[str]) -> str:
     more = f", … ({len(keys)} in all)" if len(keys) > _SHOWN else ""
     return ", ".join(keys[:_SHOWN]) + more
 
@@ -79,8 +79,8 @@ def load_backbone_weights(model: fx.GraphModule, topo: Topology) -> None:
     """Copy `encoder.backbone.weights` into every copy of every backbone stage of `model`."""
     spec = topo.spec
     bb = spec.encoder.backbone
-    if bb is None or bb.weights is None:
-        return
+    if bb is None or bb.weights is None or bb.name is None:
+        return  # an imported model took its weights before it was traced
     where = ("encoder", "backbone", "weights")
     try:
         source = read_state_dict(bb.weights)
@@ -116,9 +116,9 @@ def load_backbone_weights(model: fx.GraphModule, topo: Topology) -> None:
                     continue
                 plan.append((key, theirs))
         if missing or wrong:
-            what = f"missing keys {_few(missing)}" if missing else ""
+            what = f"missing keys {few(missing)}" if missing else ""
             if wrong:
-                what += ("; " if what else "") + f"shapes differ: {_few(wrong)}"
+                what += ("; " if what else "") + f"shapes differ: {few(wrong)}"
             raise spec_error(
                 spec,
                 where,
@@ -135,7 +135,7 @@ def load_backbone_weights(model: fx.GraphModule, topo: Topology) -> None:
         raise spec_error(
             spec,
             where,
-            f"{bb.weights} has keys that {bb.name} does not have: unexpected {_few(extra)}",
+            f"{bb.weights} has keys that {bb.name} does not have: unexpected {few(extra)}",
         )
     with torch.no_grad():
         for key, theirs in plan:

@@ -266,12 +266,19 @@ class Train(Strict):
 
 
 class BackboneSpec(Strict):
-    """A ResNet by name, expanded into blocks; the stages then list its parts in order."""
+    """A ResNet by `name`, or any fx-traceable model from `import`; stages then name its parts."""
 
-    name: str = Field(description="resnet18 | resnet34 | resnet50 | resnet101")
-    output_stride: Literal[8, 16, 32] = Field(
-        32,
-        description="8 or 16 dilate the last stages (torchvision's replace_stride_with_dilation)",
+    name: str | None = Field(None, description="resnet18 | resnet34 | resnet50 | resnet101")
+    import_: str | None = Field(
+        None,
+        alias="import",
+        description="'package.module:factory' returning an nn.Module (needs --allow-import package)",
+    )
+    kwargs: dict[str, Any] = Field({}, description="keyword arguments of the import factory")
+    output_stride: Literal[8, 16, 32] | None = Field(
+        None,
+        description="named backbones: 32 (default), or 8/16 by dilating the last stages "
+        "(torchvision's replace_stride_with_dilation)",
     )
     weights: str | None = Field(
         None,
@@ -280,14 +287,18 @@ class BackboneSpec(Strict):
 
     @field_validator("name")
     @classmethod
-    def _known(cls, value: str) -> str:
+    def _known(cls, value: str | None) -> str | None:
         from mtlc.layers.backbones import RESNETS
 
-        if value not in RESNETS:
+        if value is not None and value not in RESNETS:
             from mtlc.errors import unknown
 
             raise ValueError(unknown("backbone", value, RESNETS))
         return value
+
+    @property
+    def stride(self) -> int:
+        return self.output_stride or 32
 
 
 class Encoder(Strict):

@@ -28,11 +28,13 @@ def stage_items(spec: Spec, stage: str) -> list:
 
 def backbone_of(spec: Spec) -> Backbone | None:
     bb = spec.encoder.backbone
-    return None if bb is None else resnet(bb.name, bb.output_stride)
+    return None if bb is None or bb.name is None else resnet(bb.name, bb.stride)
 
 
 def backbone_stages(spec: Spec) -> dict[str, list[Layer]] | None:
     """Each stage's layers (module names set) when the spec has a backbone, else None."""
+    if spec.encoder.backbone is not None and spec.encoder.backbone.name is None:
+        return None  # an imported model: cut by mtlc.topology.traced
     bb = backbone_of(spec)
     if bb is None:
         for stage, items in spec.encoder.stages.items():

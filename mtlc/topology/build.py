@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 
@@ -61,6 +62,8 @@ class Topology:
     predictions: dict[str, str] = field(default_factory=dict)
     # the node every task reads after the encoder, when there is one (MGDA-UB's z)
     shared_repr: str | None = None
+    # an imported backbone, traced and cut per stage (mtlc.topology.traced)
+    traced: Any = None
 
     def nodes_of(self, kind: str) -> list[str]:
         return [n for n, d in self.graph.nodes(data=True) if d["kind"] == kind]
@@ -74,6 +77,8 @@ def _err(spec: Spec, path: tuple, message: str, key: bool = False):
 
 def _layers(spec: Spec, items: list, path: tuple, shape: Shape) -> tuple[list[Layer], Shape]:
     """Parse a layer list and push `shape` through it, locating any problem."""
+    if hasattr(items, "out_shape"):  # a piece of a traced model: its nodes are its layers
+        return [], items.out_shape
     layers = []
     parsed = all(isinstance(item, Layer) for item in items)  # a backbone's, already cut
     for i, item in enumerate(items if parsed else rejoin_calls(items)):
@@ -162,8 +167,15 @@ def build_topology(spec: Spec) -> Topology:
             g.add_edge(src, dst, tasks=tuple(flowing))
 
     cut = backbone_stages(spec)
+    if spec.encoder.backbone is not None and spec.encoder.backbone.import_ is not None:
+        from mtlc.topology.traced import trace_backbone  # imports torch and the user's model
+
+        topo.traced = trace_backbone(spec)
     for stage, items in spec.encoder.stages.items():
-        items = cut[stage] if cut is not None else items
+        if topo.traced is not None:
+            items = topo.traced.pieces[stage]
+        elif cut is not None:
+            items = cut[stage]
         sharing = spec.sharing_of(stage)
         path = ("encoder", "stages", stage)
         if sharing.layout == "trunk":
@@ -301,6 +313,10 @@ def build_topology(spec: Spec) -> Topology:
                     link(stream[t], unit, (t,))
                     stream[t] = unit
 
+    if topo.traced is not None:
+        for _, a in g.nodes(data=True):
+            if a["kind"] == "block" and a["stage"] in topo.traced.pieces:
+                a["traced"] = topo.traced.pieces[a["stage"]].modules
     last = set(stream.values())
     if len(last) == 1 and g.nodes[next(iter(last))]["kind"] in ("block", "input"):
         topo.shared_repr = last.pop()

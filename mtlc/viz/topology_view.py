@@ -129,6 +129,15 @@ def layer_text(layer) -> str:
 _STEM = ("conv1", "bn1", "relu", "maxpool")
 
 
+def traced_text(modules: list[str]) -> str:
+    """A traced backbone piece: its top-level modules, in order (`traced: layer2 · layer3`)."""
+    tops: list[str] = []
+    for name in modules:
+        if name.split(".")[0] not in tops:
+            tops.append(name.split(".")[0])
+    return f"traced: {' · '.join(tops)}" if tops else ""
+
+
 def layers_text(layers: list) -> str:
     """A box's layers, short enough for a 100-layer backbone stage.
 
@@ -383,7 +392,7 @@ class _Drawer:
     ) -> None:
         a = self.g.nodes[n]
         lines = [("b", title)]
-        layers = layers_text(a.get("layers", []))
+        layers = layers_text(a.get("layers", [])) or traced_text(a.get("traced") or [])
         lines += [("s", line) for line in textwrap.wrap(layers, 40)]
         lines.append(("s", f"{shape_text(a['in_shape'])} → {shape_text(a['out_shape'])}"))
         lines += self._cost_lines(n)
