@@ -13,7 +13,7 @@ from mtlc.errors import SpecError
 from mtlc.spec import load_spec
 from mtlc.train.baselines import single_task_spec
 from mtlc.train.checkpoint import save_checkpoint
-from mtlc.train.loop import Trainer
+from mtlc.train.trainer import Trainer
 
 MULTI = """\
 mtlc: 1
