@@ -398,3 +398,60 @@ def test_same_outputs_as_torchvision():
         c.model.eval()
         with torch.no_grad():
             assert torch.allclose(c.model(x)["a"], feats(x), atol=1e-5)
+
+
+# -- MTAN on a ResNet ----------------------------------------------------------------------
+
+
+def test_mtan_on_resnet_reads_u_b_and_gates_u_t(tmp_path):
+    """The paper's form: the mask sees the stage's blocks but the last, gates the last one."""
+    one = {"s1": ["stem", "layer1"]}
+    heads = {"a": {"head": ["identity"], "loss": "l1"}, "b": {"head": ["identity"], "loss": "l1"}}
+    c = compile_spec(spec("resnet18", hw=32, stages=one, sharing={"s1": "attention"}, heads=heads))
+    g = c.topology.graph
+    assert [x.module for x in g.nodes["s1/shared"]["layers"]][-1] == "layer1.0"
+    assert [x.module for x in g.nodes["s1/last"]["layers"]] == ["layer1.1"]
+    assert g.nodes["s1/attention/a"]["reads"] == "s1/shared"
+    assert g.nodes["s1/attention/a"]["gates"] == "s1/last"
+    enc = c.model.encoder.s1
+    x = torch.randn(2, 3, 32, 32)
+    c.model.eval()
+    with torch.no_grad():
+        sh = enc.shared
+        u_b = getattr(sh.layer1, "0")(sh.maxpool(sh.relu(sh.bn1(sh.conv1(x)))))
+        u_t = getattr(enc.last.layer1, "1")(u_b)
+        out = c.model(x)
+        for t in ("a", "b"):
+            want = getattr(enc.attention, t)(u_b) * u_t
+            assert torch.allclose(out[t], want, atol=1e-6)
+    # split off: the mask reads and gates the whole stage's output
+    flat = spec("resnet18", hw=32, stages=one, heads=heads)
+    flat["encoder"]["sharing"] = {"s1": {"type": "attention", "split": False}}
+    g = compile_spec(flat).topology.graph
+    assert "s1/last" not in g and g.nodes["s1/attention/a"]["gates"] == "s1/shared"
+
+
+def test_mtan_on_resnet_four_stages_profiles_and_draws(tmp_path):
+    import yaml
+
+    from mtlc.profile.report import profile_spec
+
+    data = spec("resnet18", 8, hw=32, sharing={s: "attention" for s in STAGES})
+    path = tmp_path / "mtan.yaml"
+    path.write_text(yaml.safe_dump(data))
+    c = compile_spec(path)
+    g = c.topology.graph
+    assert [n for n in g if n.endswith("/refine")] == [f"s{k}/attention/refine" for k in (2, 3, 4)]
+    profile = profile_spec(path, batch=2)
+    assert profile is not None
+    result = CliRunner().invoke(main, ["viz", str(path), "-o", str(tmp_path / "m.dot")])
+    assert result.exit_code == 0, result.output
+    dot = (tmp_path / "m.dot").read_text()
+    assert "s3 · last" in dot and "attention · a" in dot
+    bad = spec(
+        "resnet18",
+        stages={"s1": ["stem", "layer1"], "s2": "layer2.0", "s3": ["layer2.1", "layer3", "layer4"]},
+    )
+    bad["encoder"]["sharing"] = {"s1": "attention", "s2": "attention"}
+    with pytest.raises(SpecError, match="split needs at least two blocks in stage 's2'"):
+        compile_spec(bad)

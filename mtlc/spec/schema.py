@@ -109,6 +109,11 @@ class Attention(StageSharing):
         le=MAX_SIZE,
         description="channels inside the attention module (default: the stage's)",
     )
+    split: bool | None = Field(
+        None,
+        description="MTAN on a ResNet: the masks read the stage's blocks but the last (u_b) and "
+        "gate the last block's output (u_t); default: on for stages of a named backbone",
+    )
 
 
 Sharing = Annotated[
