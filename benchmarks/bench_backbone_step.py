@@ -14,7 +14,7 @@ flipped every round) so that drift in machine load hits both alike; the figure i
 median, with the spread (min–max of the per-round ratios).
 
 Options: `--size H` (input H×W, W ≈ 4H/3, both multiples of 8; default 96), `--batch N`, `--reps N`, `--warmup N`,
-`--threads N`, `--device cuda`.
+`--threads N`, `--device cuda`, `--backbone resnet18` (a quick smoke run).
 """
 
 from __future__ import annotations
@@ -70,14 +70,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backbone", default="resnet50", help="resnet18 for a quick smoke run (tests)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     h, w = args.size, args.size * 4 // 3 // 8 * 8  # heads upsample(8): sizes divisible by 8
     device = torch.device(args.device)
     torch.manual_seed(0)
-    compiled = compile_spec(SPEC, [f"input.image=[3, {h}, {w}]"]).model
-    ref = RefMultiTask("resnet50", CHANNELS)
+    overrides = [f"input.image=[3, {h}, {w}]", f"encoder.backbone.name={args.backbone}"]
+    compiled = compile_spec(SPEC, overrides).model
+    ref = RefMultiTask(args.backbone, CHANNELS)
     ref.load_state_dict(reference_state(compiled.state_dict()), strict=False)
     missing = set(ref.state_dict()) - set(reference_state(compiled.state_dict()))
     assert missing <= {"backbone.fc.weight", "backbone.fc.bias"}, sorted(missing)[:5]
@@ -109,7 +111,7 @@ def main() -> None:
     ratios = [c / r for c, r in zip(times["compiled"], times["hand-written"])]
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}
     print(
-        f"resnet50 OS8 + 3 DeepLab heads, input {args.batch}×3×{h}×{w}, {args.device}, "
+        f"{args.backbone} OS8 + 3 DeepLab heads, input {args.batch}×3×{h}×{w}, {args.device}, "
         f"{torch.get_num_threads()} threads, {args.reps} interleaved reps"
     )
     print(f"compiled     median {med['compiled']:.1f} ms")
