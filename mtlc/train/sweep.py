@@ -120,7 +120,7 @@ def check_points(
     its balancer (whose options, such as a negative weight, only the balancer knows).
     """
     from mtlc.topology import build_topology
-    from mtlc.train.loop import run_balancer
+    from mtlc.train.setup import run_balancer
 
     specs = []
     items = {k: f"{k}={','.join(v)}" for k, v in grid}
@@ -213,7 +213,7 @@ def sweep(
     made.
     """
     from mtlc.devices import resolve_device
-    from mtlc.train.loop import Interrupted
+    from mtlc.train.errors import Interrupted
 
     overrides = list(overrides)
     grid = parse_grid(grid_items)
@@ -295,7 +295,9 @@ def _train_points(
     from rich.markup import escape
 
     from mtlc.train.baselines import baseline_metrics, baseline_tasks
-    from mtlc.train.loop import Diverged, check_resumable, train
+    from mtlc.train.errors import Diverged
+    from mtlc.train.run import train
+    from mtlc.train.state import check_resumable
 
     torch_device = device
     found = None
@@ -348,7 +350,7 @@ def _train_points(
         metrics = {t: m for t, m in metrics.items() if t in base.outputs}
         row = SweepRow(name, run_dir, values, metrics, status=summary.get("status", "?"))
         if found:
-            from mtlc.train.loop import safe_delta_m
+            from mtlc.train.best import safe_delta_m
 
             row.delta_m = safe_delta_m(metrics, {t: found[t] for t in baseline_tasks(base)})
         rows.append(row)
