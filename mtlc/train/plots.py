@@ -25,9 +25,39 @@ MISSING = "plots skipped: matplotlib is not installed (pip install 'mtlc[plots]'
 CONSTANT = "weights.png skipped: the balancer's weights never changed"
 
 
-def _constant(steps: list[dict[str, Any]]) -> bool:
+Line = tuple[str, str, list[int], list[float], bool]  # label, task, steps, values, per epoch
+
+
+def _number(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
+def plot_lines(records: list[dict[str, Any]]) -> dict[str, list[Line]]:
+    """What each PNG draws, from metrics.jsonl's records: file name -> its lines.
+
+    ``loss.png``: per task, the training loss at every step and the validation loss at
+    the end of every epoch. ``weights.png``: per task, the balancer's weight at every
+    step, left out when no weight ever changed.
+    """
+    steps = [r for r in records if r["type"] == "step"]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    if not steps:
+        return {}
+    tasks = list(steps[-1].get("loss", {}))
+    x = [r["step"] for r in steps]
+    loss: list[Line] = []
+    for t in tasks:
+        loss.append((f"{t} (train)", t, x, [_number(r["loss"].get(t)) for r in steps], False))
+        val = [_number(r.get("val_loss", {}).get(t)) for r in epochs]
+        if any(v == v for v in val):  # not all NaN
+            loss.append((f"{t} (val)", t, [r["step"] for r in epochs], val, True))
+    out = {"loss.png": loss}
     first = steps[0].get("weights", {})
-    return all(r.get("weights", {}) == first for r in steps)
+    if any(r.get("weights", {}) != first for r in steps):
+        out["weights.png"] = [
+            (t, t, x, [_number(r.get("weights", {}).get(t)) for r in steps], False) for t in tasks
+        ]
+    return out
 
 
 def write_plots(run_dir: str | Path) -> str:
@@ -40,58 +70,30 @@ def write_plots(run_dir: str | Path) -> str:
     except ImportError:
         return MISSING
     run_dir = Path(run_dir)
-    records = runfolder.read_metrics(run_dir)
-    steps = [r for r in records if r["type"] == "step"]
-    epochs = [r for r in records if r["type"] == "epoch"]
-    if not steps:
+    plots = plot_lines(runfolder.read_metrics(run_dir))
+    if not plots:
         return "plots skipped: no training step was logged"
-    tasks = list(steps[-1].get("loss", {}))
-    colour = {t: f"C{i % 10}" for i, t in enumerate(tasks)}
-    written, notes = [], []
-    plots = [("loss.png", "loss", "loss (per task)", True)]
-    if _constant(steps):
-        notes.append(CONSTANT)
-    else:
-        plots.append(("weights.png", "weights", "balancer weight", False))
-    for name, key, ylabel, log in plots:
+    order = list(dict.fromkeys(task for _, task, *_ in plots["loss.png"]))
+    colour = {t: f"C{i % 10}" for i, t in enumerate(order)}
+    ylabels = {"loss.png": "loss (per task)", "weights.png": "balancer weight"}
+    for name, lines in plots.items():
         fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-        values = []
-        x = [r["step"] for r in steps]
-        for t in tasks:
-            y = [r.get(key, {}).get(t) for r in steps]
-            values += [v for v in y if v is not None]
-            ax.plot(
-                x,
-                [float("nan") if v is None else v for v in y],
-                color=colour[t],
-                lw=1,
-                label=f"{t} (train)" if key == "loss" else t,
-            )
-            if key == "loss" and epochs:
-                val = [r.get("val_loss", {}).get(t) for r in epochs]
-                if any(isinstance(v, (int, float)) for v in val):
-                    values += [v for v in val if isinstance(v, (int, float))]
-                    ax.plot(
-                        [r["step"] for r in epochs],
-                        [v if isinstance(v, (int, float)) else float("nan") for v in val],
-                        color=colour[t],
-                        ls="--",
-                        marker="o",
-                        ms=4,
-                        label=f"{t} (val)",
-                    )
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        if log and values and all(v > 0 for v in values):
+        for label, task, x, y, per_epoch in lines:
+            style = {"ls": "--", "marker": "o", "ms": 4} if per_epoch else {"lw": 1}
+            ax.plot(x, y, color=colour[task], label=label, **style)
+        values = [v for *_, y, _ in lines for v in y if v == v]
+        if name == "loss.png" and values and all(v > 0 for v in values):
             ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabels[name])
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-        ax.set_title(f"{run_dir.name}: {ylabel}")
+        ax.set_title(f"{run_dir.name}: {ylabels[name]}")
         fig.tight_layout()
         try:
             with atomic_open(run_dir / name, "wb") as fh:
                 fig.savefig(fh, format="png")
         finally:
             plt.close(fig)
-        written.append(name)
-    return "; ".join([f"plots: {', '.join(str(run_dir / n) for n in written)}", *notes])
+    notes = [] if "weights.png" in plots else [CONSTANT]
+    return "; ".join([f"plots: {', '.join(str(run_dir / n) for n in plots)}", *notes])
