@@ -78,6 +78,15 @@ def _limit(folder: Path, name: str, default: int) -> int:
         return default
 
 
+def _lexists(path: Path) -> bool:
+    """Whether an entry (a link too) is at ``path``; False when it cannot be looked up."""
+    try:
+        os.lstat(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def check_output(path: str | Path, *, folder: bool = False) -> None:
     """Raise OutputError unless ``path`` can be written as a file (or created as a folder).
 
@@ -86,7 +95,9 @@ def check_output(path: str | Path, *, folder: bool = False) -> None:
     within the file system's limits, and the nearest existing folder writable.
     """
     path = Path(path)
-    existing = next((p for p in (path, *path.parents) if p.exists() or p.is_symlink()), Path("."))
+    # the nearest entry that exists: its file system's limits apply (a name too long
+    # for it cannot even be looked up, so the names are checked before `path` is)
+    existing = next((p for p in path.parents if _lexists(p)), Path("."))
     base = existing if existing.is_dir() else existing.parent
     name_max = _limit(base, "PC_NAME_MAX", 255)
     for part in path.parts:
@@ -99,6 +110,8 @@ def check_output(path: str | Path, *, folder: bool = False) -> None:
     path_max = _limit(base, "PC_PATH_MAX", 4096)
     if len(os.fsencode(os.path.abspath(path))) >= path_max:
         raise OutputError(f"{path}: the path is longer than this file system allows ({path_max})")
+    if _lexists(path):
+        existing = path
     if not folder:
         refuse_link(path)
     if folder and path.exists() and not path.is_dir():

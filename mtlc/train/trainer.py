@@ -153,6 +153,7 @@ class Trainer(Checkpointing, Stepping, Validating):
         self.train_time = 0.0
         self.samples = 0
         self._stop = False
+        self.saved_epoch: int | None = None  # the epoch last.pt holds, once one is written
         # where a fresh run's random stream starts (dropout...): fit() rewinds to it, so
         # whatever runs between construction and fit (baselines) cannot change the run
         self._start_rng = self._rng_state()
@@ -227,6 +228,7 @@ class Trainer(Checkpointing, Stepping, Validating):
         """
         if resume:
             self.load_state(load_checkpoint(run_dir / runfolder.LAST, RUN_KEYS))
+            self.saved_epoch = self.epoch
         else:
             self._set_rng_state(self._start_rng)
         runfolder.write_spec(run_dir, self.spec.model_dump(mode="json"))
@@ -270,8 +272,11 @@ class Trainer(Checkpointing, Stepping, Validating):
         return RunResult(run_dir, summary)
 
     def _last_good(self, run_dir: Path) -> str:
-        if (run_dir / runfolder.LAST).exists():
-            return f"{run_dir / runfolder.LAST} (epoch {self.epoch}) is the last good checkpoint"
+        if self.saved_epoch is not None and (run_dir / runfolder.LAST).exists():
+            return (
+                f"{run_dir / runfolder.LAST} (epoch {self.saved_epoch}) is the last good "
+                "checkpoint"
+            )
         return "no checkpoint was written before it"
 
     def _close(self, run_dir: Path, status: str) -> dict[str, Any]:
@@ -383,6 +388,7 @@ class Trainer(Checkpointing, Stepping, Validating):
         if writer is not None:
             tb_epoch(writer, record)
         save_checkpoint(self.state(), run_dir / runfolder.LAST)
+        self.saved_epoch = self.epoch
         if better:
             copy_checkpoint(run_dir / runfolder.LAST, run_dir / runfolder.BEST)
         # a summary per epoch: a run that a full disk or a kill stops still has one
