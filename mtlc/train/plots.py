@@ -18,7 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mtlc.atomic import atomic_open
+from mtlc.colors import task_colours
 from mtlc.train import runfolder
 
 MISSING = "plots skipped: matplotlib is not installed (pip install 'mtlc[plots]')"
@@ -74,7 +77,7 @@ def write_plots(run_dir: str | Path) -> str:
     if not plots:
         return "plots skipped: no training step was logged"
     order = list(dict.fromkeys(task for _, task, *_ in plots["loss.png"]))
-    colour = {t: f"C{i % 10}" for i, t in enumerate(order)}
+    colour = _colours(run_dir, order)
     ylabels = {"loss.png": "loss (per task)", "weights.png": "balancer weight"}
     for name, lines in plots.items():
         fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -97,3 +100,14 @@ def write_plots(run_dir: str | Path) -> str:
             plt.close(fig)
     notes = [] if "weights.png" in plots else [CONSTANT]
     return "; ".join([f"plots: {', '.join(str(run_dir / n) for n in plots)}", *notes])
+
+
+def _colours(run_dir: Path, tasks: list[str]) -> dict[str, str]:
+    """The drawings' task colours, by each task's place in the run's spec.yaml."""
+    try:
+        spec = yaml.safe_load((run_dir / runfolder.SPEC).read_text(encoding="utf-8"))
+        order = list(spec["tasks"])
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        order = []
+    colours = task_colours(order + [t for t in tasks if t not in order])
+    return colours

@@ -274,8 +274,7 @@ class Trainer(Checkpointing, Stepping, Validating):
     def _last_good(self, run_dir: Path) -> str:
         if self.saved_epoch is not None and (run_dir / runfolder.LAST).exists():
             return (
-                f"{run_dir / runfolder.LAST} (epoch {self.saved_epoch}) is the last good "
-                "checkpoint"
+                f"{run_dir / runfolder.LAST} (epoch {self.saved_epoch}) is the last good checkpoint"
             )
         return "no checkpoint was written before it"
 
