@@ -71,8 +71,14 @@ class ColumnFusion:
 
     # -- override points -------------------------------------------------------------
     def equivalent(self, a: nn.Module, b: nn.Module) -> bool:
-        """Same type, configuration, parameter shapes and mode: one op can run both."""
+        """Same type, configuration, parameter shapes and mode: one op can run both.
+
+        A module with hooks (a frozen stage's batch norm forced to running statistics)
+        is never fused: its hooks would not run inside the fused op.
+        """
         if type(a) is not type(b) or a.training != b.training or a.extra_repr() != b.extra_repr():
+            return False
+        if _hooked(a) or _hooked(b):
             return False
         sa, sb = a.state_dict(keep_vars=True), b.state_dict(keep_vars=True)
         return sa.keys() == sb.keys() and all(
@@ -251,6 +257,19 @@ class ColumnFusion:
             return None
         stack = self.stacks[first][0]
         return stack if list(args) == stack.members else None
+
+
+def _hooked(module: nn.Module) -> bool:
+    return any(
+        getattr(m, name)
+        for m in module.modules()
+        for name in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+        )
+    )
 
 
 def _live(graph: fx.Graph) -> set[fx.Node]:
