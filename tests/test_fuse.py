@@ -97,7 +97,7 @@ def small(path: Path) -> dict:
 
     spec = yaml.safe_load(path.read_text())
     if "backbone" in spec["encoder"]:
-        spec["input"] = {name: [3, 32, 32] for name in spec["input"]}
+        spec["input"] = {name: [3, 16, 16] for name in spec["input"]}
     return spec
 
 
