@@ -188,7 +188,8 @@ class Stepping:
                     step=launched.step,
                     run_dir=Path("."),
                 )
-        for task, value in launched.weights.items():
+        weights = balancer.weights()
+        for task, value in weights.items():
             if not math.isfinite(value):
                 raise Diverged(
                     f"the balancer's weight of task '{task}' is {value} at step "
@@ -203,7 +204,7 @@ class Stepping:
             "step": launched.step,
             "loss": losses,
             "total": values[-1],
-            "weights": balancer.weights(),
+            "weights": weights,
             "lr": launched.lr,
         }
         if launched.intermediate:
