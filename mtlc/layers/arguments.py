@@ -18,8 +18,8 @@ class LayerError(ValueError):
     """A layer that cannot be parsed or cannot take its input shape."""
 
 
-_POSITIVE_INT = {"out", "k", "stride", "dilation", "groups", "size"}
-_CHANNELS = {"out", "groups"}
+_POSITIVE_INT = {"out", "k", "stride", "dilation", "first_dilation", "groups", "size", "planes"}
+_CHANNELS = {"out", "groups", "planes"}
 _NON_NEGATIVE_INT = {"padding"}
 # torch refuses sizes past int64 with a TypeError deep in a module's constructor; 2**31
 # is far beyond any real layer and keeps every size a 32-bit int
@@ -57,14 +57,23 @@ def check_value(layer: str, key: str, value: Any, default: Any) -> Any:
     elif key in ("bias", "affine"):
         if not isinstance(value, bool):
             raise LayerError(f"{layer}: {key} must be true or false, got {value!r}")
-    elif key in ("p", "momentum", "eps", "scale"):
+    elif key == "rates":
+        rates = tuple(value) if isinstance(value, (list, tuple)) else None
+        if not rates or any(isinstance(r, bool) or not isinstance(r, int) for r in rates):
+            raise LayerError(f"{layer}: rates must be a non-empty list of integers, got {value!r}")
+        if len(rates) > 64 or not all(1 <= r <= MAX_SIZE for r in rates):
+            raise LayerError(
+                f"{layer}: rates must be at most 64 integers in [1, {MAX_SIZE}], got {list(rates)}"
+            )
+        return rates
+    elif key in ("p", "momentum", "eps", "scale", "dropout"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise LayerError(f"{layer}: {key} must be a number, got {value!r}")
         if not math.isfinite(value):
             raise LayerError(f"{layer}: {key} must be a finite number, got {value}")
-        if key == "p" and not 0 <= value < 1:
-            raise LayerError(f"{layer}: p must be in [0, 1), got {value}")
-        if key != "p" and value <= 0:
+        if key in ("p", "dropout") and not 0 <= value < 1:
+            raise LayerError(f"{layer}: {key} must be in [0, 1), got {value}")
+        if key not in ("p", "dropout") and value <= 0:
             raise LayerError(f"{layer}: {key} must be positive, got {value}")
         if key == "momentum" and value > 1:
             raise LayerError(f"{layer}: momentum must be in (0, 1], got {value}")
