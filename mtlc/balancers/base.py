@@ -163,5 +163,20 @@ class Balancer(torch.nn.Module):
     def observe(self, kpis: Mapping[str, float]) -> None:
         """New per-task KPIs in [0, 1] after a step; only DTP uses them."""
 
+    # Hooks the trainer calls for every balancer; the defaults do nothing, so the trainer
+    # never asks which balancer it has.
+
+    @property
+    def needs_shared_repr(self) -> bool:
+        """Whether :meth:`backward` needs the shared representation (MGDA-UB, ``on: representation``)."""
+        return False
+
+    def after_step(self, recompute: Callable[[], Mapping[str, Tensor]]) -> None:
+        """Called after each optimizer step; ``recompute()`` gives the step's task losses again
+        with the updated weights, without gradients (FAMO's weight update uses them)."""
+
+    def end_epoch(self) -> None:
+        """Called at the end of each training epoch (DWA's loss ratios are per epoch)."""
+
     def extra_state_for_log(self) -> dict[str, float]:
         return {}
