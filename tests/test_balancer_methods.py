@@ -13,6 +13,7 @@ import scipy.optimize
 import torch
 
 from mtlc.balancers import BalancerError, build_balancer, combine_gradients
+from mtlc.balancers.base import StepView
 from mtlc.balancers.gradient import GradientBalancer
 from mtlc.registry import BALANCERS, resolve
 
@@ -262,7 +263,7 @@ def test_backward_gives_aggregate_to_shared_and_own_loss_to_heads(on):
     model = Tiny()
     x, ys = data()
     shared = list(model.shared.parameters())
-    b = build_balancer({"type": "upgrad", "on": on}, TASKS, KINDS)
+    b = build_balancer({"type": "upgrad", "wrt": on}, TASKS, KINDS)
     z, losses = losses_of(model, x, ys)
     b.backward(losses, shared_params=shared, shared_repr=z)
     got_shared = torch.cat([p.grad.reshape(-1) for p in shared])
@@ -316,7 +317,7 @@ def train(model, balancer, steps, x, ys, opt):
         balancer.backward(losses, shared_params=shared, shared_repr=z)
         opt.step()
         with torch.no_grad():
-            balancer.after_step(lambda: losses_of(model, x, ys)[1])
+            balancer.after_step(StepView({}, {}, {}, lambda: losses_of(model, x, ys)[1]))
         totals.append(sum(float(v) for v in losses.values()))
         balancer.end_epoch()  # one "epoch" per step, so DWA's ratios start moving
     return totals
@@ -392,7 +393,7 @@ def test_unknown_method_did_you_mean():
         ({"c": -1}, "c"),
         ({"c": "big"}, "c"),
         ({"rescale": 3}, "rescale"),
-        ({"on": "layers"}, "on"),
+        ({"wrt": "layers"}, "wrt"),
         ({"cc": 1}, "cc"),
     ],
 )
@@ -414,8 +415,8 @@ def test_bad_jacobian_and_level():
 
 def test_state_sized_methods_refuse_the_representation():
     with pytest.raises(BalancerError, match="shared parameters only"):
-        build_balancer({"type": "moco", "on": "representation"}, TASKS, KINDS)
-    b = build_balancer({"type": "pcgrad", "on": "representation"}, TASKS, KINDS)
+        build_balancer({"type": "moco", "wrt": "representation"}, TASKS, KINDS)
+    b = build_balancer({"type": "pcgrad", "wrt": "representation"}, TASKS, KINDS)
     assert b.needs_shared_repr
     model = Tiny()
     x, ys = data()

@@ -29,10 +29,10 @@ class AlignedMTL(GramianMethod):
         tasks: Sequence[str],
         kinds: Mapping[str, str],
         *,
-        on: str = "parameters",
+        wrt: str = "parameters",
         scale_mode: str = "min",
     ) -> None:
-        super().__init__(tasks, kinds, on=on)
+        super().__init__(tasks, kinds, wrt=wrt)
         self.scale_mode = scale_mode
 
     def gramian_weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:

@@ -32,12 +32,12 @@ class CAGrad(GramianMethod):
         tasks: Sequence[str],
         kinds: Mapping[str, str],
         *,
-        on: str = "parameters",
+        wrt: str = "parameters",
         c: float = 0.4,
         rescale: int = 1,
     ) -> None:
         require("cagrad", ("cvxpy", "clarabel"))
-        super().__init__(tasks, kinds, on=on)
+        super().__init__(tasks, kinds, wrt=wrt)
         self.c, self.rescale = float(c), int(rescale)
         self.fallback = WarnOnce("cagrad: the solver failed; using w = 1/T for this step")
 

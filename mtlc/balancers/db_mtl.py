@@ -34,11 +34,11 @@ class DBMTL(GradientBalancer):
         tasks: Sequence[str],
         kinds: Mapping[str, str],
         *,
-        on: str = "parameters",
+        wrt: str = "parameters",
         beta: float = 0.9,
         beta_sigma: float = 0.0,
     ) -> None:
-        super().__init__(tasks, kinds, on=on)
+        super().__init__(tasks, kinds, wrt=wrt)
         self.beta, self.beta_sigma = float(beta), float(beta_sigma)
         self.register_buffer("buffer", torch.zeros(len(self.tasks), 0))
         self.register_buffer("db_step", torch.zeros((), dtype=torch.float64))

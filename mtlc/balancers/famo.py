@@ -18,12 +18,12 @@ without gradients, as in the official code). ξ and its Adam moments are buffers
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from mtlc.balancers.base import Balancer
+from mtlc.balancers.base import Balancer, StepView
 
 EPS = 1e-8
 BETAS = (0.9, 0.999)
@@ -65,10 +65,10 @@ class FAMO(Balancer):
             self.pending.fill_(len(names) == len(self.tasks))
         return (torch.log(d) * z / c).sum()
 
-    def after_step(self, recompute: Callable[[], Mapping[str, Tensor]]) -> None:
+    def after_step(self, view: StepView) -> None:
         if not bool(self.pending):  # a step without every task's loss: no rate to compare
             return
-        after = recompute()
+        after = view.recompute()
         with torch.no_grad():
             now = torch.tensor([float(after[t]) for t in self.tasks], dtype=torch.float64)
             now = now.to(self.before.device)

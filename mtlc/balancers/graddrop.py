@@ -7,7 +7,7 @@ Per coordinate, the positive-sign purity ``P = ½ (1 + Σ_t g_t / Σ_t |g_t|)``;
 
 Engine: TorchJD's ``GradDrop`` (lines 10–15 of the paper's Algorithm 1, f = identity). The
 paper applies it at the shared activations; mtlc's default is the shared parameters
-(``on: representation`` is the paper's placement). The draw uses torch's global RNG.
+(``wrt: representation`` is the paper's placement). The draw uses torch's global RNG.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ class GradDrop(GradientBalancer):
         tasks: Sequence[str],
         kinds: Mapping[str, str],
         *,
-        on: str = "parameters",
+        wrt: str = "parameters",
         leak: float = 0.0,
     ) -> None:
-        super().__init__(tasks, kinds, on=on)
+        super().__init__(tasks, kinds, wrt=wrt)
         self.leak = float(leak)
 
     def aggregate(self, J: Tensor, losses: Tensor | None) -> Tensor:

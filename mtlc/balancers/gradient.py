@@ -10,7 +10,7 @@ reused without a model.
 One backward pass, the same for every method:
 
 1. ``J`` is collected with ``autograd.grad`` on the *targets*: the shared parameters
-   (``on: parameters``) or the shared representation z (``on: representation``, MGDA-UB's
+   (``wrt: parameters``) or the shared representation z (``wrt: representation``, MGDA-UB's
    trick: T backward passes that stop at z, the batch dimension kept in the row).
 2. ``J`` goes through one hook, :attr:`GradientBalancer.reduce` (``None`` by default): a
    distributed trainer sets it to an all-reduce mean over ranks, so the non-linear
@@ -98,27 +98,27 @@ class GradientBalancer(Balancer):
     allows_representation: ClassVar[bool] = True
 
     def __init__(
-        self, tasks: Sequence[str], kinds: Mapping[str, str], *, on: str = "parameters"
+        self, tasks: Sequence[str], kinds: Mapping[str, str], *, wrt: str = "parameters"
     ) -> None:
         super().__init__(tasks, kinds)
-        if on not in TARGETS:
+        if wrt not in TARGETS:
             raise BalancerError(
-                f"balancer option 'on' must be one of {', '.join(TARGETS)}, got {on!r}", ("on",)
+                f"balancer option 'wrt' must be one of {', '.join(TARGETS)}, got {wrt!r}", ("wrt",)
             )
-        if on == "representation" and not self.allows_representation:
+        if wrt == "representation" and not self.allows_representation:
             raise BalancerError(
                 f"{type(self).__name__} keeps a state the size of the gradient, so it works on the"
-                " shared parameters only; use on: parameters",
-                ("on",),
+                " shared parameters only; use wrt: parameters",
+                ("wrt",),
             )
-        self.on = on
+        self.wrt = wrt
         self.reduce: Callable[[Tensor], Tensor] | None = None
         n = len(self.tasks)
         self.register_buffer("last_weights", torch.ones(n, dtype=torch.float64))
 
     @property
     def needs_shared_repr(self) -> bool:
-        return self.on == "representation"
+        return self.wrt == "representation"
 
     def aggregate(self, J: Tensor, losses: Tensor | None) -> Tensor:
         """The ``[P]`` update direction from the ``[T, P]`` Jacobian and the ``[T]`` losses.
@@ -135,18 +135,18 @@ class GradientBalancer(Balancer):
     def targets(
         self, shared_params: Sequence[Tensor], shared_repr: Tensor | Sequence[Tensor] | None
     ) -> list[Tensor]:
-        if self.on == "parameters":
+        if self.wrt == "parameters":
             return [p for p in shared_params if p.requires_grad]
         if shared_repr is None:
             raise BalancerError(
-                f"{self.name()} on: representation needs the shared representation; the trainer"
-                " must pass shared_repr= (not detached), or use on: parameters",
-                ("on",),
+                f"{self.name()} wrt: representation needs the shared representation; the trainer"
+                " must pass shared_repr= (not detached), or use wrt: parameters",
+                ("wrt",),
             )
         found = [shared_repr] if isinstance(shared_repr, Tensor) else list(shared_repr)
         if not found or not all(z.requires_grad for z in found):
             raise BalancerError(
-                f"{self.name()} on: representation: the shared representation must be part of"
+                f"{self.name()} wrt: representation: the shared representation must be part of"
                 " the autograd graph (not detached)"
             )
         return found
@@ -185,7 +185,7 @@ class GradientBalancer(Balancer):
         for x in targets:
             pieces.append(correction[offset : offset + x.numel()].view_as(x).to(x.dtype))
             offset += x.numel()
-        if self.on == "parameters":
+        if self.wrt == "parameters":
             total.backward()
             with torch.no_grad():
                 for p, piece in zip(targets, pieces):

@@ -31,10 +31,10 @@ class GradVac(GramianMethod):
         tasks: Sequence[str],
         kinds: Mapping[str, str],
         *,
-        on: str = "parameters",
+        wrt: str = "parameters",
         beta: float = 0.5,
     ) -> None:
-        super().__init__(tasks, kinds, on=on)
+        super().__init__(tasks, kinds, wrt=wrt)
         self.beta = float(beta)
         n = len(self.tasks)
         self.register_buffer("phi", torch.zeros(n, n, dtype=torch.float64))

@@ -33,14 +33,14 @@ class MoCo(GradientBalancer):
         tasks: Sequence[str],
         kinds: Mapping[str, str],
         *,
-        on: str = "parameters",
+        wrt: str = "parameters",
         beta: float = 0.5,
         beta_sigma: float = 0.5,
         gamma: float = 0.1,
         gamma_sigma: float = 0.5,
         rho: float = 0.0,
     ) -> None:
-        super().__init__(tasks, kinds, on=on)
+        super().__init__(tasks, kinds, wrt=wrt)
         self.beta, self.beta_sigma = float(beta), float(beta_sigma)
         self.gamma, self.gamma_sigma, self.rho = float(gamma), float(gamma_sigma), float(rho)
         n = len(self.tasks)

@@ -53,13 +53,13 @@ class NashMTL(GramianMethod):
         tasks: Sequence[str],
         kinds: Mapping[str, str],
         *,
-        on: str = "parameters",
+        wrt: str = "parameters",
         max_norm: float = 1.0,
         update_weights_every: int = 1,
         optim_niter: int = 20,
     ) -> None:
         require("nash_mtl", ("cvxpy", "ecos"))
-        super().__init__(tasks, kinds, on=on)
+        super().__init__(tasks, kinds, wrt=wrt)
         n = len(self.tasks)
         self.fallback = WarnOnce("nash_mtl: ECOS failed; keeping the previous weights")
         self.engine = _engine(n, float(max_norm), update_weights_every, optim_niter, self.fallback)
@@ -76,7 +76,7 @@ class NashMTL(GramianMethod):
         else:
             step = float(self.nash_step)
             if step != engine.step:  # restored from a checkpoint
-                engine.prvs_alpha = self.nash_alpha.cpu().numpy().astype(np.float32)
+                engine.prvs_alpha = self.nash_alpha.cpu().numpy().copy()
                 if step > 0 and engine.step == 0:
                     engine._init_optim_problem()
                 engine.step = step

@@ -22,10 +22,10 @@ from mtlc.balancers.gradient import GramianMethod, require
 
 class UPGrad(GramianMethod):
     def __init__(
-        self, tasks: Sequence[str], kinds: Mapping[str, str], *, on: str = "parameters"
+        self, tasks: Sequence[str], kinds: Mapping[str, str], *, wrt: str = "parameters"
     ) -> None:
         require("upgrad", ("quadprog", "qpsolvers"))
-        super().__init__(tasks, kinds, on=on)
+        super().__init__(tasks, kinds, wrt=wrt)
 
     def gramian_weights(self, gram: Tensor, losses: Tensor | None) -> Tensor:
         from torchjd.aggregation import UPGradWeighting

@@ -285,6 +285,12 @@ def _check_names(spec: Spec, src: Source) -> None:
         if sharing.groups is not None:
             _check_partition(sharing.groups, tasks, ("encoder", "sharing", stage, "groups"), src)
     bal = spec.balancer
+    if getattr(bal, "level", "loss") == "gradient" and len(spec.tasks) < 2:
+        raise src.error(
+            ("balancer", "type"),
+            f"'{bal.type}' combines the gradients of two or more tasks, but this spec has one"
+            " task; use a loss-level balancer (fixed)",
+        )
     for key in ("weights", "gamma", "kpi"):
         table = getattr(bal, key, None)
         if isinstance(table, dict):

@@ -208,6 +208,7 @@ class DTP(Strict):
 
 
 class MGDA(Strict):
+    level: ClassVar[str] = "gradient"
     type: Literal["mgda"]
     normalize: Literal["l2", "loss", "loss+", "none"] = "loss+"
     mode: Literal["exact", "ub"] = "exact"
@@ -216,7 +217,8 @@ class MGDA(Strict):
 
 
 class GradientMethod(Strict):
-    on: Literal["parameters", "representation"] = Field(
+    level: ClassVar[str] = "gradient"
+    wrt: Literal["parameters", "representation"] = Field(
         "parameters",
         description="where the task Jacobian is taken: the shared parameters, or the shared"
         " representation (one encoder backward, as MGDA-UB)",
