@@ -51,6 +51,8 @@ class SweepResult:
     columns: list[tuple[str, str]]
     csv_path: Path
     baselines: dict[str, dict[str, float]] | None = None
+    seeds: int = 1
+    plot_note: str = ""
 
 
 def split_values(text: str) -> list[str]:
@@ -193,6 +195,7 @@ def sweep(
     out: str | Path | None = None,
     csv_path: str | Path | None = None,
     baselines: bool = False,
+    seeds: int = 1,
     force: bool = False,
     device: str = "auto",
     allow_import: frozenset[str] | tuple[str, ...] = frozenset(),
@@ -208,10 +211,12 @@ def sweep(
     from mtlc.train.errors import Diverged
     from mtlc.train.run import train
     from mtlc.train.state import check_resumable
+    from mtlc.train.sweep_seeds import fold_seeds, seed_axis, write_plot
 
     overrides = list(overrides)
     grid = parse_grid(grid_items)
     base = load_spec(spec, overrides)
+    grid = seed_axis(grid, base.train.seed, seeds)
     specs = check_points(spec, overrides, grid)
     points = grid_points(grid)
     torch_device = resolve_device(device)
@@ -276,10 +281,11 @@ def sweep(
         rows.append(row)
 
     columns = [(t, k) for t in base.outputs for k in base.tasks[t].metrics]
+    rows, keys = fold_seeds(rows, [k for k, _ in grid])
     _mark(rows, columns, bool(found))
-    keys = [k for k, _ in grid]
-    write_csv(path, rows, keys, columns, with_delta=bool(found))
-    return SweepResult(rows, keys, columns, path, found)
+    write_csv(path, rows, keys, columns, with_delta=bool(found), spread=seeds > 1)
+    note = write_plot(out_dir / "sweep.png", rows, columns)
+    return SweepResult(rows, keys, columns, path, found, seeds=seeds, plot_note=note)
 
 
 def _mark(rows: list[SweepRow], columns: list[tuple[str, str]], by_delta: bool) -> None:
@@ -308,9 +314,17 @@ def write_csv(
     columns: list[tuple[str, str]],
     *,
     with_delta: bool,
+    spread: bool = False,
 ) -> None:
+    """One line per point; with ``spread`` (``--seeds``) the metrics are seed means and a
+    ``…_std`` column per metric and ``seeds`` follow."""
+    from mtlc.train.sweep_seeds import csv_extra
+
     header = ["point", "run", *keys, *[f"{t}.{k}" for t, k in columns]]
     header += ["delta_m"] if with_delta else []
+    if spread:
+        header += [f"{t}.{k}_std" for t, k in columns]
+        header += (["delta_m_std"] if with_delta else []) + ["seeds"]
     header += ["best", "pareto", "status"]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,6 +335,11 @@ def write_csv(
                 line = [r.point, str(r.run_dir), *[r.values[k] for k in keys]]
                 line += [_num(r.metrics.get(t, {}).get(k)) for t, k in columns]
                 line += [_num(r.delta_m)] if with_delta else []
+                if spread:
+                    line += [
+                        _num(v) if isinstance(v, float) else v
+                        for v in csv_extra(r, columns, with_delta)
+                    ]
                 line += [int(r.best), int(r.pareto), r.status]
                 writer.writerow(line)
     except OSError as exc:  # the runs are kept: run the sweep again with another --csv
@@ -338,6 +357,8 @@ def sweep_table(result: SweepResult) -> Any:
     from rich.table import Table
 
     title = "sweep: final validation metrics (all of them in the CSV)"
+    if result.seeds > 1:
+        title += f"; mean ± std over {result.seeds} seeds"
     if result.baselines:
         title += "; Δm % vs single-task (higher is better)"
     table = Table(title=title + ";  * best  P Pareto-optimal")
@@ -354,9 +375,12 @@ def sweep_table(result: SweepResult) -> Any:
     table.add_column("", justify="left")
     for r in result.rows:
         cells = [r.values[k] for k in result.keys]
-        cells += [_cell(r.metrics.get(t, {}).get(k)) for t, k in shown]
+        spread = getattr(r, "spread", {})
+        cells += [
+            _cell(r.metrics.get(t, {}).get(k), spread.get(f"{t}.{k}"), "{:.4f}") for t, k in shown
+        ]
         if result.baselines:
-            cells.append("-" if r.delta_m is None else f"{r.delta_m:+.2f}")
+            cells.append(_cell(r.delta_m, getattr(r, "delta_std", None), "{:+.2f}"))
         marks = ("*" if r.best else "") + ("P" if r.pareto else "")
         if r.status != "completed":
             marks += f" {r.status}"
@@ -364,5 +388,8 @@ def sweep_table(result: SweepResult) -> Any:
     return table
 
 
-def _cell(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
+def _cell(value: float | None, std: float | None = None, fmt: str = "{:.4f}") -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    text = fmt.format(value)
+    return text if std is None else f"{text} ± {abs(std):{fmt[2:-1].lstrip('+')}}"
