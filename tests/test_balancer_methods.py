@@ -288,17 +288,41 @@ def test_backward_gives_aggregate_to_shared_and_own_loss_to_heads(on):
         assert torch.allclose(got_heads[t], own, atol=1e-6)
 
 
-def test_reduce_hook_sees_the_jacobian():
-    """The distributed hook: one function applied to J before the method."""
+class FakeRanks:
+    """Records what a balancer reduces (the trainer's ``Ranks`` with several processes)."""
+
+    def __init__(self, world: int = 2) -> None:
+        self.world, self.seen = world, []
+
+    def mean(self, x):
+        self.seen.append(("mean", tuple(x.shape)))
+        return x
+
+    def sample_gramian(self, gram):
+        self.seen.append(("sample_gramian", tuple(gram.shape)))
+        return gram
+
+
+def test_processes_reduce_the_jacobian_or_the_gramian_before_solving():
     model = Tiny()
     x, ys = data()
-    seen = []
+    shared = list(model.shared.parameters())
+    n = sum(p.numel() for p in shared)
     b = build_balancer({"type": "pcgrad"}, TASKS, KINDS)
-    b.reduce = lambda J: seen.append(J.shape) or J * 2
+    b.ranks = FakeRanks()
     _, losses = losses_of(model, x, ys)
-    b.backward(losses, shared_params=list(model.shared.parameters()))
-    n = sum(p.numel() for p in model.shared.parameters())
-    assert seen == [torch.Size([3, n])]
+    b.backward(losses, shared_params=shared)
+    assert b.ranks.seen == [("mean", (3, n))]
+    b = build_balancer({"type": "upgrad", "wrt": "representation"}, TASKS, KINDS)
+    b.ranks = FakeRanks()
+    z, losses = losses_of(model, x, ys)
+    b.backward(losses, shared_params=shared, shared_repr=z)
+    assert b.ranks.seen == [("sample_gramian", (3, 3))]
+    b = build_balancer({"type": "graddrop", "wrt": "representation"}, TASKS, KINDS)
+    b.ranks = FakeRanks()
+    z, losses = losses_of(model, x, ys)
+    with pytest.raises(BalancerError, match="cannot be reduced over processes"):
+        b.backward(losses, shared_params=shared, shared_repr=z)
 
 
 # ----- every balancer trains, and resumes exactly --------------------------------------

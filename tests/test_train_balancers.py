@@ -111,3 +111,44 @@ def test_on_representation_on_a_spec_without_one_is_located(write_spec):
         SpecError, match=r"sep.yaml:\d+:\d+: balancer.wrt: upgrad wrt 'representation'"
     ):
         Trainer(load_spec(path), device="cpu")
+
+
+ONE_TASK = """\
+mtlc: 1
+name: one
+input: {image: [3, 16, 16]}
+encoder:
+  stages:
+    s1: [conv(8, 3), relu]
+tasks:
+  seg: {head: [conv(5, 1)], loss: cross_entropy}
+balancer: {type: pcgrad}
+"""
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], "one.yaml:9:18: balancer.type: 'pcgrad' combines the gradients of two or more tasks"),
+        (["--set", "balancer.type=pcgard"], "unknown balancer 'pcgard' (did you mean 'pcgrad'?)"),
+        (["--set", "balancer={type: cagrad, c: -1}"], "balancer.c: input should be greater"),
+        (["--set", "balancer={type: nash_mtl, optim_niter: x}"], "balancer.optim_niter"),
+        (["--set", "balancer={type: moco, wrt: representation}"], "shared parameters only"),
+    ],
+)
+def test_bad_balancers_are_located_errors_with_exit_2(write_spec, args, expected):
+    from click.testing import CliRunner
+
+    from mtlc.cli import main
+
+    path = write_spec(ONE_TASK, "one.yaml")
+    if args and "moco" in args[-1]:  # needs two tasks to get past the one-task check
+        path = write_spec(TINY, "one.yaml")
+        cmd = ["train", str(path), "--device", "cpu", *args]
+    else:
+        cmd = ["build", str(path), *args]
+    result = CliRunner().invoke(main, cmd)
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert line.startswith("error:") and "Traceback" not in result.output
+    assert expected in line, line

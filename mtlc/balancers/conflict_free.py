@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mtlc.balancers.gradient import GradientBalancer
+from mtlc.balancers.gradient import GradientBalancer, needs_jacobian_locally
 
 
 class ConFIG(GradientBalancer):
     def aggregate(self, J: Tensor, losses: Tensor | None) -> Tensor:
+        needs_jacobian_locally(self)
         from torchjd.aggregation import ConFIG as Engine
 
         return Engine()(J)

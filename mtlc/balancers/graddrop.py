@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mtlc.balancers.gradient import GradientBalancer
+from mtlc.balancers.gradient import GradientBalancer, needs_jacobian_locally
 
 
 class GradDrop(GradientBalancer):
@@ -33,6 +33,7 @@ class GradDrop(GradientBalancer):
         self.leak = float(leak)
 
     def aggregate(self, J: Tensor, losses: Tensor | None) -> Tensor:
+        needs_jacobian_locally(self)
         from torchjd.aggregation import GradDrop as Engine
 
         leak = torch.full((J.shape[0],), self.leak, dtype=J.dtype, device=J.device)

@@ -12,10 +12,14 @@ One backward pass, the same for every method:
 1. ``J`` is collected with ``autograd.grad`` on the *targets*: the shared parameters
    (``wrt: parameters``) or the shared representation z (``wrt: representation``, MGDA-UB's
    trick: T backward passes that stop at z, the batch dimension kept in the row).
-2. ``J`` goes through one hook, :attr:`GradientBalancer.reduce` (``None`` by default): a
-   distributed trainer sets it to an all-reduce mean over ranks, so the non-linear
-   aggregation sees the global Jacobian and every rank computes the same direction. It is
-   the only point where ranks must agree; the rest is local.
+2. What was measured is reduced over the processes before the method sees it, so every
+   rank solves the same problem and gets the same direction: the trainer's ``ranks``
+   (``balancer.ranks``; a no-op in one process) gives ``ranks.mean(J)`` for a Jacobian on
+   the parameters, and ``ranks.sample_gramian(G)`` for the Gramian of a Jacobian on the
+   per-sample representation (whose rows concatenate over ranks, so only the Gramian can
+   be reduced: methods that need J itself, GradDrop and ConFIG, refuse
+   ``wrt: representation`` on several processes). This is the only point where ranks
+   must agree; the rest is local.
 3. ``g = aggregate(J, losses)``.
 4. ``Σ_t L_t`` is back-propagated once, so every task-specific parameter receives its own
    task's unweighted gradient ``∂L_t/∂θ_t`` (as in TorchJD's ``mtl_backward`` and LibMTL),
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -112,7 +116,6 @@ class GradientBalancer(Balancer):
                 ("wrt",),
             )
         self.wrt = wrt
-        self.reduce: Callable[[Tensor], Tensor] | None = None
         n = len(self.tasks)
         self.register_buffer("last_weights", torch.ones(n, dtype=torch.float64))
 
@@ -175,8 +178,9 @@ class GradientBalancer(Balancer):
             total.backward()
             return total.detach()
         J = jacobian(task_losses, targets)
-        if self.reduce is not None:
-            J = self.reduce(J)
+        ranks = getattr(self, "ranks", None)
+        if ranks is not None and self.wrt == "parameters":
+            J = ranks.mean(J)
         values = values.to(J.device, J.dtype)
         g = self.aggregate(J, values).to(J.dtype)
         self._record(J, g, names)
@@ -216,6 +220,17 @@ class GradientBalancer(Balancer):
         return {t: float(self.last_weights[i]) for i, t in enumerate(self.tasks)}
 
 
+def needs_jacobian_locally(balancer: GradientBalancer) -> None:
+    """Methods that need J itself cannot run on the representation across processes."""
+    ranks = getattr(balancer, "ranks", None)
+    if balancer.wrt == "representation" and getattr(ranks, "world", 1) > 1:
+        raise BalancerError(
+            f"{balancer.name()} needs the Jacobian itself, which cannot be reduced over"
+            " processes on the per-sample representation; use wrt: parameters",
+            ("wrt",),
+        )
+
+
 class GramianMethod(GradientBalancer):
     """A method whose direction is ``w @ J`` with weights ``w`` from the Gramian ``J Jᵀ``.
 
@@ -230,7 +245,11 @@ class GramianMethod(GradientBalancer):
         J64 = J.to(torch.float64)
         if losses is not None:
             losses = losses.to(torch.float64)
-        w = self.gramian_weights(J64 @ J64.T, losses).to(torch.float64)
+        gram = J64 @ J64.T
+        ranks = getattr(self, "ranks", None)
+        if ranks is not None and self.wrt == "representation":
+            gram = ranks.sample_gramian(gram)  # the global Gramian of the per-sample rows
+        w = self.gramian_weights(gram, losses).to(torch.float64)
         self._step_weights = w.to("cpu")
         return (w.to(J64.device) @ J64).to(J.dtype)
 
