@@ -68,10 +68,11 @@ def build_optimizer(
         if mult is None or mult == 1.0:
             continue
         for p in module.parameters():
-            if id(p) not in grouped:
+            if id(p) not in grouped and p.requires_grad:
                 grouped.add(id(p))
                 by_mult.setdefault(float(mult), []).append(p)
-    base = [p for p in model.parameters() if id(p) not in grouped]
+    # frozen stages (`encoder.freeze`) have requires_grad False: not optimised at all
+    base = [p for p in model.parameters() if id(p) not in grouped and p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": base}]
     groups += [{"params": ps, "lr": opt.lr * m} for m, ps in by_mult.items()]
     if extra:
