@@ -147,6 +147,22 @@ def check_range(key: str, value: float, lo: float | None = None, hi: float | Non
         raise DataError(f"{option_path(key)}: expected a value {want}, got {value!r}.")
 
 
+def check_memory(key: str, what: str, needed: float) -> None:
+    """Raise DataError when building ``what`` needs more memory than is available.
+
+    Checked before allocating: an allocation that cannot succeed would otherwise be a
+    traceback from the allocator, or an hour of swapping before one.
+    """
+    from mtlc.memory import available_memory, human_bytes
+
+    free = available_memory()
+    if free is not None and needed > free:
+        raise DataError(
+            f"{option_path(key)}: {what} need about {human_bytes(needed)} of memory, but "
+            f"only {human_bytes(free)} is available; make the data set smaller."
+        )
+
+
 def check_split(split: str) -> str:
     if split not in SPLITS:
         raise DataError(f"split must be 'train' or 'val', got {split!r}.")

@@ -13,11 +13,13 @@ baselines, else each output task's first metric.
 
 from __future__ import annotations
 
+import io
 import math
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mtlc.atomic import write_bytes
 from mtlc.errors import Location, SpecError
 
 if TYPE_CHECKING:
@@ -124,15 +126,25 @@ def write_plot(path: Path, rows: list[SweepRow], columns: list[tuple[str, str]])
             ax.axhline(0, color="black", linewidth=0.8)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    write_bytes(path, buffer.getvalue())
     return f"plot written to {path}"
 
 
-def csv_extra(row: SweepRow, columns: list[tuple[str, str]], with_delta: bool) -> list[Any]:
+def spread_header(columns: list[tuple[str, str]], with_delta: bool) -> list[str]:
+    return (
+        [f"{t}.{k}_std" for t, k in columns] + (["delta_m_std"] if with_delta else []) + ["seeds"]
+    )
+
+
+def csv_extra(
+    row: SweepRow, columns: list[tuple[str, str]], with_delta: bool, num: Any
+) -> list[Any]:
     """The spread columns of a folded row: one std per metric, Δm's std, the seed count."""
     spread = getattr(row, "spread", {})
-    out = [spread.get(f"{t}.{k}", "") for t, k in columns]
+    out = [num(spread.get(f"{t}.{k}")) for t, k in columns]
     if with_delta:
-        out.append(getattr(row, "delta_std", ""))
+        out.append(num(getattr(row, "delta_std", None)))
     return [*out, getattr(row, "seeds", 1)]
