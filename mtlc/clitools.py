@@ -30,7 +30,7 @@ def set_option(fn: Callable) -> Callable:
 
 
 def guarded(fn: Callable) -> Callable:
-    """Report an MtlcError as one line on stderr with exit code 2, never a traceback."""
+    """Report an MtlcError as one line on stderr with its exit code, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -38,7 +38,7 @@ def guarded(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except MtlcError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(exc.exit_code)
 
     return wrapper
 

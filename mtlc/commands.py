@@ -129,8 +129,12 @@ def build(
     force: bool,
 ) -> None:
     """Validate and compile SPEC; print its stages, shapes and parameters."""
-    if output and Path(output).exists() and not force:
-        fail(f"{output}: exists; pass --force to overwrite it")
+    if output:
+        from mtlc.atomic import check_output
+
+        check_output(output)
+        if Path(output).exists() and not force:
+            fail(f"{output}: exists; pass --force to overwrite it")
     report, compiled = build_report(spec, overrides)
     if output:
         _save_model(compiled.model, Path(output))
@@ -174,9 +178,9 @@ def build(
 def _save_model(model, path: Path) -> None:
     import torch
 
-    from mtlc.atomic import atomic_open
+    from mtlc.atomic import atomic_open, make_folder
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     with atomic_open(path, "wb") as fh:
         torch.save(model, fh)
 
@@ -228,7 +232,11 @@ def schema(output: str | None) -> None:
     """Print the JSON Schema of the spec format (for editors: `# yaml-language-server: $schema=...`)."""
     text = SCHEMA_FILE.read_text(encoding="utf-8")
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        from mtlc.atomic import check_output, make_folder, write_text
+
+        check_output(output)
+        make_folder(Path(output).parent)
+        write_text(output, text)
     else:
         sys.stdout.write(text)
 

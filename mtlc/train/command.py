@@ -121,6 +121,8 @@ def train(
         )
     except (Diverged, Interrupted) as exc:
         _stopped(exc)
+    if result.note:
+        out_console.print(result.note, markup=False, soft_wrap=True)
     print_summary(out_console, result.summary, result.run_dir)
 
 
