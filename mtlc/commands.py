@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from mtlc.clitools import console, fail, guarded, set_option
+from mtlc.clitools import allow_import_option, console, fail, guarded, set_option
 
 
 def _fmt(n: int) -> str:
@@ -119,6 +119,7 @@ def _table(report: dict, compiled) -> object:
     "-o", "--output", type=click.Path(dir_okay=False), help="Save the compiled model (torch.save)."
 )
 @click.option("--force", is_flag=True, help="Overwrite the -o file if it exists.")
+@allow_import_option
 @guarded
 def build(
     spec: str,
@@ -127,6 +128,7 @@ def build(
     code: bool,
     output: str | None,
     force: bool,
+    allow_import: tuple[str, ...],
 ) -> None:
     """Validate and compile SPEC; print its stages, shapes and parameters."""
     if output:
