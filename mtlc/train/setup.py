@@ -153,13 +153,15 @@ def run_balancer(spec: Spec, topology: Any) -> Any:
         balancer = build_balancer(options, topology.tasks, task_kinds(spec))
     except BalancerError as exc:
         raise spec_error(spec, ("balancer", *exc.path), str(exc)) from None
-    if options.get("mode") == "ub" and topology.shared_repr is None:
+    if balancer.needs_shared_repr and topology.shared_repr is None:
+        key = "mode" if "mode" in options else "wrt"
+        exact = "mode: exact" if key == "mode" else "wrt: parameters"
         raise spec_error(
             spec,
-            ("balancer", "mode"),
-            "mgda mode 'ub' needs one shared representation that every task reads, "
-            "but this spec's tasks leave the encoder with separate features; "
-            "use mode: exact",
+            ("balancer", key),
+            f"{options['type']} {key} '{options[key]}' needs one shared representation that"
+            " every task reads, but this spec's tasks leave the encoder with separate"
+            f" features; use {exact}",
         )
     return balancer
 
@@ -193,27 +195,6 @@ def per_sample_batchnorm(model: nn.Module, sample: torch.Tensor) -> list[str]:
             hook.remove()
         model.train(was_training)
     return found
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocator's refusal (CPU or CUDA), not a bug."""
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(exc)
-    return "can't allocate memory" in text or "out of memory" in text.lower()
-
-
-def allocation(exc: BaseException) -> str:
-    """What the allocator's message says the refused allocation was, or ''."""
-    import re
-
-    m = re.search(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]iB)", str(exc))
-    if not m:
-        return ""
-    scale = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[m[2]]
-    from mtlc.data import human_bytes
-
-    return f" (one allocation alone needed {human_bytes(float(m[1]) * scale)})"
 
 
 def first_line(exc: BaseException) -> str:

@@ -14,7 +14,6 @@ stops the run with :class:`~mtlc.train.errors.Diverged` naming the task and the 
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +39,8 @@ class Launched:
     intermediate: list[str]
     values: torch.Tensor
     ready: Any  # a torch.cuda.Event on a GPU, None on the CPU
-    weights: list[torch.Tensor]  # the balancer's tensors after this step's backward
+    weights: dict[str, float]
+    extra: dict[str, float]
     lr: float
 
 
@@ -108,11 +108,11 @@ class Stepping:
         total = self.balance(out, per_task)
         intermediate = [k for k in parts if ":" in k]
         values, ready = _read_later([*per_task.values(), *(parts[k] for k in intermediate), total])
-        weights = [t.detach().clone() for t in _tensors(self.balancer)]
+        weights = self.balancer.weights()
+        extra = self.balancer.extra_state_for_log()
         finite = self.scaler is None or self.scaler.unscale(list(self.model.parameters()))
         lr = self._optimizer_step(finite)
-        if self.kpi_metric:
-            self.balancer.observe(self._batch_kpis(out, batch))
+        self.balancer.after_step(self._step_view(out, batch))
         self.step += 1
         return Launched(
             epoch=self.epoch + 1,
@@ -123,6 +123,7 @@ class Stepping:
             values=values,
             ready=ready,
             weights=weights,
+            extra=extra,
             lr=lr,
         )
 
@@ -155,27 +156,22 @@ class Stepping:
         A generator: the records of the steps before a non-finite one are yielded (and
         logged) before :class:`Diverged` is raised for it.
 
-        The balancer's weights of each step were copied on the device when it was
-        launched; they are read here into a CPU copy of the balancer, whose ``weights()``
-        and ``extra_state_for_log()`` then run without touching the device.
+        The balancer's weights are read when a step is launched (the balancers keep
+        Python state too, so a later read would be wrong); for tensor-state balancers
+        (uncertainty, MGDA's α) that read still waits for the device once per step.
         """
         if not pending:
             return
         if pending[-1].ready is not None:
             pending[-1].ready.synchronize()  # stream order: every earlier copy is done too
-        shadow = copy.deepcopy(self.balancer).cpu() if pending[0].weights else self.balancer
         for launched in pending:
-            if launched.weights:
-                with torch.no_grad():
-                    for mine, saved in zip(_tensors(shadow), launched.weights, strict=True):
-                        mine.copy_(saved)
-            yield self._record(launched, shadow)
+            yield self._record(launched)
 
     def finish_step(self, launched: Launched) -> dict[str, Any]:
         """Read one launched step back (see :meth:`finish_steps`)."""
         return next(self.finish_steps([launched]))
 
-    def _record(self, launched: Launched, balancer: Any) -> dict[str, Any]:
+    def _record(self, launched: Launched) -> dict[str, Any]:
         """A step's record; a non-finite task loss stops the run (Diverged)."""
         values = launched.values.tolist()
         losses = dict(zip(launched.tasks, values))
@@ -188,7 +184,7 @@ class Stepping:
                     step=launched.step,
                     run_dir=Path("."),
                 )
-        weights = balancer.weights()
+        weights = launched.weights
         for task, value in weights.items():
             if not math.isfinite(value):
                 raise Diverged(
@@ -209,35 +205,24 @@ class Stepping:
         }
         if launched.intermediate:
             record["parts"] = dict(zip(launched.intermediate, values[len(losses) : -1]))
-        extra = balancer.extra_state_for_log()
-        if extra:
-            record["balancer"] = extra
+        if launched.extra:
+            record["balancer"] = launched.extra
         return record
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         """One optimizer step, read back at once (what tests and benchmarks want)."""
         return self.finish_step(self.launch_step(batch))
 
-    @torch.no_grad()
-    def _batch_kpis(
-        self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
-    ) -> dict[str, float]:
-        """DTP's per-step KPIs: the task's KPI metric on this batch, mapped into [0, 1]."""
-        from mtlc.metrics import build_metric, kpi
+    def _step_view(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> Any:
+        """What the balancer may look at after the step (:class:`~mtlc.balancers.base.StepView`)."""
+        from mtlc.balancers.base import StepView
 
-        kpis = {}
-        for t, name in self.kpi_metric.items():
-            metric = build_metric(name)
-            metric.update(out[t], batch[self.targets[t]])
-            value = metric.compute()
-            if math.isfinite(value):
-                kpis[t] = kpi(name, value)
-        return kpis
+        def recompute() -> dict[str, torch.Tensor]:
+            with torch.no_grad():
+                return self.forward_losses(batch)[1]
 
-
-def _tensors(balancer: nn.Module) -> list[torch.Tensor]:
-    """A balancer's parameters and buffers: the state its weights are read from."""
-    return [*balancer.parameters(), *balancer.buffers()]
+        targets = {t: batch[key] for t, key in self.targets.items() if key in batch}
+        return StepView(out, targets, self.task_metrics, recompute)
 
 
 def _read_later(read: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
