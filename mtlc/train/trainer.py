@@ -19,8 +19,8 @@ Choices worth knowing:
   command was right, the training failed); nothing is saved after it, so
   ``last.pt``/``best.pt`` keep the last good epoch.
 * **Speed.** Batches are slices of pre-built tensors, kept on the GPU when they fit
-  (:func:`~mtlc.train.setup.keep_on_device`); the host reads the steps' losses and
-  balancer weights back once per ``train.log_every`` steps (:meth:`Trainer.launch_step`),
+  (:func:`~mtlc.train.setup.keep_on_device`); the host reads the steps' losses back
+  once per ``train.log_every`` steps (:meth:`Trainer.launch_step`),
   so the host never waits for the device more often than that. ``train.amp``,
   ``channels_last`` and ``compile`` are in :mod:`mtlc.train.speed`.
 * **best.pt**: :mod:`mtlc.train.best`.
