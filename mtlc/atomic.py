@@ -24,15 +24,18 @@ def file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path]:
     """A temporary path beside `path` to write to; on a clean exit it replaces `path`.
 
     For writers that want a file name rather than an open file (and for checking the
     written file before it takes the target's place: raise inside the block and the
     target is never touched). On any error (or Ctrl-C) the temporary file is removed.
+    `keep_suffix` ends the temporary name with the target's suffix, for readers that
+    go by it (torch.export.load wants `.pt2`).
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
