@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from torch import fx
 
 from mtlc.compiler import Compiled
+from mtlc.compiler.labels import task_sets
 from mtlc.compiler.prune import pruned
 from mtlc.errors import MtlcError, unknown
 
@@ -35,8 +36,16 @@ def choose_tasks(compiled: Compiled, requested: Sequence[str] = ()) -> list[str]
 
 
 def serving_graph(compiled: Compiled, tasks: Sequence[str]) -> fx.GraphModule:
-    """The graph computing only `tasks`' predictions (it shares `compiled`'s modules)."""
+    """The graph computing only `tasks`' predictions (it shares `compiled`'s modules).
+
+    Its node labels get their own copy of `tasks`: the tasks of *this* graph that
+    depend on the node (the supervised graph's labels also name auxiliary tasks).
+    """
     gm = pruned(compiled.supervised, list(tasks))
+    _, users = task_sets(gm.graph)
+    for node in gm.graph.nodes:
+        if "mtlc" in node.meta:
+            node.meta["mtlc"] = {**node.meta["mtlc"], "tasks": users[node]}
     gm.meta["mtlc"] = {**gm.meta.get("mtlc", {}), "outputs": list(tasks)}
     return gm
 

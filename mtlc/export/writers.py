@@ -32,12 +32,14 @@ def dynamic_shapes(dynamic_batch: bool) -> tuple[dict[int, Any]] | None:
 
 
 @contextlib.contextmanager
-def _quiet_onnx() -> Iterator[None]:
-    """torch.onnx logs a warning per torchvision op it cannot register (none is ours) and
-    its dependencies warn about their own deprecations: nothing a user can act on."""
-    logger = logging.getLogger("torch.onnx")
+def quiet() -> Iterator[None]:
+    """Exporters log what they trace (a failed torch.export dumps its graph; torch.onnx
+    warns once per torchvision op it cannot register) and their dependencies warn about
+    their own deprecations: nothing a user can act on, and an export that fails is
+    reported as one located line instead."""
+    logger = logging.getLogger("torch")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -50,8 +52,9 @@ def _quiet_onnx() -> Iterator[None]:
 # -- torch.export (.pt2) ------------------------------------------------------------------
 
 
-def trace_pt2(module: nn.Module, example: tuple, dynamic_batch: bool, names: dict) -> Any:
-    return torch.export.export(module, example, dynamic_shapes=dynamic_shapes(dynamic_batch))
+def trace_pt2(module: nn.Module, example: tuple, dynamic_batch: bool, names: dict | None) -> Any:
+    with quiet():
+        return torch.export.export(module, example, dynamic_shapes=dynamic_shapes(dynamic_batch))
 
 
 def write_pt2(program: Any, path: Path) -> None:
@@ -83,14 +86,15 @@ def has_onnxruntime() -> bool:
     return True
 
 
-def trace_onnx(module: nn.Module, example: tuple, dynamic_batch: bool, names: dict) -> Any:
-    with _quiet_onnx():
+def trace_onnx(module: nn.Module, example: tuple, dynamic_batch: bool, names: dict | None) -> Any:
+    """`names` ({"input", "outputs"}) name the graph's inputs and outputs; None: torch's."""
+    with quiet():
         return torch.onnx.export(
             module,
             example,
             dynamo=True,
-            input_names=[names["input"]],
-            output_names=list(names["outputs"]),
+            input_names=[names["input"]] if names else None,
+            output_names=list(names["outputs"]) if names else None,
             dynamic_shapes=dynamic_shapes(dynamic_batch),
             verbose=False,
         )
@@ -123,7 +127,7 @@ class Format:
 
     name: str
     suffix: str
-    trace: Callable[[nn.Module, tuple, bool, dict], Any]
+    trace: Callable[[nn.Module, tuple, bool, dict | None], Any]
     write: Callable[[Any, Path], None]
     load: Callable[[str | Path], Callable[[torch.Tensor], dict[str, torch.Tensor]]]
     dtypes: tuple[str, ...]  # the --dtype values its loader can run on the CPU
