@@ -24,7 +24,7 @@ import yaml
 from mtlc.data.batches import iterate_batches
 from mtlc.devices import resolve_device
 from mtlc.spec import load_spec
-from mtlc.train import loop
+from mtlc.train import trainer as trainer_module
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "hard.yaml"
 BALANCERS = {
@@ -67,7 +67,9 @@ def main() -> None:
     for tasks in (2, 3, 4):
         trainers = {}
         for key, balancer in BALANCERS.items():
-            trainer = loop.Trainer(spec_with(tasks, balancer, args.size, args.batch), device=device)
+            trainer = trainer_module.Trainer(
+                spec_with(tasks, balancer, args.size, args.batch), device=device
+            )
             batch = next(iterate_batches(trainer.train_data, args.batch, shuffle=False))
             trainers[key] = (trainer, trainer._to_device(batch))
         times: dict[str, list[float]] = {k: [] for k in BALANCERS}

@@ -29,7 +29,8 @@ from mtlc.compiler import compile_spec
 from mtlc.data.batches import iterate_batches
 from mtlc.devices import resolve_device
 from mtlc.spec import load_spec
-from mtlc.train import loop, runfolder
+from mtlc.train import runfolder, setup
+from mtlc.train import trainer as trainer_module
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "hard.yaml"
 
@@ -38,7 +39,7 @@ def hand_epoch(spec, data, device: torch.device) -> float:
     """One epoch of the minimal loop on a freshly compiled model; returns samples/s."""
     torch.manual_seed(spec.train.seed)
     model = compile_spec(spec).supervised.to(device)
-    fns = loop.loss_functions(spec)
+    fns = setup.loss_functions(spec)
     targets = {t: task.target or t for t, task in spec.tasks.items()}
     opt = torch.optim.Adam(model.parameters(), lr=spec.train.optimizer.lr)
     gen = torch.Generator().manual_seed(spec.train.seed)
@@ -64,12 +65,14 @@ def hand_epoch(spec, data, device: torch.device) -> float:
 def trainer_epoch(spec, splits, device: torch.device, folder: Path) -> float:
     """One epoch of Trainer.fit (progress rendered to a fake terminal); its samples/s."""
     console = Console(file=io.StringIO(), force_terminal=True, width=120)
-    original = loop.load_split
-    loop.load_split = lambda spec, split, allow: splits[split]  # same tensors, no re-render
+    original = trainer_module.load_split
+    trainer_module.load_split = lambda spec, split, allow: splits[
+        split
+    ]  # same tensors, no re-render
     try:
-        trainer = loop.Trainer(spec, device=device, console=console, progress=True)
+        trainer = trainer_module.Trainer(spec, device=device, console=console, progress=True)
     finally:
-        loop.load_split = original
+        trainer_module.load_split = original
     runfolder.prepare(folder, resume=False, force=False)
     return trainer.fit(folder).summary["train_samples_per_s"]
 
@@ -97,7 +100,7 @@ def main() -> None:
             "train.epochs=1",
         ],
     )
-    splits = {s: loop.load_split(spec, s, frozenset()) for s in ("train", "val")}
+    splits = {s: setup.load_split(spec, s, frozenset()) for s in ("train", "val")}
     hand_epoch(spec, splits["train"], device)  # warm-up (allocator, oneDNN/cuDNN plans)
     hand, mtlc = [], []
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,9 +19,11 @@ from mtlc.compiler.labels import shared_parameters
 from mtlc.data.batches import iterate_batches
 from mtlc.errors import SpecError
 from mtlc.spec import load_spec
-from mtlc.train import loop, runfolder
+from mtlc.train import best, run, runfolder
 from mtlc.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mtlc.train.loop import Diverged, Interrupted, Trainer, TrainError, train
+from mtlc.train.errors import Diverged, Interrupted, TrainError
+from mtlc.train.run import train
+from mtlc.train.trainer import Trainer
 
 SPECS = sorted(Path(__file__).resolve().parent.parent.glob("specs/*.yaml"))
 
@@ -158,7 +160,7 @@ def test_run_folder_holds_spec_metrics_checkpoints_and_summary(tiny: Path, tmp_p
     assert last["spec"] == saved
     assert torch.load(out / "best.pt", weights_only=True)["epoch"] == best_epoch
     # the checkpoint's weights are the supervised model's: they score the same as the summary
-    scored = loop.evaluate(tiny, out / "last.pt", device="cpu")
+    scored = run.evaluate(tiny, out / "last.pt", device="cpu")
     for t, metrics in summary["final"]["metrics"].items():
         assert scored["metrics"][t] == pytest.approx(metrics)
 
@@ -309,7 +311,7 @@ def test_cross_stitch_units_get_their_lr_mult_group(write_spec):
     path = write_spec(
         TINY.replace(
             "tasks:",
-            "  sharing:\n    s1: {type: cross_stitch, lr_mult: 100}\ntasks:",
+            "  sharing:\n    s1: {type: cross_stitch, lr_mult: 100}\n    s2: separate\ntasks:",
         ),
         "cs.yaml",
     )
@@ -367,15 +369,15 @@ def test_best_rule_without_baselines_is_the_pairwise_mean_rank():
     old = {"seg": {"miou": 0.5, "pixel_acc": 0.8}, "depth": {"abs_err": 2.0}}
     # seg: one up, one down → 0; depth: better → +1; mean over tasks 0.5 > 0
     new = {"seg": {"miou": 0.6, "pixel_acc": 0.7}, "depth": {"abs_err": 1.9}}
-    assert loop.pairwise_score(new, old) == pytest.approx(0.5)
+    assert best.pairwise_score(new, old) == pytest.approx(0.5)
     # a zero metric (no pixel within 11.25° yet) neither breaks nor dominates the rule
     zero = {"normal": {"within_11.25": 0.0, "angle_mean": 40.0}}
-    assert loop.pairwise_score({"normal": {"within_11.25": 0.1, "angle_mean": 41.0}}, zero) == 0
-    assert loop.is_better({"reference": new}, {"reference": old}, None)
-    assert not loop.is_better({"reference": old}, {"reference": new}, None)
+    assert best.pairwise_score({"normal": {"within_11.25": 0.1, "angle_mean": 41.0}}, zero) == 0
+    assert best.is_better({"reference": new}, {"reference": old}, None)
+    assert not best.is_better({"reference": old}, {"reference": new}, None)
     with_base = {"seg": {"miou": 0.4}}
-    assert loop.is_better({"delta_m": 2.0}, {"delta_m": 1.0}, with_base)
-    assert not loop.is_better({"delta_m": None}, {"delta_m": 1.0}, with_base)
+    assert best.is_better({"delta_m": 2.0}, {"delta_m": 1.0}, with_base)
+    assert not best.is_better({"delta_m": None}, {"delta_m": 1.0}, with_base)
 
 
 def test_data_that_does_not_fit_the_spec_is_a_located_error(tiny: Path):
@@ -436,7 +438,7 @@ def test_training_on_cuda_and_resuming(tiny: Path, tmp_path: Path):
     assert result.summary["device"].startswith("cuda")
     assert result.summary["steps"] == 6
     assert all(math.isfinite(v) for v in result.summary["final"]["val_loss"].values())
-    scored = loop.evaluate(tiny, tmp_path / "a" / "last.pt", device="cpu")
+    scored = run.evaluate(tiny, tmp_path / "a" / "last.pt", device="cpu")
     assert scored["metrics"]["seg"]["miou"] == pytest.approx(
         result.summary["final"]["metrics"]["seg"]["miou"], abs=1e-3
     )

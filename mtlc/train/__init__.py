@@ -11,14 +11,14 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "Diverged": "mtlc.train.loop",
-    "Interrupted": "mtlc.train.loop",
-    "RunResult": "mtlc.train.loop",
-    "TrainError": "mtlc.train.loop",
-    "Trainer": "mtlc.train.loop",
-    "evaluate": "mtlc.train.loop",
+    "Diverged": "mtlc.train.errors",
+    "Interrupted": "mtlc.train.errors",
+    "RunResult": "mtlc.train.errors",
+    "TrainError": "mtlc.train.errors",
+    "Trainer": "mtlc.train.trainer",
+    "evaluate": "mtlc.train.run",
     "shared_parameters": "mtlc.compiler.labels",
-    "train": "mtlc.train.loop",
+    "train": "mtlc.train.run",
     "sweep": "mtlc.train.sweep",
     "compare_runs": "mtlc.train.compare",
 }

@@ -64,7 +64,9 @@ def baseline_metrics(
     """Train (or reuse) every baseline of ``spec`` under ``run_dir/baselines``."""
     from rich.markup import escape
 
-    from mtlc.train.loop import Trainer, TrainError, check_resumable
+    from mtlc.train.errors import TrainError
+    from mtlc.train.state import check_resumable
+    from mtlc.train.trainer import Trainer
 
     tasks = baseline_tasks(spec)
     if not tasks:

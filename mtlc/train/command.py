@@ -67,7 +67,7 @@ def _extra(overrides: tuple[str, ...], epochs: int | None, seed: int | None) -> 
 
 def _stopped(exc: Exception) -> None:
     """Report a run that ended early: exit 130 for Ctrl-C, 1 for a diverged loss."""
-    from mtlc.train.loop import Interrupted
+    from mtlc.train.errors import Interrupted
 
     if isinstance(exc, Interrupted):
         click.echo(f"interrupted: {exc}", err=True)
@@ -102,8 +102,8 @@ def train(
     and plots. Ctrl-C saves and stops (exit 130); --resume continues exactly where it
     stopped.
     """
-    from mtlc.train.loop import Diverged, Interrupted
-    from mtlc.train.loop import train as run
+    from mtlc.train.errors import Diverged, Interrupted
+    from mtlc.train.run import train as run
 
     out_console = console()
     try:
@@ -184,7 +184,7 @@ def evaluate(
 
     from rich.table import Table
 
-    from mtlc.train.loop import evaluate as run
+    from mtlc.train.run import evaluate as run
     from mtlc.train.runfolder import finite
 
     result = run(
@@ -239,7 +239,7 @@ def sweep(
     overrides: tuple[str, ...],
 ) -> None:
     """Train SPEC once per point of a grid and rank the points (best *, Pareto-optimal P)."""
-    from mtlc.train.loop import Diverged, Interrupted
+    from mtlc.train.errors import Diverged, Interrupted
     from mtlc.train.sweep import sweep as run
     from mtlc.train.sweep import sweep_table
 

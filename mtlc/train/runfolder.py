@@ -7,7 +7,7 @@ Layout (``runs/<spec name>/`` by default)::
                      step (per-task losses, balancer weights, lr), {"type": "epoch", ...}
                      after every epoch (train/val losses, val metrics, Δm, best flag)
     last.pt          checkpoint after the latest epoch (or where Ctrl-C stopped the run)
-    best.pt          checkpoint of the best epoch (rule in mtlc.train.loop.is_better)
+    best.pt          checkpoint of the best epoch (rule in mtlc.train.best.is_better)
     summary.json     status, final and best validation metrics, Δm, timings
     loss.png, weights.png   plots (with matplotlib installed)
     tensorboard/     event files (with --tensorboard)

@@ -112,7 +112,7 @@ def check_points(
     its balancer (whose options, such as a negative weight, only the balancer knows).
     """
     from mtlc.topology import build_topology
-    from mtlc.train.loop import run_balancer
+    from mtlc.train.setup import run_balancer
 
     specs = []
     items = {k: f"{k}={','.join(v)}" for k, v in grid}
@@ -205,7 +205,9 @@ def sweep(
     from mtlc.devices import resolve_device
     from mtlc.train import runfolder
     from mtlc.train.baselines import baseline_metrics, baseline_tasks
-    from mtlc.train.loop import Diverged, check_resumable, train
+    from mtlc.train.errors import Diverged
+    from mtlc.train.run import train
+    from mtlc.train.state import check_resumable
 
     overrides = list(overrides)
     grid = parse_grid(grid_items)
@@ -268,7 +270,7 @@ def sweep(
         metrics = {t: m for t, m in metrics.items() if t in base.outputs}
         row = SweepRow(name, run_dir, values, metrics, status=summary.get("status", "?"))
         if found:
-            from mtlc.train.loop import safe_delta_m
+            from mtlc.train.best import safe_delta_m
 
             row.delta_m = safe_delta_m(metrics, {t: found[t] for t in baseline_tasks(base)})
         rows.append(row)

@@ -1,0 +1,84 @@
+"""The Python faces of ``mtlc train`` and ``mtlc eval``: a spec in, a run folder or scores out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mtlc.devices import resolve_device
+from mtlc.spec import load_spec
+from mtlc.train import runfolder
+from mtlc.train.baselines import baseline_metrics, find_baselines
+from mtlc.train.checkpoint import load_checkpoint
+from mtlc.train.errors import RunResult
+from mtlc.train.setup import load_model_state
+from mtlc.train.sinks import tensorboard_available
+from mtlc.train.state import check_resumable
+from mtlc.train.trainer import Trainer
+
+
+def train(
+    spec: Any,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    out: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    device: str = "auto",
+    allow_import: frozenset[str] | tuple[str, ...] = frozenset(),
+    tensorboard: bool = False,
+    baselines: bool | dict[str, dict[str, float]] = False,
+    console: Any = None,
+    progress: bool = True,
+) -> RunResult:
+    """Train a spec into a run folder; the Python face of ``mtlc train``.
+
+    ``baselines=True`` trains (or reuses) the single-task baselines in
+    ``<run>/baselines/`` first; a dict gives their metrics directly. Raises
+    :class:`TrainError`/``SpecError`` before anything is written or removed (the data,
+    the model, the balancer and the folder are all checked first), :class:`Diverged` or
+    :class:`Interrupted` after.
+    """
+    spec = load_spec(spec, overrides)
+    run_dir = Path(out) if out is not None else runfolder.default_run_dir(spec.name)
+    torch_device = resolve_device(device)
+    if tensorboard:
+        tensorboard_available()
+    runfolder.check(run_dir, resume=resume, force=force)
+    if resume:
+        check_resumable(spec, run_dir)
+    trainer = Trainer(
+        spec, device=torch_device, allow_import=allow_import, console=console, progress=progress
+    )
+    runfolder.prepare(run_dir, resume=resume, force=force)
+    if baselines is True:
+        found = baseline_metrics(
+            spec, run_dir, device=torch_device, allow_import=allow_import, console=console
+        )
+    elif isinstance(baselines, dict):
+        found = baselines
+    else:
+        found = find_baselines(spec, run_dir)
+    return trainer.fit(run_dir, resume=resume, baselines=found, tensorboard=tensorboard)
+
+
+def evaluate(
+    spec: Any,
+    checkpoint: str | Path,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str = "auto",
+    allow_import: frozenset[str] | tuple[str, ...] = frozenset(),
+) -> dict[str, Any]:
+    """Validation losses and metrics of a checkpoint on the spec's validation split."""
+    spec = load_spec(spec, overrides)
+    state = load_checkpoint(checkpoint, ("model",))
+    trainer = Trainer(spec, device=device, allow_import=allow_import, console=None, splits=("val",))
+    load_model_state(trainer.model, state["model"], str(checkpoint))
+    val_loss, metrics = trainer.validate()
+    return {
+        "checkpoint": str(checkpoint),
+        "epoch": state.get("epoch"),
+        "val_loss": val_loss,
+        "metrics": metrics,
+    }

@@ -1,0 +1,108 @@
+"""A run's checkpoint state: what last.pt holds, how a run is restored from it, and
+whether a stopped run may be resumed with the spec given now.
+
+A checkpoint holds the torch RNG state, the shuffling generator's state at the start of
+the epoch and the number of batches done, so ``--resume`` replays the same permutation,
+skips the batches already seen and continues bit for bit: on the CPU, stopping and
+resuming gives the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtlc.spec import Spec
+from mtlc.train import runfolder
+from mtlc.train.checkpoint import RUN_KEYS, load_checkpoint
+from mtlc.train.errors import TrainError
+from mtlc.train.setup import load_model_state
+
+
+class Checkpointing:
+    """The trainer's save/restore half (mixed into :class:`~mtlc.train.trainer.Trainer`).
+
+    It reads and writes the trainer's model, balancer, optimizer, scheduler, generators
+    and progress counters; everything a checkpoint holds is listed in :meth:`state`.
+    """
+
+    def _rng_state(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return rng
+
+    def _set_rng_state(self, rng: dict[str, Any]) -> None:
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def state(self) -> dict[str, Any]:
+        rng = {
+            **self._rng_state(),
+            "generator": self.generator.get_state(),
+            "epoch_generator": self.epoch_generator,
+        }
+        return {
+            "spec": self.spec.model_dump(mode="json"),
+            "model": self.model.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch": self.batch,
+            "rng": rng,
+            "progress": {
+                "epoch_sums": dict(self.epoch_sums),
+                "epoch_count": self.epoch_count,
+                "best": self.best,
+                "last": self.last,
+                "train_time": self.train_time,
+                "samples": self.samples,
+            },
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        load_model_state(self.model, state["model"], "the checkpoint")
+        try:
+            self.balancer.load_state_dict(state["balancer"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise TrainError(f"the checkpoint does not fit this spec's balancer: {first}") from None
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step, self.batch = state["epoch"], state["step"], state["batch"]
+        rng = state["rng"]
+        self._set_rng_state(rng)
+        self.generator.set_state(rng["generator"])
+        self.epoch_generator = rng["epoch_generator"]
+        p = state["progress"]
+        self.epoch_sums, self.epoch_count = dict(p["epoch_sums"]), p["epoch_count"]
+        self.best, self.last = p["best"], p["last"]
+        self.train_time, self.samples = p["train_time"], p["samples"]
+
+
+def check_resumable(spec: Spec, run_dir: Path) -> None:
+    """Resuming needs the same spec as the stopped run, except for the number of epochs."""
+    saved = load_checkpoint(run_dir / runfolder.LAST, RUN_KEYS)["spec"]
+    now = spec.model_dump(mode="json")
+    diffs = [p for p in _diff(saved, now) if p != "train.epochs"]
+    if diffs:
+        shown = ", ".join(diffs[:5]) + (" …" if len(diffs) > 5 else "")
+        raise TrainError(
+            f"{run_dir}: the spec differs from the run being resumed ({shown}); "
+            "use --force to start over, or --out for a new run folder"
+        )
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]

@@ -1,0 +1,188 @@
+"""One training step: forward, per-task losses, the balancer's backward, the optimizer.
+
+One forward of the *supervised* GraphModule gives every prediction the spec supervises:
+the tasks (auxiliary ones included), intermediate predictions under ``task:tag`` keys
+(PAD-Net's initial predictions, JTRL's steps) and ``@shared``, the shared representation
+MGDA-UB differentiates against. Task t's loss for the balancer is its final loss plus
+``decoder.supervision`` × each of its intermediate losses, so deep supervision is
+balanced together with the task it belongs to.
+
+The host reads a step's losses back only after launching the next step
+(:meth:`Stepping.launch_step`), so logging never makes a GPU wait. A non-finite task loss
+stops the run with :class:`~mtlc.train.errors.Diverged` naming the task and the step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtlc.compiler import SHARED_KEY
+from mtlc.train.errors import Diverged
+
+
+@dataclass
+class Launched:
+    """A step taken whose losses (``values``: per task, intermediates, total) are being read."""
+
+    epoch: int
+    step: int
+    size: int
+    tasks: list[str]
+    intermediate: list[str]
+    values: torch.Tensor
+    ready: Any  # a torch.cuda.Event on a GPU, None on the CPU
+    weights: dict[str, float]
+    lr: float
+    extra: dict[str, float]
+
+
+class Stepping:
+    """The trainer's step half (mixed into :class:`~mtlc.train.trainer.Trainer`).
+
+    It uses the trainer's model, losses, balancer, optimizer and scheduler; the
+    balancer's part of a step is :meth:`balance` and nothing else.
+    """
+
+    def forward_losses(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(outputs, per-task balancer losses, every supervised prediction's own loss)."""
+        out = self.model(batch[self.spec.input_name])
+        parts = {
+            k: self.losses[k.split(":")[0]](out[k], batch[self.targets[k.split(":")[0]]])
+            for k in self.pred_keys
+        }
+        per_task: dict[str, torch.Tensor] = {}
+        for key, loss in parts.items():
+            task = key.split(":")[0]
+            if task in per_task:
+                per_task[task] = per_task[task] + self.supervision * loss
+            else:
+                per_task[task] = loss
+        return out, per_task, parts
+
+    def balance(
+        self, out: dict[str, torch.Tensor], per_task: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The balancer's backward of this step's task losses; returns the total loss.
+
+        Gradients land in the parameters' ``.grad``; whatever the balancer needs besides
+        the losses (the shared parameters, the shared representation) is handed over here.
+        """
+        return self.balancer.backward(
+            per_task,
+            shared_params=self.shared,
+            shared_repr=out.get(SHARED_KEY) if self.use_shared_repr else None,
+        )
+
+    def launch_step(self, batch: dict[str, torch.Tensor]) -> Launched:
+        """One optimizer step, with its losses still on their way back from the device.
+
+        The losses are read back later (:meth:`finish_step`), so on a GPU the host never
+        waits for the device inside a step and can queue the next one meanwhile; the
+        trainer finishes step s after launching step s + 1. A non-finite loss is thus
+        seen one step late, after the optimizer has used it: the run stops there and
+        never saves those weights, so the checkpoints on disk stay good.
+        """
+        if not self.model.training:
+            self.model.train()
+        out, per_task, parts = self.forward_losses(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = self.balance(out, per_task)
+        intermediate = [k for k in parts if ":" in k]
+        values, ready = _read_later([*per_task.values(), *(parts[k] for k in intermediate), total])
+        weights = self.balancer.weights()
+        lr = self._optimizer_step()
+        if self.kpi_metric:
+            self.balancer.observe(self._batch_kpis(out, batch))
+        self.step += 1
+        return Launched(
+            epoch=self.epoch + 1,
+            step=self.step,
+            size=batch[self.spec.input_name].shape[0],
+            tasks=list(per_task),
+            intermediate=intermediate,
+            values=values,
+            ready=ready,
+            weights=weights,
+            lr=lr,
+            extra=self.balancer.extra_state_for_log(),
+        )
+
+    def _optimizer_step(self) -> float:
+        """Clip, step the optimizer and the schedule; the learning rate the step used."""
+        if self.spec.train.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return lr
+
+    def finish_step(self, launched: Launched) -> dict[str, Any]:
+        """Read a launched step's losses, stop on a non-finite one, return its record."""
+        if launched.ready is not None:
+            launched.ready.synchronize()
+        values = launched.values.tolist()
+        losses = dict(zip(launched.tasks, values))
+        for task, value in losses.items():
+            if not math.isfinite(value):
+                raise Diverged(
+                    f"the loss of task '{task}' is {value} at step {launched.step} "
+                    f"(epoch {launched.epoch})",
+                    task=task,
+                    step=launched.step,
+                    run_dir=Path("."),
+                )
+        record: dict[str, Any] = {
+            "type": "step",
+            "epoch": launched.epoch,
+            "step": launched.step,
+            "loss": losses,
+            "total": values[-1],
+            "weights": launched.weights,
+            "lr": launched.lr,
+        }
+        if launched.intermediate:
+            record["parts"] = dict(zip(launched.intermediate, values[len(losses) : -1]))
+        if launched.extra:
+            record["balancer"] = launched.extra
+        return record
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """One optimizer step, read back at once (what tests and benchmarks want)."""
+        return self.finish_step(self.launch_step(batch))
+
+    @torch.no_grad()
+    def _batch_kpis(
+        self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """DTP's per-step KPIs: the task's KPI metric on this batch, mapped into [0, 1]."""
+        from mtlc.metrics import build_metric, kpi
+
+        kpis = {}
+        for t, name in self.kpi_metric.items():
+            metric = build_metric(name)
+            metric.update(out[t], batch[self.targets[t]])
+            value = metric.compute()
+            if math.isfinite(value):
+                kpis[t] = kpi(name, value)
+        return kpis
+
+
+def _read_later(read: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+    """The scalars stacked; on a GPU copied to pinned memory without waiting, plus its event."""
+    values = torch.stack([v.detach().float().reshape(()) for v in read])
+    ready = None
+    if values.is_cuda:
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        values = host.copy_(values, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+    return values, ready

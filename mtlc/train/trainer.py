@@ -1,0 +1,348 @@
+"""The trainer: one run's model, data, balancer and optimizer, and its epoch loop.
+
+:class:`Trainer` is built from a spec (:mod:`mtlc.train.setup` does the checking) and
+mixes in its step (:mod:`mtlc.train.step`), its validation
+(:mod:`mtlc.train.validation`) and its checkpoint state (:mod:`mtlc.train.state`).
+This module owns the loop over epochs and what happens at their ends.
+
+Choices worth knowing:
+
+* **Reproducible, resumable.** ``train.seed`` seeds torch before the model is built and
+  seeds the generator that shuffles the training split; the data sets themselves are fixed
+  by their own ``train.data.seed`` (0 by default), so runs with different training seeds
+  see the same scenes. ``--resume`` continues bit for bit (:mod:`mtlc.train.state`).
+* **Stopping.** Ctrl-C is turned into a request that the loop honours between steps (an
+  optimizer step is never cut in half): it saves ``last.pt`` and raises
+  :class:`~mtlc.train.errors.Interrupted` (the CLI exits 130). A second Ctrl-C aborts at
+  once without saving. A non-finite task loss stops the run with
+  :class:`~mtlc.train.errors.Diverged` naming the task and the step (the CLI exits 1: the
+  command was right, the training failed); nothing is saved after it, so
+  ``last.pt``/``best.pt`` keep the last good epoch.
+* **Speed.** Batches are slices of pre-built tensors; the host reads a step's losses back
+  only after launching the next step (:meth:`Trainer.launch_step`), so logging never
+  makes a GPU wait.
+* **best.pt**: :mod:`mtlc.train.best`.
+* **Shared parameters** (what MGDA ``mode: exact`` differentiates) are the parameters of
+  modules whose graph nodes serve two or more tasks
+  (:func:`~mtlc.compiler.labels.shared_parameters`).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtlc.compiler.labels import shared_parameters
+from mtlc.devices import resolve_device
+from mtlc.spec import Spec
+from mtlc.train import runfolder
+from mtlc.train.best import best_reference, is_better, safe_delta_m
+from mtlc.train.checkpoint import RUN_KEYS, copy_checkpoint, load_checkpoint, save_checkpoint
+from mtlc.train.errors import Diverged, Interrupted, RunResult
+from mtlc.train.setup import (
+    build_optimizer,
+    check_targets,
+    cosine_schedule,
+    load_split,
+    loss_functions,
+    run_balancer,
+    to_device,
+)
+from mtlc.train.sinks import (
+    epoch_table,
+    open_tensorboard,
+    progress_bar,
+    short_losses,
+    tb_epoch,
+    tb_step,
+)
+from mtlc.train.state import Checkpointing
+from mtlc.train.step import Launched, Stepping
+from mtlc.train.validation import Validating
+
+
+class Trainer(Checkpointing, Stepping, Validating):
+    """Owns the model, data, balancer and optimizer of one run; :meth:`fit` trains it."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        *,
+        device: str | torch.device = "auto",
+        allow_import: frozenset[str] | tuple[str, ...] = frozenset(),
+        console: Any = None,
+        progress: bool = True,
+        splits: tuple[str, ...] = ("train", "val"),
+    ):
+        from mtlc.compiler import compile_spec
+
+        self.spec = spec
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.console = console
+        self.show_progress = progress and console is not None
+        allow = frozenset(allow_import)
+        self.train_data = load_split(spec, "train", allow) if "train" in splits else None
+        self.val_data = load_split(spec, "val", allow)
+
+        torch.manual_seed(spec.train.seed)
+        self.compiled = compile_spec(spec)
+        self.model = self.compiled.supervised.to(self.device)
+        self.tasks = list(self.compiled.topology.tasks)
+        self.pred_keys = [k for k in self.compiled.topology.predictions]
+        self.pred_keys.sort(key=lambda k: (":" in k, self.tasks.index(k.split(":")[0])))
+        self.targets = {t: task.target or t for t, task in spec.tasks.items()}
+        self.losses = loss_functions(spec)
+        self.supervision = spec.decoder.supervision if spec.decoder is not None else 1.0
+        for data in (self.train_data, self.val_data):
+            if data is not None:
+                check_targets(
+                    spec,
+                    self.model,
+                    data,
+                    pred_keys=self.pred_keys,
+                    targets=self.targets,
+                    losses=self.losses,
+                    device=self.device,
+                )
+
+        options = spec.balancer.model_dump()
+        self.balancer = run_balancer(spec, self.compiled.topology).to(self.device)
+        self.use_shared_repr = options.get("mode") == "ub"
+        self.shared = shared_parameters(self.model)
+        self.kpi_metric: dict[str, str] = {}
+        if options.get("type") == "dtp":
+            for t, task in spec.tasks.items():
+                name = options.get("kpi", {}).get(t) or (task.metrics[0] if task.metrics else None)
+                if name is not None:
+                    self.kpi_metric[t] = name
+        self.optimizer = build_optimizer(spec, self.model, list(self.balancer.parameters()))
+        samples = len(self.train_data) if self.train_data is not None else 0
+        self.batches_per_epoch = -(-samples // spec.train.batch_size)
+        self.scheduler = None
+        if spec.train.scheduler == "cosine":
+            total = spec.train.epochs * self.batches_per_epoch
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, cosine_schedule(total)
+            )
+        self.generator = torch.Generator().manual_seed(spec.train.seed)
+
+        # progress of the run, all of it saved in checkpoints
+        self.epoch = 0  # epochs finished (trained and validated)
+        self.step = 0  # optimizer steps taken
+        self.batch = 0  # batches of the epoch in progress done
+        self.epoch_generator = self.generator.get_state()
+        self.epoch_sums = dict.fromkeys(self.tasks, 0.0)
+        self.epoch_count = 0
+        self.best: dict[str, Any] | None = None
+        self.last: dict[str, Any] | None = None
+        self.train_time = 0.0
+        self.samples = 0
+        self._stop = False
+        # where a fresh run's random stream starts (dropout...): fit() rewinds to it, so
+        # whatever runs between construction and fit (baselines) cannot change the run
+        self._start_rng = self._rng_state()
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return to_device(batch, self.device)
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The epoch in progress, from where it stopped (same permutation as before)."""
+        from mtlc.data.batches import iterate_batches
+
+        self.generator.set_state(self.epoch_generator)
+        it = iterate_batches(
+            self.train_data, self.spec.train.batch_size, shuffle=True, generator=self.generator
+        )
+        for i, batch in enumerate(it):
+            if i >= self.batch:
+                yield batch
+
+    def request_stop(self) -> None:
+        """Ask the loop to save and stop after the current step (what Ctrl-C does)."""
+        self._stop = True
+
+    # -- the run ----------------------------------------------------------------------------
+    def fit(
+        self,
+        run_dir: Path,
+        *,
+        resume: bool = False,
+        baselines: dict[str, dict[str, float]] | None = None,
+        tensorboard: bool = False,
+    ) -> RunResult:
+        """Train to ``spec.train.epochs`` in ``run_dir`` (prepared by the caller)."""
+        from mtlc.train.plots import write_plots
+
+        if resume:
+            self.load_state(load_checkpoint(run_dir / runfolder.LAST, RUN_KEYS))
+        else:
+            self._set_rng_state(self._start_rng)
+        runfolder.write_spec(run_dir, self.spec.model_dump(mode="json"))
+        log = runfolder.MetricsLog(run_dir, keep=(self.epoch, self.step) if resume else None)
+        writer = open_tensorboard(run_dir) if tensorboard else None
+        self.baselines = baselines
+        previous = _install_sigint(self)
+        status = "completed"
+        try:
+            self._loop(run_dir, log, writer)
+        except Diverged as exc:
+            status = "diverged"
+            exc.run_dir = run_dir
+            where = (
+                f"{run_dir / runfolder.LAST} (epoch {self.epoch}) is the last good checkpoint"
+                if (run_dir / runfolder.LAST).exists()
+                else "no checkpoint was written before it"
+            )
+            exc.args = (f"{exc.args[0]}; training stopped. {where}",)
+            raise
+        except Interrupted:
+            status = "interrupted"
+            raise
+        finally:
+            _restore_sigint(previous)
+            log.close()
+            if writer is not None:
+                writer.close()
+            summary = self.summary(status)
+            summary["plots"] = write_plots(run_dir)
+            runfolder.write_summary(run_dir, summary)
+        return RunResult(run_dir, summary)
+
+    def _loop(self, run_dir: Path, log: runfolder.MetricsLog, writer: Any) -> None:
+        epochs = self.spec.train.epochs
+        while self.epoch < epochs:
+            with progress_bar(self.console, self.show_progress) as bar:
+                task_id = bar.add_task(
+                    f"epoch {self.epoch + 1}/{epochs}",
+                    total=self.batches_per_epoch,
+                    completed=self.batch,
+                    losses="",
+                )
+
+                # the loop's time counts everything per batch: slicing, the step, logging
+                start = time.perf_counter()
+                try:
+                    pending = None
+                    for batch in self._batches():
+                        launched = self.launch_step(self._to_device(batch))
+                        if pending is not None:
+                            self._account(pending, log, writer, bar, task_id)
+                        pending = launched
+                        if self._stop:
+                            break
+                    if pending is not None:
+                        self._account(pending, log, writer, bar, task_id)
+                finally:
+                    self.train_time += time.perf_counter() - start
+            if self._stop:
+                self._save_interrupted(run_dir)
+            self._end_epoch(run_dir, log, writer)
+
+    def _account(
+        self, launched: Launched, log: runfolder.MetricsLog, writer: Any, bar: Any, task_id: Any
+    ) -> None:
+        """Finish a launched step: epoch sums, counters, metrics.jsonl, TensorBoard, progress."""
+        record = self.finish_step(launched)
+        for t, v in record["loss"].items():
+            self.epoch_sums[t] += v * launched.size
+        self.epoch_count += launched.size
+        self.batch += 1
+        self.samples += launched.size
+        log.write(record)
+        if writer is not None:
+            tb_step(writer, record)
+        bar.update(task_id, advance=1, losses=short_losses(record["loss"]))
+
+    def _save_interrupted(self, run_dir: Path) -> None:
+        save_checkpoint(self.state(), run_dir / runfolder.LAST)
+        raise Interrupted(
+            f"interrupted at step {self.step} (epoch {self.epoch + 1}); saved "
+            f"{run_dir / runfolder.LAST}; continue with --resume",
+            run_dir=run_dir,
+            step=self.step,
+        )
+
+    def _end_epoch(self, run_dir: Path, log: runfolder.MetricsLog, writer: Any) -> None:
+        val_loss, metrics = self.validate()
+        train_loss = {t: s / max(self.epoch_count, 1) for t, s in self.epoch_sums.items()}
+        self.epoch += 1
+        self.batch = 0
+        self.epoch_generator = self.generator.get_state()
+        self.epoch_sums, self.epoch_count = dict.fromkeys(self.tasks, 0.0), 0
+        entry = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "metrics": metrics,
+            "val_loss": val_loss,
+            "train_loss": train_loss,
+            "weights": self.balancer.weights(),
+            "reference": best_reference(self.spec, metrics, val_loss),
+            "delta_m": safe_delta_m(metrics, self.baselines) if self.baselines else None,
+        }
+        better = is_better(entry, self.best, self.baselines)
+        if better:
+            self.best = entry
+        self.last = entry
+        record = {"type": "epoch", **{k: v for k, v in entry.items() if k != "reference"}}
+        record["best"] = better
+        log.write(record)
+        if writer is not None:
+            tb_epoch(writer, record)
+        save_checkpoint(self.state(), run_dir / runfolder.LAST)
+        if better:
+            copy_checkpoint(run_dir / runfolder.LAST, run_dir / runfolder.BEST)
+        if self.console is not None:
+            self.console.print(epoch_table(self.spec, record))
+
+    def summary(self, status: str) -> dict[str, Any]:
+        def public(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+            if entry is None:
+                return None
+            return {k: v for k, v in entry.items() if k != "reference"}
+
+        return {
+            "format": "mtlc-run",
+            "version": 1,
+            "name": self.spec.name,
+            "status": status,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "device": str(self.device),
+            "tasks": self.tasks,
+            "outputs": list(self.spec.outputs),
+            "balancer": self.spec.balancer.type,
+            "params": sum(p.numel() for p in self.compiled.model.parameters()),
+            "final": public(self.last),
+            "best": public(self.best),
+            "baselines": self.baselines,
+            "train_time_s": self.train_time,
+            "train_samples_per_s": self.samples / self.train_time if self.train_time else None,
+        }
+
+
+def _install_sigint(trainer: Trainer) -> Any:
+    """First Ctrl-C: stop after this step and save; second: the default (abort)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        if trainer._stop:
+            raise KeyboardInterrupt
+        trainer.request_stop()
+        if trainer.console is not None:
+            trainer.console.print(
+                "[yellow]stopping after this step (Ctrl-C again aborts without saving)"
+            )
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _restore_sigint(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
