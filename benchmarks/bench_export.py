@@ -9,7 +9,7 @@ median with min, max and IQR. Also prints the file sizes. No target: the numbers
 what the README's "Deploying" section quotes.
 
 Options: `--spec PATH`, `--batch N`, `--reps N` (≥ 15 for the README), `--warmup N`,
-`--threads N` (torch and onnxruntime intra-op threads).
+`--threads N` (torch and onnxruntime intra-op threads), `--formats .pt2 .onnx`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--formats", nargs="+", default=[".pt2", ".onnx"], choices=[".pt2", ".onnx"])
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -58,7 +59,7 @@ def main() -> None:
         save_checkpoint({"model": compiled.supervised.state_dict()}, weights)
         eager = serving_graph(compiled, list(compiled.topology.outputs)).eval()
         runners["eager (fx GraphModule)"] = eager
-        for suffix in (".pt2", ".onnx"):
+        for suffix in args.formats:
             out = Path(tmp) / f"model{suffix}"
             try:
                 result = export(args.spec, out, checkpoint=weights)
