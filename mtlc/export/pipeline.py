@@ -19,7 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mtlc.atomic import atomic_path
-from mtlc.errors import MtlcError
+from mtlc.errors import MtlcError, SpecError
 from mtlc.export.rewrite import Rewrites, for_inference
 from mtlc.export.select import choose_tasks, serving_graph
 from mtlc.export.verify import DTYPES, Check, compare
@@ -139,14 +139,18 @@ def export(
     try:
         program = fmt.trace(model, (example,), dynamic_batch, names)
     except Exception as exc:
-        raise refused(
+        error = refused(
             model,
             (example,),
             lambda m, args: fmt.trace(m, args, False, None),
             compiled.topology,
             fmt.name,
             exc,
-        ) from None
+        )
+        if dynamic_batch and not isinstance(error, SpecError):
+            # every node exports alone at a fixed batch: the dynamic batch is the problem
+            error = MtlcError(f"{error} (with a dynamic batch; try --no-dynamic-batch)")
+        raise error from None
 
     batches = (1, 3) if dynamic_batch else (batch,)
     check: Check | None = None
