@@ -19,6 +19,16 @@ TOY = {
     "trivial_shapes.py": ["--train", "32", "--val", "16", "--size", "16"],
     "bench_profile_large.py": [],
     "bench_export.py": ["--reps", "2", "--warmup", "0", "--formats", ".pt2"],
+    "bench_backbone_step.py": [
+        "--size",
+        "16",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--backbone",
+        "resnet18",
+    ],
 }
 
 

@@ -30,6 +30,7 @@ from mtlc.export.rewrite import for_inference
 from mtlc.export.select import choose_tasks, serving_graph
 from mtlc.export.verify import DTYPES
 from mtlc.profile import profile
+from mtlc.spec import load_spec
 
 SPECS = sorted(Path(__file__).resolve().parents[1].glob("specs/*.yaml"))
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
@@ -53,18 +54,6 @@ def _randomize_bn(module: nn.Module, seed: int = 0) -> None:
                 m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
 
 
-def _checkpoint_of(spec, path: Path, seed: int = 0) -> dict:
-    """A checkpoint of `spec` whose weights differ from a fresh compile's."""
-    c = compile_spec(spec)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in c.supervised.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    _randomize_bn(c.supervised, seed)
-    save_checkpoint({"spec": {}, "model": c.supervised.state_dict()}, path)
-    return c.supervised.state_dict()
-
-
 def _flops(module, x: torch.Tensor) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         module(x)
@@ -78,15 +67,31 @@ def _eager(spec, ckpt: Path, tasks: list[str]) -> fx.GraphModule:
 
 
 def _same(eager, loaded, x: torch.Tensor, tol: float = 1e-4) -> None:
+    """Equal within the fp32 export tolerance, atol scaled by the output's magnitude
+    (a deep backbone with perturbed weights gives outputs of order 1e4)."""
     with torch.no_grad():
         want, got = eager(x), loaded(x)
     assert list(got) == list(want)
     for k in want:
         assert got[k].shape == want[k].shape, k
-        torch.testing.assert_close(got[k], want[k], atol=tol, rtol=tol)
+        scale = max(1.0, want[k].abs().max().item())
+        torch.testing.assert_close(got[k], want[k], atol=tol * scale, rtol=tol)
 
 
 # -- every spec -------------------------------------------------------------------------
+
+
+def _overrides(path: Path) -> list[str]:
+    """The spec as written, but inputs larger than 64×64 shrunk to it (the models are
+    fully convolutional: same weights, same graph, a tenth of the forward time)."""
+    spec = load_spec(path)
+    c, h, w = spec.input_shape
+    return [f"input.{spec.input_name}=[{c},64,64]"] if h * w > 64 * 64 else []
+
+
+def _heavy(path: Path) -> bool:
+    """Specs with a real backbone (tens of millions of parameters): one export each."""
+    return profile(path, overrides=_overrides(path)).to_json()["params"]["total"] > 5_000_000
 
 
 @pytest.fixture(scope="module")
@@ -95,51 +100,69 @@ def profiles():
 
     def get(path: Path):
         if path not in cache:
-            cache[path] = profile(path, batch=1)
+            cache[path] = profile(path, batch=1, overrides=_overrides(path))
         return cache[path]
 
     return get
 
 
+def _trained(path: Path, ckpt: Path, seed: int = 0):
+    """The spec compiled with weights unlike a fresh compile's, saved as a checkpoint."""
+    c = compile_spec(path, _overrides(path))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in c.supervised.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    _randomize_bn(c.supervised, seed)
+    save_checkpoint({"spec": {}, "model": c.supervised.state_dict()}, ckpt)
+    return c
+
+
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_every_task_alone_is_the_profiles_serve_alone_graph(path, profiles):
     """Pruned params equal the profile's serve-alone count, FLOPs too, for every task."""
-    c = compile_spec(path)
-    p = profiles(path)
-    data = p.to_json()
-    x = torch.empty(1, *c.spec.input_shape, device="meta")
     with torch.device("meta"):
-        meta = compile_spec(path)
+        c = compile_spec(path, _overrides(path))
+    data = profiles(path).to_json()
+    x = torch.empty(1, *c.spec.input_shape, device="meta")
     for task in choose_tasks(c):
         gm = serving_graph(c, [task])
         assert sum(t.numel() for t in gm.parameters()) == data["serve_alone_params"][task]
-        assert _flops(serving_graph(meta, [task]).eval(), x) == data["serve_alone"][task]
+        assert _flops(gm.eval(), x) == data["serve_alone"][task]
         assert [n for n in gm.graph.nodes if n.op == "output"][0].args[0].keys() == {task}
     everything = serving_graph(c, choose_tasks(c))
     assert sum(t.numel() for t in everything.parameters()) == data["inference"]["params"]["total"]
-    # auxiliary tasks are outside every serving graph
-    aux = [t for t in c.topology.tasks if t not in c.topology.outputs]
+    # auxiliary tasks are outside every serving graph, and no label names them
+    aux = set(c.topology.tasks) - set(c.topology.outputs)
     for n in everything.graph.nodes:
-        assert not set(n.meta.get("mtlc", {}).get("tasks", ())) - set(c.topology.outputs)
-    assert not aux or all(f"heads.{a}" not in dict(everything.named_modules()) for a in aux)
+        assert not set(n.meta.get("mtlc", {}).get("tasks", ())) & aux
+    assert not any(f"heads.{a}" in dict(everything.named_modules()) for a in aux)
 
 
 @pytest.mark.parametrize("index", range(len(SPECS)), ids=[p.stem for p in SPECS])
 def test_pt2_every_spec_all_outputs_and_one_task(index, tmp_path, profiles):
+    """All outputs as .pt2 (and, for the small specs, one task alone, a different task
+    position per spec): reloaded, run at batch 1 and 7, FLOPs and params as profiled."""
     path = SPECS[index]
     ckpt = tmp_path / "ckpt.pt"
-    _checkpoint_of(path, ckpt, seed=index)
-    outputs = choose_tasks(compile_spec(path))
+    c = _trained(path, ckpt, seed=index)
+    outputs = choose_tasks(c)
     data = profiles(path).to_json()
     one = outputs[index % len(outputs)]
-    for tasks in (outputs, [one]):
+    for tasks in [outputs] + ([] if _heavy(path) else [[one]]):
         out = tmp_path / f"{'-'.join(tasks)}.pt2"
-        result = export(path, out, checkpoint=ckpt, tasks=tasks if tasks != outputs else ())
+        result = export(
+            path,
+            out,
+            checkpoint=ckpt,
+            tasks=tasks if tasks != outputs else (),
+            overrides=_overrides(path),
+        )
         assert result.tasks == tasks and result.check is not None and result.check.ok
         assert out.is_file() and out.stat().st_size == result.size_bytes
         assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no temp left
         loaded = mtlc.load_exported(out)
-        eager = _eager(path, ckpt, tasks)
+        eager = serving_graph(c, tasks).eval()
         shape = result.input_shape
         for batch in (1, 7):  # the dynamic batch dimension
             _same(eager, loaded, torch.randn(batch, *shape))
@@ -151,17 +174,18 @@ def test_pt2_every_spec_all_outputs_and_one_task(index, tmp_path, profiles):
         program = torch.export.load(out)
         names = program.graph_signature.parameters
         assert result.params == sum(program.state_dict[n].numel() for n in names)
+        out.unlink()
 
 
 @needs_onnx
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_onnx_every_spec(path, tmp_path):
     ckpt = tmp_path / "ckpt.pt"
-    _checkpoint_of(path, ckpt)
+    c = _trained(path, ckpt)
     out = tmp_path / "model.onnx"
-    result = export(path, out, checkpoint=ckpt)
+    result = export(path, out, checkpoint=ckpt, overrides=_overrides(path))
     assert result.check is not None and result.check.ok, result.check
-    eager = _eager(path, ckpt, result.tasks)
+    eager = serving_graph(c, result.tasks).eval()
     _same(eager, mtlc.load_exported(out), torch.randn(7, *result.input_shape))
 
 
@@ -176,7 +200,7 @@ def test_onnx_one_task_against_the_checkpoint(spec, task, dtype, tmp_path):
 
     path = next(p for p in SPECS if p.stem == spec)
     ckpt = tmp_path / "ckpt.pt"
-    _checkpoint_of(path, ckpt)
+    _trained(path, ckpt)
     out = tmp_path / "model.onnx"
     result = export(path, out, checkpoint=ckpt, tasks=[task], dtype=dtype)
     model = onnx.load(str(out))
@@ -294,7 +318,7 @@ def test_static_batch(small_spec, tmp_path):
 
 def test_cli_checkpoint_and_run_folder(small_spec, tmp_path):
     ckpt = tmp_path / "best.pt"
-    _checkpoint_of(small_spec, ckpt)
+    _trained(small_spec, ckpt)
     out = tmp_path / "seg.pt2"
     r = run("export", small_spec, "--checkpoint", ckpt, "-o", out, "--task", "seg")
     assert r.exit_code == 0, r.output
@@ -358,7 +382,7 @@ def test_bad_input_exits_2_and_writes_nothing(small_spec, write_spec, tmp_path):
     # a checkpoint of another spec: the mismatched keys are named
     other = write_spec(CONV_BN, "other.yaml")
     ckpt = tmp_path / "other.pt"
-    _checkpoint_of(other, ckpt)
+    _trained(other, ckpt)
     _refused(
         [small_spec, "--checkpoint", ckpt, "-o", out],
         "was not trained from spec 'small': missing encoder.s1.shared.conv0.weight",

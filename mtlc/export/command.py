@@ -7,12 +7,11 @@ exporter refuses), reported in one line, nothing written.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from mtlc.clitools import console, guarded, set_option
+from mtlc.clitools import allow_import_option, console, guarded, set_option
 
 
 def _from_run(run: str, spec: str | None, checkpoint: str | None) -> tuple[str, str]:
@@ -79,6 +78,7 @@ def _from_run(run: str, spec: str | None, checkpoint: str | None) -> tuple[str, 
 )
 @click.option("--force", is_flag=True, help="Overwrite the -o file if it exists.")
 @set_option
+@allow_import_option
 @guarded
 def export(
     spec: str | None,
@@ -91,6 +91,7 @@ def export(
     dtype: str,
     force: bool,
     overrides: tuple[str, ...],
+    allow_import: tuple[str, ...],
 ) -> None:
     """Write SPEC's model for serving: all outputs or --task ones, verified after writing.
 
@@ -100,7 +101,6 @@ def export(
     is loaded back (torch.export.load, onnxruntime) and compared with the eager model.
     """
     from mtlc.errors import MtlcError
-    from mtlc.export.pipeline import ExportMismatch
     from mtlc.export.pipeline import export as run_export
     from mtlc.profile.report import nbytes, si
 
@@ -109,22 +109,18 @@ def export(
     if spec is None:
         raise MtlcError("give a SPEC or --run FOLDER")
     err = console(stderr=True)
-    try:
-        result = run_export(
-            spec,
-            output,
-            checkpoint=checkpoint,
-            tasks=tasks,
-            dynamic_batch=dynamic_batch,
-            dtype=dtype,
-            batch=batch,
-            overrides=overrides,
-            force=force,
-            warn=lambda m: err.print(f"warning: {m}"),
-        )
-    except ExportMismatch as exc:
-        click.echo(f"error: {exc} ({output} not written)", err=True)
-        sys.exit(1)
+    result = run_export(
+        spec,
+        output,
+        checkpoint=checkpoint,
+        tasks=tasks,
+        dynamic_batch=dynamic_batch,
+        dtype=dtype,
+        batch=batch,
+        overrides=overrides,
+        force=force,
+        warn=lambda m: err.print(f"warning: {m}"),
+    )
     r = result.rewrites
     batch_text = "any batch" if result.dynamic_batch else f"batch {batch}"
     click.echo(

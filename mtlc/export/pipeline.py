@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mtlc.atomic import atomic_path
+from mtlc.atomic import OutputError, atomic_path, check_output
 from mtlc.errors import MtlcError, SpecError
 from mtlc.export.rewrite import Rewrites, for_inference
 from mtlc.export.select import choose_tasks, serving_graph
@@ -29,9 +29,13 @@ from mtlc.export.writers import Format, format_of, has_onnxruntime, need_onnx
 class ExportMismatch(MtlcError):
     """The written file does not compute what the eager model computes (exit 1)."""
 
-    def __init__(self, check: Check):
+    exit_code = 1
+
+    def __init__(self, check: Check, path: Path):
         self.check = check
-        super().__init__(f"the export does not match the eager model: {check.line()}")
+        super().__init__(
+            f"the export does not match the eager model: {check.line()} ({path} not written)"
+        )
 
 
 @dataclass
@@ -56,24 +60,26 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def check_output(path: Path, force: bool) -> None:
-    """Refuse an output path that cannot be written, before any work is done."""
-    folder = path.parent
-    if not folder.exists():
-        raise MtlcError(f"{path}: folder '{folder}' does not exist")
-    if not folder.is_dir():
-        raise MtlcError(f"{path}: '{folder}' is not a folder")
-    if path.is_dir():
-        raise MtlcError(f"{path}: is a folder")
-    try:  # os.access says yes to root on a read-only mount: try it
-        with tempfile.TemporaryFile(dir=folder):
+def check_target(path: Path, force: bool) -> None:
+    """Refuse an output path that cannot be written, before any work is done.
+
+    `mtlc.atomic.check_output` checks links, folders, name lengths and permissions; a
+    missing folder is refused rather than created (a typo in -o should not make
+    folders), and a file is created and removed there, because `os.access` says yes to
+    root on a read-only mount.
+    """
+    if not path.parent.is_dir():
+        raise OutputError(f"{path}: folder '{path.parent}' does not exist")
+    check_output(path)
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as exc:
-        raise MtlcError(
-            f"{path}: folder '{folder}' is not writable ({exc.strerror or exc})"
+        raise OutputError(
+            f"{path}: folder '{path.parent}' is not writable ({exc.strerror or exc})"
         ) from None
     if path.exists() and not force:
-        raise MtlcError(f"{path}: exists; pass --force to overwrite it")
+        raise OutputError(f"{path}: exists; pass --force to overwrite it")
 
 
 def _count_flops(module: torch.nn.Module, example: torch.Tensor) -> int:
@@ -118,7 +124,7 @@ def export(
         )
     if fmt.suffix == ".onnx":
         need_onnx()
-    check_output(output, force)
+    check_target(output, force)
 
     compiled = compile_spec(spec, overrides)
     chosen = choose_tasks(compiled, tasks)
@@ -154,21 +160,18 @@ def export(
 
     batches = (1, 3) if dynamic_batch else (batch,)
     check: Check | None = None
-    try:
-        with atomic_path(output, keep_suffix=True) as tmp:
-            fmt.write(program, tmp)
-            if fmt.suffix == ".onnx" and not has_onnxruntime():
-                import onnx
+    with atomic_path(output, keep_suffix=True) as tmp:
+        fmt.write(program, tmp)
+        if fmt.suffix == ".onnx" and not has_onnxruntime():
+            import onnx
 
-                onnx.checker.check_model(str(tmp))
-                notes.append("not run back: onnxruntime is not installed (onnx.checker passed)")
-            else:
-                check = compare(eager, fmt.load(tmp), spec_obj.input_shape, batches, dtype)
-                if not check.ok:
-                    raise ExportMismatch(check)
-            size = tmp.stat().st_size
-    except OSError as exc:
-        raise MtlcError(f"{output}: cannot write ({exc.strerror or exc})") from None
+            onnx.checker.check_model(str(tmp))
+            notes.append("not run back: onnxruntime is not installed (onnx.checker passed)")
+        else:
+            check = compare(eager, fmt.load(tmp), spec_obj.input_shape, batches, dtype)
+            if not check.ok:
+                raise ExportMismatch(check, output)
+        size = tmp.stat().st_size
 
     return ExportResult(
         path=output,
@@ -190,4 +193,4 @@ def export(
     )
 
 
-__all__ = ["ExportMismatch", "ExportResult", "check_output", "export"]
+__all__ = ["ExportMismatch", "ExportResult", "check_target", "export"]
