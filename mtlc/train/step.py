@@ -99,8 +99,7 @@ class Stepping:
         values, ready = _read_later([*per_task.values(), *(parts[k] for k in intermediate), total])
         weights = self.balancer.weights()
         lr = self._optimizer_step()
-        if self.kpi_metric:
-            self.balancer.observe(self._batch_kpis(out, batch))
+        self.balancer.after_step(self._step_view(out, batch))
         self.step += 1
         return Launched(
             epoch=self.epoch + 1,
@@ -180,21 +179,16 @@ class Stepping:
         """One optimizer step, read back at once (what tests and benchmarks want)."""
         return self.finish_step(self.launch_step(batch))
 
-    @torch.no_grad()
-    def _batch_kpis(
-        self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
-    ) -> dict[str, float]:
-        """DTP's per-step KPIs: the task's KPI metric on this batch, mapped into [0, 1]."""
-        from mtlc.metrics import build_metric, kpi
+    def _step_view(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> Any:
+        """What the balancer may look at after the step (:class:`~mtlc.balancers.base.StepView`)."""
+        from mtlc.balancers.base import StepView
 
-        kpis = {}
-        for t, name in self.kpi_metric.items():
-            metric = build_metric(name)
-            metric.update(out[t], batch[self.targets[t]])
-            value = metric.compute()
-            if math.isfinite(value):
-                kpis[t] = kpi(name, value)
-        return kpis
+        def recompute() -> dict[str, torch.Tensor]:
+            with torch.no_grad():
+                return self.forward_losses(batch)[1]
+
+        targets = {t: batch[key] for t, key in self.targets.items() if key in batch}
+        return StepView(out, targets, self.task_metrics, recompute)
 
 
 def _read_later(read: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
