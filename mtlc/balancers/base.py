@@ -25,6 +25,27 @@ from torch import Tensor
 KINDS = ("classification", "regression")
 
 
+class LocalRanks:
+    """The reductions a gradient-level balancer applies before solving, for one process.
+
+    With several processes the trainer sets ``balancer.ranks`` to
+    :class:`mtlc.train.distributed.Ranks`, which has the same two methods. The rule for a
+    gradient-level balancer: reduce what it measured, then call its pure function, so
+    every rank solves the same problem and gets the same weights. ``mean`` takes per-task
+    gradients w.r.t. parameters (a ``[T, P]`` Jacobian: a mean over the batch on each
+    rank); ``sample_gramian`` takes the Gram matrix of gradients w.r.t. a per-sample
+    representation (rows stack samples, so the global one is a sum over ranks).
+    """
+
+    world = 1
+
+    def mean(self, x: Tensor) -> Tensor:
+        return x
+
+    def sample_gramian(self, gram: Tensor) -> Tensor:
+        return gram
+
+
 class BalancerError(ValueError):
     """A balancer was configured or called in a way that cannot work.
 
@@ -56,6 +77,7 @@ class Balancer(torch.nn.Module):
     """
 
     level: ClassVar[str] = "loss"
+    ranks: Any = LocalRanks()  # the trainer's Ranks when it runs on several processes
 
     def __init__(self, tasks: Sequence[str], kinds: Mapping[str, str], **options: Any) -> None:
         super().__init__()

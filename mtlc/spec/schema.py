@@ -257,6 +257,11 @@ class Train(Strict):
     scheduler: Literal["none", "cosine"] = "none"
     grad_clip: float | None = Field(None, gt=0)
     seed: int = 0
+    sync_bn: bool = Field(
+        False,
+        description="with several processes, BatchNorm statistics over the global batch "
+        "(SyncBatchNorm; CUDA only)",
+    )
 
 
 # -- the spec --------------------------------------------------------------------------

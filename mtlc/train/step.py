@@ -50,10 +50,14 @@ class Stepping:
     """
 
     def forward_losses(
-        self, batch: dict[str, torch.Tensor]
+        self, batch: dict[str, torch.Tensor], model: nn.Module | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(outputs, per-task balancer losses, every supervised prediction's own loss)."""
-        out = self.model(batch[self.spec.input_name])
+        """(outputs, per-task balancer losses, every supervised prediction's own loss).
+
+        ``model`` defaults to the training network (the DDP wrapper on several processes);
+        validation passes the plain model, whose forward runs no collective.
+        """
+        out = (model or self.net)(batch[self.spec.input_name])
         parts = {
             k: self.losses[k.split(":")[0]](out[k], batch[self.targets[k.split(":")[0]]])
             for k in self.pred_keys
@@ -81,18 +85,23 @@ class Stepping:
             shared_repr=out.get(SHARED_KEY) if self.use_shared_repr else None,
         )
 
-    def launch_step(self, batch: dict[str, torch.Tensor]) -> Launched:
+    def launch_step(
+        self, batch: dict[str, torch.Tensor], *, share: float = 1.0, size: int | None = None
+    ) -> Launched:
         """One optimizer step, with its losses still on their way back from the device.
 
         The losses are read back later (:meth:`finish_step`), so on a GPU the host never
         waits for the device inside a step and can queue the next one meanwhile; the
         trainer finishes step s after launching step s + 1. A non-finite loss is thus
         seen one step late, after the optimizer has used it: the run stops there and
-        never saves those weights, so the checkpoints on disk stay good.
+        never saves those weights, so the checkpoints on disk stay good. On several
+        processes, ``batch`` is this rank's ``share`` of a global batch of ``size``.
         """
         if not self.model.training:
             self.model.train()
         out, per_task, parts = self.forward_losses(batch)
+        if self.ranks is not None:
+            per_task, parts = self._global_losses(per_task, parts, share)
         self.optimizer.zero_grad(set_to_none=True)
         total = self.balance(out, per_task)
         intermediate = [k for k in parts if ":" in k]
@@ -100,12 +109,12 @@ class Stepping:
         weights = self.balancer.weights()
         lr = self._optimizer_step()
         if self.kpi_metric:
-            self.balancer.observe(self._batch_kpis(out, batch))
+            self.balancer.observe(self._batch_kpis(out, batch, share))
         self.step += 1
         return Launched(
             epoch=self.epoch + 1,
             step=self.step,
-            size=batch[self.spec.input_name].shape[0],
+            size=size if size is not None else batch[self.spec.input_name].shape[0],
             tasks=list(per_task),
             intermediate=intermediate,
             values=values,
@@ -114,6 +123,19 @@ class Stepping:
             lr=lr,
             extra=self.balancer.extra_state_for_log(),
         )
+
+    def _global_losses(
+        self, per_task: dict[str, torch.Tensor], parts: dict[str, torch.Tensor], share: float
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Several processes: the losses of the global batch, and the ranks' stop vote.
+
+        (:mod:`mtlc.train.distributed`); the intermediate losses ride along for the log.
+        """
+        intermediate = {k: v for k, v in parts.items() if ":" in k}
+        both, stop = self.ranks.global_losses({**per_task, **intermediate}, share, self._stop_asked)
+        self._stop = self._stop or stop
+        per_task = {t: both[t] for t in per_task}
+        return per_task, {k: both.get(k, v) for k, v in parts.items()}
 
     def _optimizer_step(self) -> float:
         """Clip, step the optimizer and the schedule; the learning rate the step used."""
@@ -161,16 +183,20 @@ class Stepping:
 
     @torch.no_grad()
     def _batch_kpis(
-        self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+        self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], share: float = 1.0
     ) -> dict[str, float]:
-        """DTP's per-step KPIs: the task's KPI metric on this batch, mapped into [0, 1]."""
+        """DTP's per-step KPIs: the task's KPI metric on this (global) batch, into [0, 1]."""
         from mtlc.metrics import build_metric, kpi
 
+        metrics = {t: {name: build_metric(name)} for t, name in self.kpi_metric.items()}
+        for t, ms in metrics.items():
+            if share > 0:
+                ms[self.kpi_metric[t]].update(out[t], batch[self.targets[t]])
+        if self.ranks is not None:
+            self.ranks.merge_metrics(metrics)
         kpis = {}
         for t, name in self.kpi_metric.items():
-            metric = build_metric(name)
-            metric.update(out[t], batch[self.targets[t]])
-            value = metric.compute()
+            value = metrics[t][name].compute()
             if math.isfinite(value):
                 kpis[t] = kpi(name, value)
         return kpis
