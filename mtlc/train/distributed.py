@@ -158,8 +158,28 @@ def wrap(model: nn.Module, spec: Any, ranks: Ranks) -> nn.Module:
     return DistributedDataParallel(
         model,
         device_ids=[ranks.local_rank] if ranks.device.type == "cuda" else None,
-        find_unused_parameters=True,
+        find_unused_parameters=bool(unused_parameters(model)),
     )
+
+
+def unused_parameters(model: nn.Module) -> list[str]:
+    """Parameters of modules the graph never calls (DDP must then look for them each step).
+
+    Read from the GraphModule's nodes: a parameter is used when it, or a module holding
+    it, is a ``call_module`` or ``get_attr`` target. A plain module counts as all used.
+    """
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return []
+    used = {n.target for n in graph.nodes if n.op in ("call_module", "get_attr")}
+    out = []
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        if p.requires_grad and not any(
+            ".".join(parts[:i]) in used for i in range(1, len(parts) + 1)
+        ):
+            out.append(name)
+    return out
 
 
 def join(device: str) -> tuple[Ranks, torch.device]:

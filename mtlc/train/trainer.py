@@ -119,6 +119,8 @@ class Trainer(Checkpointing, Stepping, Validating):
 
         options = spec.balancer.model_dump()
         self.balancer = run_balancer(spec, self.compiled.topology).to(self.device)
+        if ranks is not None:
+            self.balancer.ranks = ranks  # gradient-level balancers reduce before solving
         self.use_shared_repr = options.get("mode") == "ub"
         self.shared = shared_parameters(self.model)
         self.kpi_metric: dict[str, str] = {}
