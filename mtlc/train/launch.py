@@ -141,6 +141,11 @@ def launch(nproc: int, argv: list[str], run_dir: Path) -> int:
 
 def _failed(exc: Any, run_dir: Path) -> int:
     first_rank, failure = exc.get_first_failure()
+    killed = [
+        (r, f) for r, f in exc.failures.items() if f.exitcode < 0 and f.signal_name() != "SIGTERM"
+    ]
+    if killed:  # a rank killed from outside; the others then fail or get torchrun's SIGTERM
+        first_rank, failure = min(killed, key=lambda rf: rf[1].timestamp)
     code = failure.exitcode
     if code in (1, 2, 130):
         return code  # diverged, bad input, Ctrl-C: the rank printed why
