@@ -502,7 +502,10 @@ def test_attention_after_separate_stages_is_a_located_error(write_spec):
         "  sharing:\n    s1: separate\n    s2: attention\n"
     )
     message = located(write_spec, text + TASKS_YAML)
-    assert "spec.yaml:10:9: encoder.sharing.s2: attention needs one shared trunk" in message
+    assert (
+        "spec.yaml:10:9: encoder.sharing.s2: stage 's2' is 'attention' (attention needs one shared trunk)"
+        in message
+    )
 
 
 def test_attention_with_non_integer_pooling_is_a_located_error(write_spec):

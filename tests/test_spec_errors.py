@@ -139,7 +139,7 @@ SHARING_CASES = [
     ),
     (
         "s1: separate\n    s2: hard",
-        "tasks seg, depth are hard-shared in stage 's2' but already have separate features",
+        "encoder.sharing.s2: stage 's2' is 'hard' (one copy for all tasks), but tasks seg, depth already have separate features since stage 's1'",
     ),
     (
         "s1: {type: hard, groups: [[seg], [depth]]}\n    s2: {type: hard, groups: [[seg, depth]]}",

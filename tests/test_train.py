@@ -311,7 +311,7 @@ def test_cross_stitch_units_get_their_lr_mult_group(write_spec):
     path = write_spec(
         TINY.replace(
             "tasks:",
-            "  sharing:\n    s1: {type: cross_stitch, lr_mult: 100}\ntasks:",
+            "  sharing:\n    s1: {type: cross_stitch, lr_mult: 100}\n    s2: separate\ntasks:",
         ),
         "cs.yaml",
     )

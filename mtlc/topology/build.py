@@ -17,9 +17,13 @@ the stage's one refinement unit (`s2/attention/refine`, role "refine", owner Non
 which takes each task's previous gate and hands the refined feature to that task's
 new gate; edges into and out of it carry one task each.
 
-While building we follow each task's *stream* (the node whose output it reads). A
-hard stage needs every task of a group to read the same node, which is what makes
-sharing a tree: groups may split later, never merge again.
+While building we follow each task's *stream* (the node whose output it reads) and
+its *feature* (which value of that node: a cross-stitch or NDDR unit is one node with
+one output per task). A hard stage, or an attention trunk, needs every task of a
+group to read the same feature, which is what makes sharing a tree: groups may split
+later, never merge again. A per-task stage followed by a shared one has no merge a
+user could expect (average? concatenate? the first task's?), so it is refused at the
+sharing entry of the stage that would merge rather than given a silent choice.
 """
 
 from __future__ import annotations
@@ -106,6 +110,39 @@ def _unclaimed(spec: Spec, taken: bool, unit: str, task: str) -> None:
         )
 
 
+def _merge_error(
+    spec: Spec,
+    stage: str,
+    members,
+    feature: dict[str, str],
+    origin: dict[str, str],
+    needs: str,
+) -> Exception:
+    """The located refusal of a stage that would merge tasks with features of their own."""
+    apart: dict[str, list[str]] = {}  # feature -> the merging tasks that read it
+    for t in members:
+        apart.setdefault(feature[t], []).append(t)
+    if all(len(group) == 1 for group in apart.values()):
+        who = f"tasks {', '.join(members)} already have separate features"
+    else:
+        groups = ", ".join(f"[{', '.join(group)}]" for group in apart.values())
+        who = f"tasks {', '.join(members)} already have separate features (in groups {groups})"
+    since = sorted({origin[t] for t in members if t in origin}, key=list(spec.encoder.stages).index)
+    where = (
+        ("encoder", "sharing", stage)
+        if stage in spec.encoder.sharing
+        else ("encoder", "stages", stage)
+    )
+    return _err(
+        spec,
+        where,
+        f"stage '{stage}' is '{spec.sharing_of(stage).type}' ({needs}), but {who} since stage "
+        f"{', '.join(repr(s) for s in since)} and there is no defined way to merge them: sharing "
+        f"can split in later stages, never merge again; give stage '{stage}' a per-task sharing "
+        "type (separate, cross_stitch or nddr) instead",
+    )
+
+
 def build_topology(spec: Spec) -> Topology:
     """The topology of a validated spec; raises a located SpecError where it cannot be built."""
     for t in spec.tasks:
@@ -140,6 +177,9 @@ def build_topology(spec: Spec) -> Topology:
     )
 
     stream: dict[str, str] = dict.fromkeys(tasks, inp)
+    # the value each task reads: the stream node, plus the task for a per-task unit output
+    feature: dict[str, str] = dict.fromkeys(tasks, inp)
+    origin: dict[str, str] = {}  # the stage whose sharing gave a task features of its own
     shape: Shape = spec.input_shape
     trunk: str | None = None  # the shared trunk of consecutive attention stages
 
@@ -155,11 +195,9 @@ def build_topology(spec: Spec) -> Topology:
         sharing = spec.sharing_of(stage)
         path = ("encoder", "stages", stage)
         if sharing.layout == "trunk":
-            if trunk is None and len(set(stream.values())) > 1:
-                raise _err(
-                    spec,
-                    ("encoder", "sharing", stage),
-                    "attention needs one shared trunk, but the tasks already have separate features here",
+            if trunk is None and len(set(feature.values())) > 1:
+                raise _merge_error(
+                    spec, stage, tasks, feature, origin, "attention needs one shared trunk"
                 )
             src = trunk or next(iter(stream.values()))
             layers, out = _layers(spec, items, path, shape)
@@ -223,7 +261,8 @@ def build_topology(spec: Spec) -> Topology:
                 if refine is not None:
                     link(stream[t], refine, (t,))
                     link(refine, gate, (t,))
-                stream[t] = gate
+                stream[t] = feature[t] = gate
+                origin.setdefault(t, stage)
             trunk, shape = block, out
             continue
 
@@ -235,14 +274,10 @@ def build_topology(spec: Spec) -> Topology:
             copies = [(t,) for t in tasks]
         layers_out: Shape | None = None
         for members in copies:
+            if len({feature[t] for t in members}) > 1:
+                needs = "one copy per group" if sharing.groups else "one copy for all tasks"
+                raise _merge_error(spec, stage, members, feature, origin, needs)
             sources = {stream[t] for t in members}
-            if len(sources) > 1:
-                apart = ", ".join(members)
-                raise _err(
-                    spec,
-                    ("encoder", "sharing", stage) if stage in spec.encoder.sharing else path,
-                    f"tasks {apart} are hard-shared in stage '{stage}' but already have separate features: sharing can split in later stages, never merge again",
-                )
             layers, layers_out = _layers(spec, items, path, shape)
             block = f"{stage}/{_who(members, tasks)}"
             owner = None if len(members) == len(tasks) and len(tasks) > 1 else "+".join(members)
@@ -259,7 +294,9 @@ def build_topology(spec: Spec) -> Topology:
             )
             link(sources.pop(), block, members)
             for t in members:
-                stream[t] = block
+                stream[t] = feature[t] = block
+                if len(members) < len(tasks):
+                    origin.setdefault(t, stage)
         shape = layers_out
         if sharing.type == "nddr" and len(shape) not in (1, 3):
             raise _err(
@@ -287,9 +324,10 @@ def build_topology(spec: Spec) -> Topology:
                 )
                 for t in members:
                     link(stream[t], unit, (t,))
-                    stream[t] = unit
+                    stream[t], feature[t] = unit, f"{unit}#{t}"
+                    origin.setdefault(t, stage)
 
-    last = set(stream.values())
+    last = set(feature.values())
     if len(last) == 1 and g.nodes[next(iter(last))]["kind"] in ("block", "input"):
         topo.shared_repr = last.pop()
     if spec.decoder is not None:
