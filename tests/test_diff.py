@@ -14,9 +14,10 @@ from click.testing import CliRunner
 from test_viz import TINY, needs_dot
 
 from mtlc.cli import main
+from mtlc.colors import SHARED, tint
 from mtlc.spec import load_spec
 from mtlc.viz.diff import Change, compare, spec_changes
-from mtlc.viz.topology_view import STATUS
+from mtlc.viz.topology_view import STATUS, UNCHANGED
 
 NORMAL = "  normal: {head: [conv(3, 1)], loss: cosine}\n"
 
@@ -46,11 +47,11 @@ def test_a_task_added(base, write_spec):
     assert r.spec[0].b["loss"] == "cosine"
     assert sorted(r.added) == ["head/normal", "output/normal", "s2/normal", "s3/normal"]
     assert r.removed == []
+    # the input and s1 now also serve normal, but nothing about them changed: serving a
+    # task only B has is that task's addition, not a change. α grows 2·2·6 → 3·3·6.
     changed = {c.node: c.fields for c in r.changed}
-    assert set(changed) == {"input/image", "s1/shared", "s2/cross_stitch"}
-    assert changed["s1/shared"] == {
-        "tasks": (["seg", "depth"], ["seg", "depth", "normal"]),
-    }
+    assert changed == {"s2/cross_stitch": {"params": (24, 54)}}
+    assert "  ~ s2/cross_stitch: params 24 → 54\n" in r.text()
     cost = r.cost_table()
     # normal brings its s2 copy (222), a bigger α (3·3·6 − 2·2·6 = 30), its s3 copy (42)
     # and its head (6·3 + 3 = 21): +315
@@ -212,3 +213,39 @@ tasks:
     assert cli.exit_code == 0, cli.output
     nodes = set(_strokes(out))
     assert {"s1/nddr#concat", "decoder/recursive#2/normal", "head/seg", "output/normal"} <= nodes
+
+
+def _fills(svg_path) -> dict[str, set[str]]:
+    """Node title → the fill colours of its shapes (legend cells included)."""
+    ns = "{http://www.w3.org/2000/svg}"
+    out: dict[str, set[str]] = {}
+    for g in ET.parse(svg_path).getroot().iter(f"{ns}g"):
+        title = g.find(f"{ns}title")
+        if g.get("class") == "node" and title is not None:
+            out[title.text] = {el.get("fill") for el in g.iter() if el.get("fill")}
+    return out
+
+
+@needs_dot
+def test_drawing_of_a_task_added_keeps_unchanged_nodes_unchanged(base, write_spec, tmp_path):
+    """Only what differs is coloured: the input and the shared s1 serve the new task too
+    but stay grey; the grown cross-stitch is amber, its part for the new task green; the
+    legend is the key to the status colours, not grey task swatches."""
+    b = write_spec(TINY + NORMAL, "b.yaml")
+    out = tmp_path / "diff.svg"
+    cli = CliRunner().invoke(main, ["diff", str(base), str(b), "-o", str(out)])
+    assert cli.exit_code == 0, cli.output
+    strokes = _strokes(out)
+    for node in ("input/image", "s1/shared", "s2/seg", "head/depth", "output/seg"):
+        assert strokes[node] <= {UNCHANGED, SHARED}, node
+    assert STATUS["changed"] in strokes["s2/cross_stitch#seg"]
+    assert STATUS["changed"] in strokes["s2/cross_stitch#depth"]
+    assert STATUS["added"] in strokes["s2/cross_stitch#normal"]
+    for node in ("s2/normal", "s3/normal", "head/normal", "output/normal"):
+        assert STATUS["added"] in strokes[node], node
+    legend = _fills(out)["~legend"]
+    for colour in (*STATUS.values(), UNCHANGED):
+        assert tint(colour, 0.6) in legend
+    text = out.read_text()
+    for word in ("added", "removed", "changed", "unchanged", "task normal"):
+        assert f">{word}<" in text

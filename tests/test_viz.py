@@ -26,6 +26,7 @@ from mtlc.viz.topology_view import (
     COLUMN_WIDTH,
     NODESEP,
     SHARED_FILL,
+    Notes,
     task_colours,
     tint,
     topology_dot,
@@ -378,15 +379,28 @@ def test_attention_gates_sit_beside_the_shared_trunk(write_spec):
                 (a, b) for a, b, _ in dot.edges
             ]
     edges = [(a, b) for a, b, _ in dot.edges]
-    # each task's chain runs through the one shared refinement, a grey box off the rows
+    # each task's chain runs through its own pass of the one shared refinement: a grey
+    # box per task, linked to that task's gates only (no box reads as a cross-task fusion)
     for t in ("seg", "depth"):
-        assert ("s1/attention/" + t, "s2/attention/refine") in edges
-        assert ("s2/attention/refine", "s2/attention/" + t) in edges
-    assert not any("s2/attention/refine" in row for row in dot.rows)
-    refine = dot.nodes["s2/attention/refine"]
-    assert refine["fillcolor"] == SHARED_FILL
-    assert "refine" in refine["label"] and "3×3 conv-BN-ReLU" in refine["label"]
-    assert "pool" not in refine["label"]  # s2 keeps s1's 8×8: nothing to pool
+        part = f"s2/attention/refine#{t}"
+        assert [(a, b) for a, b in edges if part in (a, b)] == [
+            ("s1/attention/" + t, part),
+            (part, "s2/attention/" + t),
+        ]
+        refine = dot.nodes[part]
+        assert refine["fillcolor"] == SHARED_FILL and refine["group"] == t
+        assert "refine" in refine["label"] and "3×3 conv-BN-ReLU" in refine["label"]
+        assert "shared weights" in refine["label"]
+        assert "pool" not in refine["label"]  # s2 keeps s1's 8×8: nothing to pool
+    assert sorted(dot.of("s2/attention/refine")) == [
+        "s2/attention/refine#depth",
+        "s2/attention/refine#seg",
+    ]
+    assert not any("s2/attention/refine" in n for row in dot.rows for n in row)
+    # the module's parameters are written once, not once per task
+    counted = Dot(topology_dot(topo, Notes(params={"s2/attention/refine": 4321})))
+    labels = [counted.nodes[n]["label"] for n in counted.of("s2/attention/refine")]
+    assert sum("4.32k params" in label for label in labels) == 1
     assert ("s1/shared", "s2/shared") in edges
 
 
@@ -500,7 +514,14 @@ def _checkpoint(path: Path, spec_path: Path, edit, balancer: dict | None = None)
     return path
 
 
-def test_checkpoint_shows_cross_stitch_alpha_as_labels_and_widths(write_spec, tmp_path):
+def _weights(label: str) -> list[tuple[str, str, str]]:
+    """(colour, source, value) of each learned weight written on a box."""
+    return re.findall(r'COLOR="(#[0-9a-f]{6})">(\w+) (-?[\d.]+)</FONT>', label)
+
+
+def test_checkpoint_shows_cross_stitch_alpha_on_the_mixing_nodes(write_spec, tmp_path):
+    """α on the Σα box, one line per source in its colour: numbers on T² converging
+    edges overlap and cannot be told apart; the edges keep α as their width."""
     spec = write_spec(TINY)
     alpha = torch.tensor([[0.7, 0.3], [0.2, 0.8]])
     wiggle = torch.tensor([-0.1, 0.1, -0.05, 0.05, 0.0, 0.0])  # per channel, mean 0
@@ -512,19 +533,20 @@ def test_checkpoint_shows_cross_stitch_alpha_as_labels_and_widths(write_spec, tm
     ckpt = _checkpoint(tmp_path / "run.pt", spec, edit)
     dot = Dot(dot_source(spec, checkpoint=ckpt))
     unit = "s2/cross_stitch"
-    labels = {
-        (s, t): dot.edge(f"s2/{s}", f"{unit}#{t}")["label"]
-        for s in ("seg", "depth")
-        for t in ("seg", "depth")
-    }
+    colour = task_colours(["seg", "depth"])
     # α[target, source], averaged over channels
-    assert labels == {
-        ("seg", "seg"): "0.70",
-        ("depth", "seg"): "0.30",
-        ("seg", "depth"): "0.20",
-        ("depth", "depth"): "0.80",
-    }
-    width = {k: float(dot.edge(f"s2/{k[0]}", f"{unit}#{k[1]}")["penwidth"]) for k in labels}
+    assert _weights(dot.nodes[f"{unit}#seg"]["label"]) == [
+        (colour["seg"], "seg", "0.70"),
+        (colour["depth"], "depth", "0.30"),
+    ]
+    assert _weights(dot.nodes[f"{unit}#depth"]["label"]) == [
+        (colour["seg"], "seg", "0.20"),
+        (colour["depth"], "depth", "0.80"),
+    ]
+    pairs = [(s, t) for s in ("seg", "depth") for t in ("seg", "depth")]
+    for s, t in pairs:
+        assert "label" not in dot.edge(f"s2/{s}", f"{unit}#{t}")
+    width = {k: float(dot.edge(f"s2/{k[0]}", f"{unit}#{k[1]}")["penwidth"]) for k in pairs}
     assert width[("depth", "depth")] > width[("seg", "seg")] > width[("depth", "seg")]
 
 
@@ -542,8 +564,15 @@ def test_checkpoint_shows_nddr_strengths_and_uncertainty_sigma(write_spec, tmp_p
     log_vars = torch.tensor([0.0, 2 * math.log(2.0)])  # s = log σ² → σ = 1 and 2
     ckpt = _checkpoint(tmp_path / "run.pt", spec, edit, {"log_vars": log_vars})
     dot = Dot(dot_source(spec, checkpoint=ckpt))
-    assert "seg 0.50 depth 0.25" in dot.nodes["s2/nddr#seg"]["label"]
-    assert "seg 0.10 depth 0.60" in dot.nodes["s2/nddr#depth"]["label"]
+    colour = task_colours(["seg", "depth"])
+    assert _weights(dot.nodes["s2/nddr#seg"]["label"]) == [
+        (colour["seg"], "seg", "0.50"),
+        (colour["depth"], "depth", "0.25"),
+    ]
+    assert _weights(dot.nodes["s2/nddr#depth"]["label"]) == [
+        (colour["seg"], "seg", "0.10"),
+        (colour["depth"], "depth", "0.60"),
+    ]
     assert "σ = 1<" in dot.nodes["output/seg"]["label"]
     assert "σ = 2<" in dot.nodes["output/depth"]["label"]
 

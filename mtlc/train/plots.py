@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
+from mtlc.colors import task_colours
 from mtlc.train import runfolder
 
 MISSING = "plots skipped: matplotlib is not installed (pip install 'mtlc[plots]')"
@@ -28,6 +31,7 @@ def write_plots(run_dir: str | Path) -> str:
     if not steps:
         return "plots skipped: no training step was logged"
     written = []
+    colour = _colours(run_dir, steps)
     for name, key, ylabel, log in (
         ("loss.png", "loss", "training loss (per task)", True),
         ("weights.png", "weights", "balancer weight", False),
@@ -38,7 +42,7 @@ def write_plots(run_dir: str | Path) -> str:
         for t in tasks:
             y = [r[key].get(t) for r in steps]
             y = [float("nan") if v is None else v for v in y]
-            ax.plot(x, y, label=t, linewidth=1)
+            ax.plot(x, y, label=t, linewidth=1, color=colour.get(t))
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         if log and all(v is None or v > 0 for r in steps for v in r[key].values()):
@@ -51,3 +55,13 @@ def write_plots(run_dir: str | Path) -> str:
         plt.close(fig)
         written.append(name)
     return f"plots: {', '.join(str(run_dir / n) for n in written)}"
+
+
+def _colours(run_dir: Path, steps: list[dict]) -> dict[str, str]:
+    """The drawings' task colours, by each task's place in the run's spec.yaml."""
+    try:
+        spec = yaml.safe_load((run_dir / runfolder.SPEC).read_text(encoding="utf-8"))
+        tasks = list(spec["tasks"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        tasks = list(steps[-1]["loss"])
+    return task_colours(tasks)

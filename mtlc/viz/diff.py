@@ -6,7 +6,9 @@
   text, so inserting one layer reads as one addition, not as every later layer changed.
 - Topology level: nodes (blocks, units, predictors, heads, outputs) matched by their
   stable ids; a node present on both sides is *changed* when its layers, shapes, type,
-  options or the tasks it serves differ. Links (edges) are compared too.
+  options, parameter count or the tasks it serves differ. Serving a task that only one
+  spec has is not a change of its own (the input is not "changed" because B drops a
+  task): that task's nodes are added or removed. Links (edges) are compared too.
 - Cost: parameters and FLOPs of the supervised graph (what a training forward
   computes; batch 1, 2 FLOPs per multiply-add) in total and serving each task alone,
   absolute and relative, from the same roll-up `mtlc viz` and `mtlc profile` use.
@@ -149,7 +151,7 @@ class Comparison:
         for c in self.changed:
             what = "; ".join(f"{k} {_show(a)} → {_show(b)}" for k, (a, b) in c.fields.items())
             cost = ""
-            if pa.get(c.node, 0) != pb.get(c.node, 0):
+            if pa.get(c.node, 0) != pb.get(c.node, 0) and "params" not in c.fields:
                 cost = f" [{pa.get(c.node, 0):,} → {pb.get(c.node, 0):,} params]"
             lines.append(f"  ~ {c.node}: {what}{cost}")
         for sign, links in (("+", self.links_added), ("-", self.links_removed)):
@@ -185,10 +187,13 @@ class Comparison:
             self.links_removed, "removed"
         )
         params = dict(self.cost_a.params) | dict(self.cost_b.params)
+        ta, tb = self.topo_a.tasks, self.topo_b.tasks
+        tasks = {t: "added" for t in tb if t not in ta} | {t: "removed" for t in ta if t not in tb}
         notes = Notes(
             params=params,
             status=status,
             edge_status=edges,
+            task_status=tasks,
             caption=f"{self.a_name} → {self.b_name}",
         )
         return topology_sources(union_topology(self.topo_a, self.topo_b), notes)
@@ -286,14 +291,17 @@ def _list_changes(a: list, b: list, path: str) -> list[Change]:
 # -- topology level -----------------------------------------------------------------------
 
 
-def _node_view(attrs: dict[str, Any]) -> dict[str, Any]:
-    """A node's attributes as plain comparable data (layers as text, tuples as lists)."""
+def _node_view(attrs: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
+    """A node's attributes as plain comparable data (layers as text, tuples as lists),
+    the tasks it serves narrowed to `tasks` (those both specs have)."""
     out = {}
     for k, v in attrs.items():
         if k in _SKIPPED_FIELDS:
             continue
         if k == "layers":
             v = [str(layer) for layer in v]
+        elif k == "tasks":
+            v = [t for t in v if t in tasks]
         out[k] = json.loads(json.dumps(v, default=str))
     return out
 
@@ -302,6 +310,7 @@ def topology_changes(
     a: Topology, b: Topology
 ) -> tuple[list[str], list[str], list[NodeChange], list[tuple[str, str]], list[tuple[str, str]]]:
     ga, gb = a.graph, b.graph
+    both = [t for t in a.tasks if t in b.tasks]
     keep_a = [n for n, d in ga.nodes(data=True) if d["kind"] not in _SKIPPED_KINDS]
     keep_b = [n for n, d in gb.nodes(data=True) if d["kind"] not in _SKIPPED_KINDS]
     added = [n for n in keep_b if n not in ga]
@@ -310,7 +319,7 @@ def topology_changes(
     for n in keep_b:
         if n not in ga:
             continue
-        va, vb = _node_view(ga.nodes[n]), _node_view(gb.nodes[n])
+        va, vb = _node_view(ga.nodes[n], both), _node_view(gb.nodes[n], both)
         fields = {k: (va.get(k), vb.get(k)) for k in list(va) + [k for k in vb if k not in va]}
         fields = {k: ab for k, ab in fields.items() if ab[0] != ab[1]}
         if fields:
@@ -331,6 +340,14 @@ def compare(a: Spec, b: Spec, a_name: str = "a", b_name: str = "b") -> Compariso
 
     topo_a, topo_b = build_topology(a), build_topology(b)
     added, removed, changed, la, lr = topology_changes(topo_a, topo_b)
+    cost_a, cost_b = measure(compile_meta(a)), measure(compile_meta(b))
+    # a unit that grows with a task added elsewhere has the same fields but more weights
+    seen = {c.node for c in changed}
+    for n in topo_b.graph:
+        pa, pb = cost_a.params.get(n), cost_b.params.get(n)
+        if n in topo_a.graph and n not in seen and pa is not None and pb is not None and pa != pb:
+            kind = topo_b.graph.nodes[n].get("type") or topo_b.graph.nodes[n]["kind"]
+            changed.append(NodeChange(n, kind, {"params": (pa, pb)}))
     return Comparison(
         a_name=a_name,
         b_name=b_name,
@@ -342,6 +359,6 @@ def compare(a: Spec, b: Spec, a_name: str = "a", b_name: str = "b") -> Compariso
         links_removed=lr,
         topo_a=topo_a,
         topo_b=topo_b,
-        cost_a=measure(compile_meta(a)),
-        cost_b=measure(compile_meta(b)),
+        cost_a=cost_a,
+        cost_b=cost_b,
     )

@@ -8,13 +8,21 @@ members' colours). Every sharing point keeps the shape its paper gives it, so a 
 recognises the method before reading a label:
 
 - cross-stitch: per task a mixing node Σα fed by every column it mixes (T² edges,
-  labelled and weighted by α when a checkpoint says what was learned);
+  weighted by α when a checkpoint says what was learned; the values are written on
+  the Σα, one line per source in its colour, where converging edge labels would not be);
 - NDDR: every column into one concat bar, then a 1×1 conv per task;
 - MTAN attention: a per-task gate beside the shared trunk, chained stage to stage
-  through one small shared refinement box between the rows;
+  through the task's own pass of the shared refinement (one grey box per task, so the
+  shared module never reads as a place where tasks mix);
 - PAD-Net: initial predictions, then distillation edges between the tasks' features;
 - PAP-Net: per task an affinity matrix, exchanged across tasks into each diffusion;
 - JTRL: the alternating chain of turns, `order` × `steps` nodes long.
+
+A unit's title is a node beside its parts inside its dashed box, never the box's
+label: graphviz routes edges through cluster labels, and a unit's inputs arrive right
+there. Columns follow the spec's task order except that a group's members sit side by
+side (`column_order`); colours always follow the spec (`mtlc.colors`). In a diff the
+colours mean added / removed / changed / unchanged and the legend is their key.
 
 Auxiliary tasks are dashed. Node ids are the topology's own (`s2/seg`, `head/depth`);
 a unit drawn as several nodes uses `unit#part` ids inside a `cluster_unit` box, so a
@@ -31,25 +39,18 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
+from mtlc.colors import SHARED, SHARED_FILL, task_colours, tint
 from mtlc.topology import Topology
 from mtlc.topology.build import mtan_pool
 
-# Tableau 10: distinct, print-safe, and the order most readers know from matplotlib.
-PALETTE = (
-    "#1f77b4",
-    "#d62728",
-    "#2ca02c",
-    "#ff7f0e",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#17becf",
-    "#bcbd22",
-    "#7f7f7f",
-)
-SHARED = "#555555"
-SHARED_FILL = "#eeeeee"
 STATUS = {"added": "#1a9641", "removed": "#d7191c", "changed": "#f39c12"}
+UNCHANGED = "#9e9e9e"  # a diff's colour for what both specs have alike
+STATUS_MEANING = {
+    "added": "only in B",
+    "removed": "only in A",
+    "changed": "in both, different",
+    "unchanged": "in both, the same",
+}
 COLUMN_WIDTH = 2.3  # inches; a block serving k tasks is k columns wide
 NODESEP = 0.3
 # Exchanges between tasks: a task's own stream thick, what it takes from others thin
@@ -64,7 +65,9 @@ class Notes:
 
     `alpha[unit][t][s]` is cross-stitch's weight of source task s in target task t;
     `nddr[unit][t][s]` the strength of source s's block in t's 1×1 conv; both are in
-    the unit's task order. `status` marks nodes (and `edge_status` edges) of a diff.
+    the unit's task order. `status` marks nodes (and `edge_status` edges) of a diff,
+    `task_status` the tasks only one side has (a changed unit's part for such a task
+    is added or removed, not changed).
     """
 
     params: dict[str, int] = field(default_factory=dict)
@@ -79,18 +82,37 @@ class Notes:
     sigma: dict[str, float] = field(default_factory=dict)
     status: dict[str, str] = field(default_factory=dict)
     edge_status: dict[tuple[str, str], str] = field(default_factory=dict)
+    task_status: dict[str, str] = field(default_factory=dict)
     caption: str | None = None
 
 
-def task_colours(tasks: Iterable[str]) -> dict[str, str]:
-    """One colour per task, by its position in the spec."""
-    return {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(tasks)}
+def column_order(topo: Topology) -> list[str]:
+    """The tasks left to right: the spec's order, except that the members of a group
+    sit side by side.
 
-
-def tint(colour: str, amount: float = 0.82) -> str:
-    """`colour` mixed with white, for fills that keep black text readable."""
-    rgb = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
-    return "#" + "".join(f"{round(c + (255 - c) * amount):02x}" for c in rgb)
+    A group's box (a hard group, a cross-stitch inside a group) spans its members'
+    columns, and a box can only span neighbours: with groups [[seg, edge], [depth,
+    normal]] in spec order seg, depth, normal, edge, edge's mixing node would land in
+    depth's column. The first stage with groups decides; colours stay by spec order.
+    """
+    tasks = list(topo.tasks)
+    groups: list[tuple[str, ...]] = []
+    for stage in topo.stages:
+        groups = [
+            tuple(d["tasks"])
+            for _, d in topo.graph.nodes(data=True)
+            if d.get("stage") == stage
+            and d["kind"] in ("block", "unit")
+            and 1 < len(d["tasks"]) < len(tasks)
+        ]
+        if groups:
+            break
+    order: list[str] = []
+    for t in tasks:
+        if t not in order:
+            group = next((g for g in groups if t in g), (t,))
+            order += [x for x in tasks if x in group and x not in order]
+    return order
 
 
 def si(n: float, unit: str = "") -> str:
@@ -201,10 +223,11 @@ def topology_sources(topo: Topology, notes: Notes | None = None) -> list[str]:
 class _Drawer:
     def __init__(self, topo: Topology, notes: Notes, loose: int = 0):
         self.topo, self.g, self.notes, self.loose = topo, topo.graph, notes, loose
-        self.tasks = list(topo.tasks)
-        self.colour = task_colours(self.tasks)
-        if notes.status or notes.edge_status:  # a diff: colour means change, not task
-            self.colour = dict.fromkeys(self.tasks, "#9e9e9e")
+        self.tasks = column_order(topo)  # left to right; colours keep the spec's order
+        self.colour = task_colours(topo.tasks)
+        self.diff = bool(notes.status or notes.edge_status or notes.task_status)
+        if self.diff:  # a diff: colour means change, not task
+            self.colour = dict.fromkeys(self.tasks, UNCHANGED)
         self.aux = {
             d["owner"]: bool(d.get("auxiliary"))
             for _, d in self.g.nodes(data=True)
@@ -250,7 +273,10 @@ class _Drawer:
         return [("s", " · ".join(parts))] if parts else []
 
     def _status(self, node: str, attrs: dict[str, object]) -> dict[str, object]:
-        status = self.notes.status.get(node.split("#")[0])
+        base, _, part = node.partition("#")
+        status = self.notes.status.get(base)
+        if status == "changed" and part.split("/")[-1] in self.notes.task_status:
+            status = self.notes.task_status[part.split("/")[-1]]  # a task's part of a grown unit
         if status:
             colour = STATUS[status]
             attrs = dict(attrs, color=colour, penwidth=3.0, fillcolor=tint(colour))
@@ -440,21 +466,48 @@ class _Drawer:
         }.get(kind, self._generic_unit)
         return draw(u) or {}
 
-    def _cluster(self, u: str, title: str, detail: str) -> None:
+    def _cluster(self, u: str, title: str, detail: str) -> list[tuple[str, str]]:
+        """Open the unit's dashed box; return its title lines for `_title` (or a part).
+
+        The box has no label of its own: graphviz routes edges through cluster labels,
+        and the edges into a unit all arrive where that label would sit.
+        """
         owner = self.g.nodes[u].get("owner")
         if owner:
             title += f" · {owner}"
-        lines = [("b", title), ("s", detail)] + self._cost_lines(u)
         status = self.notes.status.get(u)
         self.dot.open(
             f"cluster_{u}",
-            label=_html(lines),
+            label="",  # not the graph's title, which subgraphs inherit
             style="rounded,dashed",
             color=STATUS[status] if status else "#888888",
             penwidth=3 if status else 1,
-            fontname="Helvetica",
-            fontsize=10,
         )
+        return [("b", title), ("s", detail)] + self._cost_lines(u)
+
+    def _title(self, u: str, lines: list[tuple[str, str]], beside: str) -> None:
+        """The unit's title as a node right of `beside`, on its row inside the box.
+
+        A node is an obstacle that graphviz routes edges around, so no edge crosses it.
+        """
+        status = self.notes.status.get(u)
+        node = f"~title/{u}"
+        self.dot.node(
+            node,
+            shape="plaintext",
+            label=_html(lines),
+            fontsize=10,
+            fontcolor=STATUS[status] if status == "removed" else "#333333",
+        )
+        self.dot.open()
+        self.dot.add("rank=same")
+        self.dot.add(_q(beside))
+        self.dot.add(_q(node))
+        self.dot.edge(beside, node, style="invis")
+        self.dot.close()
+
+    def _by_column(self, tasks: Iterable[str]) -> list[str]:
+        return sorted(tasks, key=lambda t: self._col((t,)))
 
     def _part(self, n: str, t: str | None, label: str, **attrs: object) -> None:
         base = {"label": label, "group": t}
@@ -467,28 +520,55 @@ class _Drawer:
         opts = a.get("options", {})
         init = opts.get("init", (0.9, 0.1))
         gran = opts.get("granularity", "channel")
-        self._cluster(
+        title = self._cluster(
             u,
             f"cross-stitch · {a['stage']}",
             f"α {len(a['tasks'])}×{len(a['tasks'])}"
             + (f"×{a['shape'][0]}" if gran == "channel" else "")
             + f", init {init[0]:g}/{init[1]:g}",
         )
-        for t in a["tasks"]:
-            label = _html([("b", "Σα")])
-            self._part(f"{u}#{t}", t, label, shape="circle", width=0.55, fixedsize="true")
+        tasks = list(a["tasks"])
+        alpha = self.notes.alpha.get(u)
+        for i, t in enumerate(tasks):
+            if alpha:  # what t learned to take from each column, in that column's colour
+                self._part(
+                    f"{u}#{t}", t, self._alpha_label(tasks, alpha[i]), style="rounded,filled"
+                )
+            else:
+                label = _html([("b", "Σα")])
+                self._part(f"{u}#{t}", t, label, shape="circle", width=0.55, fixedsize="true")
+        self._title(u, title, f"{u}#{self._by_column(tasks)[-1]}")
         self.dot.close()
+
+    def _alpha_label(self, sources: list[str], row: list[float]) -> str:
+        """Σα over its learned weights, one line per source task in the source's colour.
+
+        On the box, not on the T² edges: labels of edges that converge on one node
+        overlap, and a reader could not tell which number belongs to which edge.
+        """
+        lines = ["<B>Σα</B>"] + [self._weight(s, w) for s, w in zip(sources, row)]
+        return "<" + "<BR/>".join(lines) + ">"
+
+    def _weight(self, source: str, w: float) -> str:
+        """`source 0.91` in small type and the source task's colour (HTML-like label)."""
+        colour = self.colour.get(source, SHARED)
+        return f'<FONT POINT-SIZE="9" COLOR="{colour}">{html.escape(source)} {w:.2f}</FONT>'
 
     def _nddr(self, u: str) -> None:
         a = self.g.nodes[u]
         tasks = a["tasks"]
         c = a["shape"][0]
         init = a.get("options", {}).get("init", (0.9, 0.1))
-        self._cluster(u, f"NDDR · {a['stage']}", f"init {init[0]:g}·I / {init[1]:g}·I")
+        title, detail, *cost = self._cluster(
+            u, f"NDDR · {a['stage']}", f"init {init[0]:g}·I / {init[1]:g}·I"
+        )
+        # the title rides on the concat bar: nothing else on that row for edges to cross
+        concat = f"concat  {len(tasks)}×{c} = {len(tasks) * c} ch"
+        extra = " · ".join([detail[1]] + [x[1] for x in cost])
         self._part(
             f"{u}#concat",
             None,
-            _html([("s", f"concat  {len(tasks)}×{c} = {len(tasks) * c} ch")]),
+            _html([("b", f"{title[1]}  ·  {concat}"), ("s", extra)]),
             width=self._width(tasks),
             height=0.25,
             fillcolor="#444444",
@@ -497,12 +577,11 @@ class _Drawer:
         )
         strengths = self.notes.nddr.get(u)
         for i, t in enumerate(tasks):
-            lines = [("b", "1×1 conv · BN · ReLU"), ("s", f"{len(tasks) * c} → {c}")]
-            if strengths:
-                lines.append(
-                    ("s", " ".join(f"{s} {strengths[i][j]:.2f}" for j, s in enumerate(tasks)))
-                )
-            self._part(f"{u}#{t}", t, _html(lines), width=COLUMN_WIDTH)
+            label = _html([("b", "1×1 conv · BN · ReLU"), ("s", f"{len(tasks) * c} → {c}")])
+            if strengths:  # per source block, in the source's colour
+                weights = " ".join(self._weight(s, w) for s, w in zip(tasks, strengths[i]))
+                label = label[:-1] + "<BR/>" + weights + ">"
+            self._part(f"{u}#{t}", t, label, width=COLUMN_WIDTH)
             self.dot.edge(f"{u}#concat", f"{u}#{t}", **self._edge_style((t,)))
         self.dot.close()
 
@@ -518,15 +597,28 @@ class _Drawer:
         self.dot.node(u, **self._status(u, attrs))
 
     def _refine(self, u: str) -> None:
-        """MTAN's refinement, one small grey box that every task's chain passes through."""
+        """MTAN's refinement: one module with shared weights that each task's chain
+        runs through on its own (Liu et al. apply the same f to every task's mask).
+
+        Drawn as one small grey box per task, in that task's column and linked only to
+        that task's gates, so it cannot read as a place where the tasks' features mix;
+        every box says "shared weights" and only the first carries the parameter count.
+        """
         a = self.g.nodes[u]
         before = self.g.nodes[next(iter(self.g.predecessors(u)))]["shape"]
         what = "3×3 conv-BN-ReLU" + ("" if mtan_pool(before, a["shape"]) == (1, 1) else " + pool")
-        lines = [("b", "refine"), ("s", what)] + self._cost_lines(u)
-        attrs = {"label": _html(lines), "height": 0.3, "fontsize": 9}
-        attrs.update(self._fill(tuple(self.tasks)))
-        attrs["style"] = "rounded,filled"
-        self.dot.node(u, **self._status(u, attrs))
+        tasks = self._by_column({t for ts in self._task_edges(u).values() for t in ts})
+        for i, t in enumerate(tasks):
+            lines = [("b", "refine"), ("s", what)]
+            lines += [("s", "shared weights")] + (self._cost_lines(u) if i == 0 else [])
+            attrs = {"label": _html(lines), "fontsize": 9, "group": t, "width": 1.4}
+            attrs.update(self._fill(tuple(self.tasks)))
+            attrs["style"] = "rounded,filled,dashed"
+            self.dot.node(f"{u}#{t}", **self._status(f"{u}#{t}", attrs))
+
+    def _task_edges(self, u: str) -> dict[str, tuple[str, ...]]:
+        """The tasks on each edge into `u`, by source."""
+        return {src: tuple(self.g.edges[src, u]["tasks"]) for src in self.g.predecessors(u)}
 
     def _generic_unit(self, u: str) -> None:
         a = self.g.nodes[u]
@@ -574,17 +666,18 @@ class _Drawer:
 
     def _distillation(self, u: str) -> dict[str, str]:
         a = self.g.nodes[u]
-        self._cluster(u, "PAD-Net distillation", "Fᵏ + Σ σ(W Fˡ) ⊙ Fˡ")
+        title = self._cluster(u, "PAD-Net distillation", "Fᵏ + Σ σ(W Fˡ) ⊙ Fˡ")
         parts = {t: f"{u}#{t}" for t in self._main(a["tasks"])}
         for t, p in parts.items():
             self._part(p, t, _html([("b", f"F° · {t}"), ("s", "distilled")]), width=COLUMN_WIDTH)
+        self._title(u, title, parts[self._by_column(parts)[-1]])
         self.dot.close()
         return parts
 
     def _affinity(self, u: str) -> dict[str, str]:
         a = self.g.nodes[u]
         o = a.get("options", {})
-        self._cluster(
+        title = self._cluster(
             u,
             "PAP-Net affinity propagation",
             f"at 1/{o.get('downsample', 2)} · {o.get('iterations', 3)} iterations · β {o.get('beta', 0.05):g}",
@@ -596,6 +689,7 @@ class _Drawer:
         for t in self._main(a["tasks"]):
             label = _html([("b", f"diffusion · {t}"), ("s", "βΣαM·X + (1−β)F")])
             self._part(f"{u}#{t}", t, label, width=COLUMN_WIDTH)
+        self._title(u, title, mats[self._by_column(mats)[-1]])
         self.dot.close()
         return mats
 
@@ -610,16 +704,19 @@ class _Drawer:
         a = self.g.nodes[u]
         o = a.get("options", {})
         order = o.get("order") or list(a["tasks"])
-        self._cluster(
+        title = self._cluster(
             u, "JTRL recursive refinement", f"order {' → '.join(order)} · {o.get('steps', 1)} steps"
         )
-        for k, t in self._turns(u):
+        turns = self._turns(u)
+        for k, t in turns:
             lines = [
                 ("b", f"{t} · step {k}"),
                 ("s", "balance gate + attention"),
                 ("s", f"⇒ {t}:step{k}"),
             ]
             self._part(f"{u}#{k}/{t}", t, _html(lines), width=COLUMN_WIDTH)
+        if turns:
+            self._title(u, title, f"{u}#{turns[0][0]}/{turns[0][1]}")
         self.dot.close()
         return {t: f"{u}#1/{t}" for t in self._main(order)}
 
@@ -631,20 +728,27 @@ class _Drawer:
         done: set[tuple[str, str]] = set()
         ins = {src: g.edges[src, u]["tasks"] for src in g.predecessors(u)}
         outs = {dst: g.edges[u, dst]["tasks"] for dst in g.successors(u)}
-        if kind not in ("cross_stitch", "nddr", "distillation", "affinity", "recursive"):
+        refine = kind == "attention" and a.get("role") == "refine"
+        if kind not in ("cross_stitch", "nddr", "distillation", "affinity", "recursive") and not (
+            refine
+        ):
             return done
         source_of = {t: src for src, ts in ins.items() for t in ts}
         e = self._edge
-        if kind == "cross_stitch":
+        if refine:  # each task through its own pass of the shared module
+            for src, ts in ins.items():
+                for t in ts:
+                    e(src, f"{u}#{t}", (t,))
+        elif kind == "cross_stitch":
             alpha = self.notes.alpha.get(u)
             tasks = list(a["tasks"])
             for src, ts in ins.items():
                 for s in ts:
                     for t in tasks:
                         extra: dict[str, object] = {}
-                        if alpha:
+                        if alpha:  # the value itself is on the Σα box (`_alpha_label`)
                             w = alpha[tasks.index(t)][tasks.index(s)]
-                            extra = {"label": f"{w:.2f}", "penwidth": 0.4 + 4 * min(abs(w), 1.5)}
+                            extra = {"penwidth": 0.4 + 4 * min(abs(w), 1.5)}
                         e(src, f"{u}#{t}", (s,), **extra)
         elif kind == "nddr":
             for src, ts in ins.items():
@@ -723,7 +827,24 @@ class _Drawer:
     def _legend(self) -> None:
         n = self.notes
         rows = []
+        if self.diff:  # the key to a diff's colours, then the tasks
+            for status, meaning in STATUS_MEANING.items():
+                colour = STATUS.get(status, UNCHANGED)
+                rows.append(
+                    f'<TR><TD BGCOLOR="{tint(colour, 0.6)}" BORDER="1" COLOR="{colour}"> </TD>'
+                    f'<TD ALIGN="LEFT"><B>{status}</B></TD>'
+                    f'<TD ALIGN="LEFT"><FONT POINT-SIZE="9">{meaning}</FONT></TD></TR>'
+                )
         for t in self.tasks:
+            if self.diff:
+                status = n.task_status.get(t)
+                colour = STATUS[status] if status else "black"
+                info = ", ".join(x for x in (status, "auxiliary" if self.aux.get(t) else "") if x)
+                rows.append(
+                    f'<TR><TD></TD><TD ALIGN="LEFT"><FONT COLOR="{colour}"><B>task {html.escape(t)}'
+                    f"</B></FONT></TD>{_small_cell(info)}</TR>"
+                )
+                continue
             colour = self.colour[t]
             cells = [
                 f'<TD BGCOLOR="{colour}"> </TD>',
@@ -739,9 +860,7 @@ class _Drawer:
             if t in n.sigma:
                 info.append(f"σ {n.sigma[t]:.3g}")
             text = html.escape(" · ".join(info))
-            cells.append(
-                f'<TD ALIGN="LEFT"><FONT POINT-SIZE="9">{text}</FONT></TD>' if text else "<TD></TD>"
-            )
+            cells.append(_small_cell(text))
             rows.append("<TR>" + "".join(cells) + "</TR>")
         totals = []
         if n.total_params is not None:
@@ -753,20 +872,19 @@ class _Drawer:
             totals.append(f"{si(n.total_flops, 'FLOPs')} per image (2 per multiply-add)")
         if n.task_params:
             totals.append("per task: serving that task alone")
-        if n.status:
-            totals.append(
-                " ".join(
-                    f'<FONT COLOR="{STATUS[s]}"><B>{s}</B></FONT>'
-                    for s in ("added", "removed", "changed")
-                )
-            )
         for text in totals:
-            body = text if text.startswith("<FONT") else html.escape(text)
+            body = html.escape(text)
             rows.append(
                 f'<TR><TD COLSPAN="3" ALIGN="LEFT"><FONT POINT-SIZE="9">{body}</FONT></TD></TR>'
             )
         label = '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="2">' + "".join(rows) + "</TABLE>>"
         self.dot.node("~legend", shape="plaintext", label=label)
+
+
+def _small_cell(text: str) -> str:
+    """A legend cell in small type; empty when there is nothing to say (graphviz refuses
+    an empty <FONT>)."""
+    return f'<TD ALIGN="LEFT"><FONT POINT-SIZE="9">{text}</FONT></TD>' if text else "<TD></TD>"
 
 
 def union_topology(a: Topology, b: Topology) -> Topology:
