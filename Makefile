@@ -14,8 +14,9 @@ torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==$(TORCH_CPU)" \
 	  || $(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu
 
+# the plots extra too: `make demo` ends by drawing loss.png and weights.png
 install: torch
-	@$(PYTHON) -c "import mtlc, rich, graphviz" 2>/dev/null || $(PIP) install -q -e .
+	@$(PYTHON) -c "import mtlc, rich, graphviz, matplotlib" 2>/dev/null || $(PIP) install -q -e ".[plots]"
 
 dev: torch
 	@$(PIP) install -q -e ".[dev]"

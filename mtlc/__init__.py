@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from mtlc.spec import Spec, load_spec
 
 __version__ = "0.1.0"
-__all__ = ["Spec", "compile", "load_spec"]
+__all__ = ["Spec", "allow_import", "compile", "load_spec"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,6 +23,10 @@ def __getattr__(name: str) -> Any:
         import mtlc.spec
 
         return getattr(mtlc.spec, name)
+    if name == "allow_import":  # `with mtlc.allow_import("pkg"): ...` for `import:` backbones
+        from mtlc.imports import allow_import
+
+        return allow_import
     raise AttributeError(f"module 'mtlc' has no attribute {name!r}")
 
 

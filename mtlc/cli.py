@@ -10,6 +10,8 @@ import importlib
 
 import click
 
+from mtlc.clitools import allow_import_option
+
 # name -> "module:attribute" of a click command
 COMMANDS: dict[str, str] = {
     "build": "mtlc.commands:build",
@@ -38,7 +40,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mtlc")
-def main() -> None:
+@allow_import_option
+def main(allow_import: tuple[str, ...]) -> None:
     """mtlc: compile a multi-task learning spec into a model, draw it, cost it, train it."""
 
 

@@ -18,6 +18,24 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
+def _allow_imports(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple:
+    if value:
+        from mtlc.imports import allow_import
+
+        ctx.with_resource(allow_import(value))  # for the rest of this command
+    return value
+
+
+allow_import_option = click.option(
+    "--allow-import",
+    "allow_import",
+    multiple=True,
+    metavar="MODULE",
+    callback=_allow_imports,
+    help="Allow the spec to import MODULE: a `callable` data set, an `import:` backbone (repeatable).",
+)
+
+
 def set_option(fn: Callable) -> Callable:
     """`--set key.path=value`, repeatable, on every command that reads a spec."""
     return click.option(
@@ -30,7 +48,7 @@ def set_option(fn: Callable) -> Callable:
 
 
 def guarded(fn: Callable) -> Callable:
-    """Report an MtlcError as one line on stderr with exit code 2, never a traceback."""
+    """Report an MtlcError as one line on stderr with its exit code, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -38,7 +56,7 @@ def guarded(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except MtlcError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(exc.exit_code)
 
     return wrapper
 

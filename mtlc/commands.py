@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from mtlc.clitools import console, fail, guarded, set_option
+from mtlc.clitools import allow_import_option, console, fail, guarded, set_option
 
 
 def _fmt(n: int) -> str:
@@ -83,6 +83,7 @@ def _table(report: dict, compiled) -> object:
     "-o", "--output", type=click.Path(dir_okay=False), help="Save the compiled model (torch.save)."
 )
 @click.option("--force", is_flag=True, help="Overwrite the -o file if it exists.")
+@allow_import_option
 @guarded
 def build(
     spec: str,
@@ -91,10 +92,15 @@ def build(
     code: bool,
     output: str | None,
     force: bool,
+    allow_import: tuple[str, ...],
 ) -> None:
     """Validate and compile SPEC; print its stages, shapes and parameters."""
-    if output and Path(output).exists() and not force:
-        fail(f"{output}: exists; pass --force to overwrite it")
+    if output:
+        from mtlc.atomic import check_output
+
+        check_output(output)
+        if Path(output).exists() and not force:
+            fail(f"{output}: exists; pass --force to overwrite it")
     report, compiled = build_report(spec, overrides)
     if output:
         _save_model(compiled.model, Path(output))
@@ -134,9 +140,9 @@ def build(
 def _save_model(model, path: Path) -> None:
     import torch
 
-    from mtlc.atomic import atomic_open
+    from mtlc.atomic import atomic_open, make_folder
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     with atomic_open(path, "wb") as fh:
         torch.save(model, fh)
 
@@ -188,7 +194,11 @@ def schema(output: str | None) -> None:
     """Print the JSON Schema of the spec format (for editors: `# yaml-language-server: $schema=...`)."""
     text = SCHEMA_FILE.read_text(encoding="utf-8")
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        from mtlc.atomic import check_output, make_folder, write_text
+
+        check_output(output)
+        make_folder(Path(output).parent)
+        write_text(output, text)
     else:
         sys.stdout.write(text)
 

@@ -40,7 +40,13 @@ class Location:
 
 
 class MtlcError(Exception):
-    """Base for errors that the CLI reports as one clean message (exit 2)."""
+    """Base for errors that the CLI reports as one clean message.
+
+    ``exit_code`` is 2 (the command could not start: bad input) unless a subclass says
+    1 (it started and the machine failed it, e.g. a full disk).
+    """
+
+    exit_code: int = 2
 
 
 class SpecError(MtlcError):

@@ -61,7 +61,7 @@ def test_plots_use_the_drawing_colours(tmp_path, monkeypatch):
             "type": "step",
             "step": s,
             "loss": {t: 1.0 / (s + i + 1) for i, t in enumerate(logged)},
-            "weights": {t: 1.0 for t in logged},
+            "weights": {t: 1.0 + 0.1 * s * i for i, t in enumerate(logged)},
         }
         for s in range(1, 4)
     ]
@@ -70,7 +70,11 @@ def test_plots_use_the_drawing_colours(tmp_path, monkeypatch):
     real_savefig = Figure.savefig
 
     def savefig(fig, path, *args, **kwargs):
-        seen[Path(path).name] = {line.get_label(): line.get_color() for line in fig.axes[0].lines}
+        # written through the atomic writer (a temporary file): known by its y label
+        name = {"balancer weight": "weights.png"}.get(fig.axes[0].get_ylabel(), "loss.png")
+        seen[name] = {
+            line.get_label().split(" (")[0]: line.get_color() for line in fig.axes[0].lines
+        }
         return real_savefig(fig, path, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", savefig)

@@ -415,15 +415,33 @@ def test_checkpoints_are_atomic_and_checked(tmp_path: Path):
 def test_plots_are_written_or_skipped_with_a_note(tiny: Path, tmp_path: Path, monkeypatch):
     import importlib.util
 
-    from mtlc.train.plots import MISSING, write_plots
+    from mtlc.train.plots import CONSTANT, MISSING, plot_lines, write_plots
 
     out = tmp_path / "run"
-    result = train(tiny, out=out, device="cpu", overrides=["train.epochs=1"])
+    result = train(tiny, out=out, device="cpu", overrides=["train.epochs=2"])
     if importlib.util.find_spec("matplotlib") is None:
         assert result.summary["plots"] == MISSING
     else:
-        for name in ("loss.png", "weights.png"):
-            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # a fixed balancer's weights never change: no weights.png, and the note says why
+        assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert not (out / "weights.png").exists() and CONSTANT in result.summary["plots"]
+    lines = plot_lines(runfolder.read_metrics(out))
+    assert list(lines) == ["loss.png"]
+    epochs = [r for r in runfolder.read_metrics(out) if r["type"] == "epoch"]
+    val = {label: (x, y) for label, _, x, y, per_epoch in lines["loss.png"] if per_epoch}
+    # the validation loss of every task, one point per epoch, at the epoch's last step
+    assert set(val) == {"seg (val)", "depth (val)", "edge (val)"}
+    assert val["depth (val)"] == (
+        [r["step"] for r in epochs],
+        [r["val_loss"]["depth"] for r in epochs],
+    )
+    learned = train(
+        tiny, out=tmp_path / "u", device="cpu", overrides=["train.epochs=1", "balancer=uncertainty"]
+    )
+    assert set(plot_lines(runfolder.read_metrics(tmp_path / "u"))) == {"loss.png", "weights.png"}
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert CONSTANT not in learned.summary["plots"]
+        assert (tmp_path / "u" / "weights.png").read_bytes()[:4] == b"\x89PNG"
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
     assert write_plots(out) == MISSING
 

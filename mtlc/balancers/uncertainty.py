@@ -52,15 +52,24 @@ class Uncertainty(Balancer):
     def weights(self) -> dict[str, float]:
         """The effective weight ``c_t·exp(−s_t)`` of each loss."""
         s = self.log_vars.detach().cpu().tolist()
-        return {t: self._c[t] * math.exp(-s[i]) for i, t in enumerate(self.tasks)}
+        return {t: self._c[t] * _exp(-s[i]) for i, t in enumerate(self.tasks)}
 
     def sigmas(self) -> dict[str, float]:
         """σ_t = exp(s_t / 2), the learned task noise."""
         s = self.log_vars.detach().cpu().tolist()
-        return {t: math.exp(s[i] / 2) for i, t in enumerate(self.tasks)}
+        return {t: _exp(s[i] / 2) for i, t in enumerate(self.tasks)}
 
     def extra_state_for_log(self) -> dict[str, float]:
         s = self.log_vars.detach().cpu().tolist()
         out = {f"s_{t}": s[i] for i, t in enumerate(self.tasks)}
         out.update({f"sigma_{t}": v for t, v in self.sigmas().items()})
         return out
+
+
+def _exp(x: float) -> float:
+    """exp that overflows to inf, as the tensor op does: a diverging s_t is then reported
+    by the trainer's non-finite check (naming the task and step), not as a traceback."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf

@@ -9,6 +9,7 @@ node. Profile and viz sum and colour by these labels.
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,21 @@ from torch import fx, nn
 from mtlc.layers.modules import build_module
 from mtlc.layers.vocab import Layer, Shape, infer_shape
 from mtlc.topology import Topology
+
+
+def module_prefix(block: str, attrs: dict[str, Any]) -> str:
+    """Where a block's layers live in the root module: `encoder.s2.seg`, `heads.depth`…"""
+    if attrs["kind"] == "head":
+        return f"heads.{attrs['owner']}"
+    if attrs["stage"] == "decoder":
+        return "decoder." + ".".join(block.split("/")[1:])
+    stage, who = block.split("/")
+    return f"encoder.{stage}.{who.replace('+', '_')}"
+
+
+def _fetch(root: nn.Module, qualname: str) -> Any:
+    *parents, leaf = qualname.split(".")
+    return getattr(root.get_submodule(".".join(parents)), leaf)
 
 
 class Emitter:
@@ -129,10 +145,13 @@ class Emitter:
         kind: str,
         owner: str | None,
     ) -> tuple[fx.Node, Shape]:
-        """Emit a layer list as one call_module node per layer, named `prefix.<layer><i>`."""
+        """Emit a layer list as one call_module node per layer, named `prefix.<layer><i>`.
+
+        A layer with a fixed module name (a backbone's `layer3.2`) is registered under it.
+        """
         for i, layer in enumerate(layers):
             x = self.call_module(
-                f"{prefix}.{layer.name}{i}",
+                f"{prefix}.{layer.module or f'{layer.name}{i}'}",
                 build_module(layer, shape),
                 (x,),
                 block=block,
@@ -141,6 +160,79 @@ class Emitter:
             )
             shape = infer_shape(layer, shape)
         return x, shape
+
+    def inline(
+        self,
+        piece: Any,
+        source: fx.GraphModule,
+        x: fx.Node,
+        prefix: str,
+        *,
+        block: str,
+        owner: str | None,
+    ) -> fx.Node:
+        """Copy a piece of a traced model (mtlc.topology.traced) into the graph, reading `x`.
+
+        Its modules and attributes are copied under `prefix` with their own names (so a
+        copy per task gets its own weights), its functions and methods are called as they
+        were; a module the piece calls twice is copied once and called twice.
+        """
+        device = torch.get_default_device()  # meta while profiling: no weights copied
+        env: dict[fx.Node, Any] = {piece.input: x}
+
+        def value(n: fx.Node) -> Any:
+            if n not in env:  # only attributes may come from outside the piece
+                assert n.op == "get_attr", f"{n.name} crosses a cut"
+                qualname = f"{prefix}.{n.target}"
+                if not self.has_attr(qualname):
+                    self.add_attr(qualname, _fetch(source, str(n.target)), device)
+                env[n] = self._label(self.graph.get_attr(qualname), block, "layer", owner)
+            return env[n]
+
+        for node in piece.nodes:
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), value)
+            if node.op == "call_module":
+                qualname = f"{prefix}.{node.target}"
+                module = None
+                if not self.has_module(qualname):
+                    module = copy.deepcopy(source.get_submodule(str(node.target))).to(device)
+                out = self.call_module(
+                    qualname, module, args, block=block, kind="layer", owner=owner
+                )
+                out.kwargs = kwargs
+            else:
+                out = self._label(
+                    self.graph.create_node(node.op, node.target, args, kwargs),
+                    block,
+                    "layer",
+                    owner,
+                )
+            env[node] = out
+        return env[piece.output]
+
+    def has_attr(self, qualname: str) -> bool:
+        *parents, leaf = qualname.split(".")
+        try:
+            return hasattr(self.root.get_submodule(".".join(parents)), leaf)
+        except AttributeError:
+            return False
+
+    def add_attr(self, qualname: str, value: Any, device: torch.device) -> None:
+        """Register a copied parameter, buffer or constant tensor under a dotted name."""
+        *parents, leaf = qualname.split(".")
+        parent = self.root
+        for part in parents:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        if isinstance(value, nn.Parameter):
+            parent.register_parameter(
+                leaf, nn.Parameter(value.detach().clone().to(device), value.requires_grad)
+            )
+        elif isinstance(value, torch.Tensor):
+            parent.register_buffer(leaf, value.detach().clone().to(device))
+        else:
+            setattr(parent, leaf, copy.deepcopy(value))
 
     def resize(
         self, x: fx.Node, size: tuple[int, ...], *, block: str, owner: str | None

@@ -22,8 +22,10 @@ import networkx as nx
 from torch import fx
 
 from mtlc import registry
-from mtlc.compiler.emitter import Emitter
+from mtlc.compiler.columns import freeze_stages, load_task_inits
+from mtlc.compiler.emitter import Emitter, module_prefix
 from mtlc.compiler.labels import SHARED_KEY, task_sets
+from mtlc.compiler.weights import load_backbone_weights
 from mtlc.spec import Spec, load_spec
 from mtlc.spec.load import spec_error
 from mtlc.topology import Topology, build_topology
@@ -65,15 +67,20 @@ def _emit_block(em: Emitter, block: str) -> None:
     (src,) = list(g.predecessors(block))
     members = attrs["tasks"]
     x = em.values[src][members[0]]
-    if kind == "head":
-        prefix = f"heads.{attrs['owner']}"
-    elif attrs["stage"] == "decoder":
-        prefix = "decoder." + ".".join(block.split("/")[1:])
-    else:
-        stage, who = block.split("/")
-        prefix = f"encoder.{stage}.{who.replace('+', '_')}"
+    if attrs.get("traced") is not None:
+        piece = em.topology.traced.pieces[attrs["stage"]]
+        x = em.inline(
+            piece,
+            em.topology.traced.module,
+            x,
+            module_prefix(block, attrs),
+            block=block,
+            owner=attrs["owner"],
+        )
+        em.values[block] = dict.fromkeys(members, x)
+        return
     x, shape = em.layers(
-        prefix,
+        module_prefix(block, attrs),
         attrs["layers"],
         x,
         attrs["in_shape"],
@@ -155,6 +162,12 @@ def compile_spec(
         if "mtlc" in node.meta:
             node.meta["mtlc"] = dict(node.meta["mtlc"])
     _label_tasks(model.graph, next(n for n in model.graph.nodes if n.op == "output").args[0])
+    if not any(p.is_meta for p in supervised.parameters()):
+        # compiled on the meta device (profile, viz costs), no weights are read: they
+        # change no cost; `mtlc build` and training compile for real and check the files
+        load_backbone_weights(supervised, topo)
+        load_task_inits(supervised, topo)
+    freeze_stages(supervised, topo)
     for gm in (model, supervised):
         gm.graph.lint()
         gm.meta["mtlc"] = {

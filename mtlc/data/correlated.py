@@ -32,7 +32,14 @@ import math
 
 import torch
 
-from mtlc.data import TensorData, check_options, check_range, check_split, derived_seed
+from mtlc.data import (
+    TensorData,
+    check_memory,
+    check_options,
+    check_range,
+    check_split,
+    derived_seed,
+)
 
 __all__ = ["generate_task", "load"]
 
@@ -76,6 +83,10 @@ def load(split: str, *, seed: int = 0, **options) -> TensorData:
     check_range("correlation", o["correlation"], -1.0, 1.0)
     check_range("sines", o["sines"], 0)
     check_range("noise", o["noise"], 0.0)
+    n, dim, tasks = o[split], o["dim"], o["tasks"]
+    # x in float64 and float32, the float64 sines (3 live copies) and the task vectors
+    needed = n * (dim * 12 + tasks * o["sines"] * 24 + tasks * 20) + dim * tasks * 24
+    check_memory(split, f"{n} samples of {dim} inputs and {tasks} tasks", needed)
 
     g_task = torch.Generator().manual_seed(derived_seed(seed, "correlated", "task"))
     w, alphas, betas = generate_task(

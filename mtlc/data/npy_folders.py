@@ -17,18 +17,31 @@ and for Cityscapes ``classes`` (7 or 19). Values are kept as stored: images are 
 re-normalised, the ignore label stays -1 (the metrics' and losses' ``ignore_index``), and
 depth 0 marks invalid pixels (the ``ignore_zero`` convention). Output tensors: ``image``
 float32 [N, 3, H, W], ``seg`` int64 [N, H, W], ``depth`` float32 [N, 1, H, W] and for NYUv2
-``normal`` float32 [N, 3, H, W]. Files are read with ``numpy.load(allow_pickle=False)``.
+``normal`` float32 [N, 3, H, W]. Files are read with ``numpy.load(allow_pickle=False)``,
+and only regular files whose .npy header declares numbers that are in the file (a
+FIFO, an .npz renamed, strings, a forged header are one-line errors); the split's size
+is checked against the memory available before anything is read.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mtlc.data import DataError, TensorData, check_options, check_range, check_split
+from mtlc.data import (
+    DataError,
+    TensorData,
+    check_memory,
+    check_options,
+    check_range,
+    check_split,
+)
 
 __all__ = ["load_cityscapes", "load_nyuv2", "load_npy_folders"]
 
@@ -49,19 +62,91 @@ def _split_dir(root: Path, split: str) -> Path:
 def _indices(folder: Path) -> list[int]:
     if not folder.is_dir():
         raise DataError(f"train.data.root: the folder {str(folder)!r} does not exist.")
-    found = sorted(int(m.group(1)) for p in folder.iterdir() if (m := _INDEX.match(p.name)))
+    try:
+        names = [p.name for p in folder.iterdir()]
+    except OSError as exc:
+        raise DataError(
+            f"train.data.root: cannot read the folder {str(folder)!r}: {exc.strerror or exc}."
+        ) from None
+    found = sorted(int(m.group(1)) for name in names if (m := _INDEX.match(name)))
     if not found:
         raise DataError(f"train.data.root: the folder {str(folder)!r} holds no N.npy files.")
     return found
 
 
+def _header(path: Path, what: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an .npy file's header declares, checked against the file.
+
+    Only a regular file is opened (a FIFO named ``0.npy`` would block forever), the
+    header must be an .npy header (an .npz or pickle renamed is refused), the dtype a
+    number type (strings and objects cannot become tensors), and the data the header
+    declares must be in the file, so a forged header cannot make numpy allocate
+    terabytes.
+    """
+    where = f"train.data.root: {str(path)!r} ({what})"
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise DataError(f"{where}: cannot read it: {exc.strerror or exc}.") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{where}: not a regular file.")
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                fh.seek(0)
+                start = fh.read(4)
+                kind = "an .npz archive" if start == b"PK\x03\x04" else "not an .npy file"
+                raise DataError(f"{where}: {kind} (empty)." if not start else f"{where}: {kind}.")
+            fh.seek(0)
+            version = np.lib.format.read_magic(fh)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read(fh)
+            offset = fh.tell()
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError) as exc:
+        raise DataError(f"{where}: not a valid .npy header ({_first_line(exc)}).") from None
+    if dtype.kind not in "biuf":
+        raise DataError(
+            f"{where}: holds {dtype} values; expected numbers (bool, integer or float)."
+        )
+    expected = math.prod(shape) * dtype.itemsize
+    if info.st_size - offset < expected:
+        raise DataError(
+            f"{where}: its header declares {list(shape)} {dtype} ({expected} bytes), but "
+            f"the file holds {max(info.st_size - offset, 0)} bytes after the header."
+        )
+    return shape, dtype
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _read(path: Path, shape_hint: str) -> np.ndarray:
+    _header(path, shape_hint)
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise DataError(
-            f"train.data.root: cannot read {str(path)!r} ({shape_hint}): {exc}."
-        ) from exc
+            f"train.data.root: cannot read {str(path)!r} ({shape_hint}): {_first_line(exc)}."
+        ) from None
+
+
+def _check_size(base: Path, folders: dict[str, str], indices: list[int]) -> None:
+    """The whole split's tensors against the memory available, from the files' headers."""
+    needed = 0
+    for key, name in folders.items():
+        for i in indices:
+            shape, _ = _header(base / name / f"{i}.npy", key)
+            # numpy arrays, their stack, and the float32/int64 tensor made from it
+            needed += math.prod(shape) * (8 if key == "seg" else 4) * 3
+    check_memory("root", f"the {len(indices)} samples in {str(base)!r}", needed)
 
 
 def _stack(folder: Path, indices: list[int], kind: str) -> np.ndarray:
@@ -118,6 +203,7 @@ def load_npy_folders(
                 f"{str(base / 'image')!r}, {len(found[key])} in {str(base / name)!r})."
             )
     indices = reference[:limit] if limit is not None else reference
+    _check_size(base, folders, indices)
     out: dict[str, torch.Tensor] = {}
     out["image"] = _channels_first(_stack(base / "image", indices, "H×W×3"), 3, base / "image")
     seg = _stack(base / label_dir, indices, "H×W labels")

@@ -36,7 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from mtlc.data import TensorData, check_options, check_range, check_split, derived_seed
+from mtlc.data import (
+    TensorData,
+    check_memory,
+    check_options,
+    check_range,
+    check_split,
+    derived_seed,
+)
 
 __all__ = ["CLASS_NAMES", "load", "render"]
 
@@ -91,6 +98,9 @@ def load(split: str, *, seed: int = 0, **options) -> TensorData:
         check_range(key, opts[key], 1)
     check_range("size", opts["size"], 8, 512)
     check_range("classes", opts["classes"], 2, len(CLASS_NAMES))
+    n, size = opts[split], opts["size"]
+    # image, depth, normal, edge float32 (8 channels) and seg int64, per scene
+    check_memory(split, f"{n} scenes of {size}×{size} pixels", n * size * size * (8 * 4 + 8))
     g = torch.Generator().manual_seed(derived_seed(seed, "shapes", split))
     tensors = render(opts[split], opts["size"], opts["classes"], generator=g)
     size = opts["size"]

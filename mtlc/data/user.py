@@ -14,42 +14,23 @@ share their first dimension.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from mtlc.data import DataError, TensorData, check_split
+from mtlc.imports import ImportRefused, resolve_callable
 
 __all__ = ["load", "resolve_function"]
 
 
 def resolve_function(spec: Any, allow_import: frozenset[str]) -> Any:
     """Import ``"pkg.module:attr"`` if ``pkg`` is allowed and return the attribute."""
-    key = "train.data.function"
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise DataError(f"{key}: expected 'package.module:function', got {spec!r}.")
-    module_name, attr = spec.split(":")
-    if not module_name or not attr or not all(p.isidentifier() for p in module_name.split(".")):
-        raise DataError(f"{key}: expected 'package.module:function', got {spec!r}.")
-    top = module_name.split(".")[0]
-    if top not in allow_import:
-        raise DataError(f"{key}: importing {top!r} needs --allow-import {top}.")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # the user's module may fail in any way while it loads
-        raise DataError(
-            f"{key}: cannot import module {module_name!r} ({type(exc).__name__}: {exc})."
-        ) from exc
-    fn = module
-    for part in attr.split("."):
-        if not hasattr(fn, part):
-            raise DataError(f"{key}: module {module_name!r} has no attribute {attr!r}.")
-        fn = getattr(fn, part)
-    if not callable(fn):
-        raise DataError(f"{key}: {spec!r} is not callable.")
-    return fn
+        return resolve_callable(spec, allow_import)
+    except ImportRefused as exc:
+        raise DataError(f"train.data.function: {exc}.") from exc
 
 
 def load(

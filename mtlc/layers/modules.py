@@ -4,29 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from mtlc.layers.blocks import ASPP, BasicBlock, Bottleneck
 from mtlc.layers.vocab import Layer, Shape, conv_padding, deconv_padding, infer_shape
-
-
-class ResBlock(nn.Module):
-    """ResNet basic block: two 3x3 conv-BN, a 1x1 conv-BN shortcut when the shape changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout
-            else nn.Identity()
-        )
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -85,5 +64,11 @@ def build_module(layer: Layer, shape: Shape) -> nn.Module:
         align = False if a["mode"] in ("bilinear", "bicubic") else None
         return nn.Upsample(size=size, mode=a["mode"], align_corners=align)
     if name == "resblock":
-        return ResBlock(shape[0], a["out"] or shape[0], a["stride"])
+        return BasicBlock(
+            shape[0], a["out"] or shape[0], a["stride"], a["dilation"], a["first_dilation"] or 0
+        )
+    if name == "bottleneck":
+        return Bottleneck(shape[0], a["planes"], a["stride"], a["dilation"])
+    if name == "aspp":
+        return ASPP(shape[0], a["out"], a["rates"], a["dropout"])
     raise AssertionError(f"layer '{name}' is in the vocabulary but has no module")

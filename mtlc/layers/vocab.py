@@ -30,6 +30,9 @@ class Layer:
 
     name: str
     args: dict[str, Any] = field(default_factory=dict)
+    # the module's attribute name when it must be a given one (a backbone's `layer3.2`,
+    # so that checkpoints load by torchvision's keys); None: `<name><index>`
+    module: str | None = None
 
     def __str__(self) -> str:
         spec = LAYERS[self.name]
@@ -172,12 +175,27 @@ def _flatten(shape: Shape, a: dict[str, Any]) -> Shape:
 
 def _resblock(shape: Shape, a: dict[str, Any]) -> Shape:
     c, h, w = _need_map("resblock", shape)
-    s = a["stride"]
+    s, d = a["stride"], a["first_dilation"] or a["dilation"]
     return (
         a["out"] or c,
-        _spatial("resblock", conv_out(h, 3, s, 1)),
-        _spatial("resblock", conv_out(w, 3, s, 1)),
+        _spatial("resblock", conv_out(h, 3, s, d, d)),
+        _spatial("resblock", conv_out(w, 3, s, d, d)),
     )
+
+
+def _bottleneck(shape: Shape, a: dict[str, Any]) -> Shape:
+    _, h, w = _need_map("bottleneck", shape)
+    s, d = a["stride"], a["dilation"]
+    return (
+        a["planes"] * BOTTLENECK_EXPANSION,
+        _spatial("bottleneck", conv_out(h, 3, s, d, d)),
+        _spatial("bottleneck", conv_out(w, 3, s, d, d)),
+    )
+
+
+def _aspp(shape: Shape, a: dict[str, Any]) -> Shape:
+    _, h, w = _need_map("aspp", shape)
+    return (a["out"], h, w)
 
 
 _ACT = "elementwise activation"
@@ -241,14 +259,27 @@ LAYERS: dict[str, LayerSpec] = {
         positional=1,
     ),
     "resblock": LayerSpec(
-        {"out": None, "stride": 1},
+        {"out": None, "stride": 1, "dilation": 1, "first_dilation": None},
         _resblock,
-        "ResNet basic block (two 3x3 conv-bn, shortcut)",
+        "ResNet basic block (two 3x3 conv-bn, shortcut); torchvision's names, timm's dilation",
+        positional=2,
+    ),
+    "bottleneck": LayerSpec(
+        {"planes": REQUIRED, "stride": 1, "dilation": 1},
+        _bottleneck,
+        "ResNet bottleneck (1x1, 3x3 with stride/dilation, 1x1 to 4*planes), torchvision's",
+        positional=2,
+    ),
+    "aspp": LayerSpec(
+        {"out": 256, "rates": (12, 24, 36), "dropout": 0.5},
+        _aspp,
+        "DeepLab-v3 ASPP: 1x1, dilated 3x3 per rate, image pooling; 1x1 projection (torchvision's)",
         positional=2,
     ),
 }
+BOTTLENECK_EXPANSION = 4
 
-_POSITIVE_INT = {"out", "k", "stride", "dilation", "groups", "size"}
+_POSITIVE_INT = {"out", "k", "stride", "dilation", "first_dilation", "groups", "size", "planes"}
 _NON_NEGATIVE_INT = {"padding"}
 # torch refuses sizes past int64 with a TypeError deep in a module's constructor; 2**31
 # is far beyond any real layer and keeps every size a 32-bit int
@@ -274,12 +305,19 @@ def _check_value(layer: str, key: str, value: Any) -> Any:
     elif key in ("bias", "affine"):
         if not isinstance(value, bool):
             raise LayerError(f"{layer}: {key} must be true or false, got {value!r}")
-    elif key in ("p", "momentum", "eps", "scale"):
+    elif key == "rates":
+        rates = tuple(value) if isinstance(value, (list, tuple)) else None
+        if not rates or any(isinstance(r, bool) or not isinstance(r, int) for r in rates):
+            raise LayerError(f"{layer}: rates must be a non-empty list of integers, got {value!r}")
+        if not all(1 <= r <= MAX_SIZE for r in rates):
+            raise LayerError(f"{layer}: every rate must be in [1, {MAX_SIZE}], got {list(rates)}")
+        return rates
+    elif key in ("p", "momentum", "eps", "scale", "dropout"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise LayerError(f"{layer}: {key} must be a number, got {value!r}")
-        if key == "p" and not 0 <= value < 1:
-            raise LayerError(f"{layer}: p must be in [0, 1), got {value}")
-        if key != "p" and value <= 0:
+        if key in ("p", "dropout") and not 0 <= value < 1:
+            raise LayerError(f"{layer}: {key} must be in [0, 1), got {value}")
+        if key not in ("p", "dropout") and value <= 0:
             raise LayerError(f"{layer}: {key} must be positive, got {value}")
         if key == "momentum" and value > 1:
             raise LayerError(f"{layer}: momentum must be in (0, 1], got {value}")
@@ -331,18 +369,56 @@ def parse_layer(item: Any) -> Layer:
         return make_layer(str(name), (), args)
     if not isinstance(item, str):
         raise LayerError(f"a layer is a string like 'conv(64, 3)' or a one-key dict, got {item!r}")
+    layers = parse_layers(item)
+    if len(layers) != 1:
+        raise LayerError(f"layer {item!r}: a repeat (`* n`) is not allowed here")
+    return layers[0]
+
+
+# a run of identical blocks is `bottleneck(64) * 3`; more than this is surely a typo
+MAX_REPEAT = 1000
+
+
+def parse_layers(item: Any) -> list[Layer]:
+    """Parse one layer item, or a repeat `bottleneck(256) * 3`, into its list of layers."""
+    if not isinstance(item, str):
+        return [parse_layer(item)]
     text = item.strip()
     try:
         tree = ast.parse(text, mode="eval").body
     except SyntaxError:
         raise LayerError(f"cannot parse layer {item!r}: expected name or name(args)") from None
+    times = 1
+    if isinstance(tree, ast.BinOp) and isinstance(tree.op, ast.Mult):
+        count, tree = tree.right, tree.left
+        if isinstance(count, (ast.Name, ast.Call)):  # `3 * bottleneck(64)` reads as well
+            count, tree = tree, count
+        times = count.value if isinstance(count, ast.Constant) else None
+        if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= MAX_REPEAT:
+            raise LayerError(
+                f"layer {item!r}: a repeat is `layer * n` with an integer n in [1, {MAX_REPEAT}]"
+            )
+    return [_parse_call(item, tree)] * times
+
+
+_YAML_BOOLS = {"true": True, "false": False}
+
+
+def _literal(node: ast.expr) -> Any:
+    """A literal argument; YAML's `true`/`false` are accepted beside Python's spelling."""
+    if isinstance(node, ast.Name) and node.id in _YAML_BOOLS:
+        return _YAML_BOOLS[node.id]
+    return ast.literal_eval(node)
+
+
+def _parse_call(item: str, tree: ast.expr) -> Layer:
     if isinstance(tree, ast.Name):
         return make_layer(tree.id)
     if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)):
         raise LayerError(f"cannot parse layer {item!r}: expected name or name(args)")
     try:
-        args = tuple(ast.literal_eval(a) for a in tree.args)
-        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords if kw.arg}
+        args = tuple(_literal(a) for a in tree.args)
+        kwargs = {kw.arg: _literal(kw.value) for kw in tree.keywords if kw.arg}
     except (ValueError, SyntaxError):
         raise LayerError(
             f"layer {item!r}: arguments must be literal numbers, strings or booleans"

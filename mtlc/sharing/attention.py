@@ -12,6 +12,10 @@ p̃_t is the task's previous attended feature passed through a refinement block
 `encoder_block_att`) and max-pooled down to u_j's size. So each task's masks form a
 chain through the encoder while the trunk's weights stay shared.
 
+On a ResNet (`split`, the default for a named backbone's stages) the paper's form is
+used: the mask reads u_b, the output of the stage's blocks but the last, and gates u_t,
+the output of the last block: `p_t = a_t([u_b, p̃_t]) ⊙ u_t`.
+
 The topology gives each stage one unit per task (role "gate": mask and gating) and,
 from the second attention stage on, one unit for the shared refinement (role
 "refine"), called once per task; `emit` writes whichever of the two it is given.
@@ -85,14 +89,15 @@ def _gate(em: Emitter, unit: str) -> dict[str, fx.Node]:
     attrs = em.attrs(unit)
     (task,) = attrs["tasks"]
     stage, shape = attrs["stage"], attrs["shape"]
-    u: fx.Node | None = None
     refined: fx.Node | None = None
-    for src, values in em.inputs(unit).items():
+    inputs = em.inputs(unit)
+    for src, values in inputs.items():
         if em.attrs(src)["kind"] == "unit":
             refined = values[task]
-        else:
-            u = values[task]
-    assert u is not None, f"attention unit {unit} has no trunk input"
+    # u_b (what the mask reads) and u_t (what it gates): the same trunk feature unless
+    # the stage is split MTAN-on-ResNet style (blocks but the last / the last block)
+    u = inputs[attrs["reads"]][task]
+    u_t = inputs[attrs["gates"]][task]
 
     mask_in = u
     if refined is not None:
@@ -101,12 +106,13 @@ def _gate(em: Emitter, unit: str) -> dict[str, fx.Node]:
         )
     channels = shape[0]
     hidden = attrs["options"].get("hidden") or channels
+    u_b = em.attrs(attrs["reads"])["out_shape"][0]
     mask = em.call_module(
         f"encoder.{stage}.attention.{task}",
-        AttentionMask(channels * (1 if refined is None else 2), hidden, channels),
+        AttentionMask(u_b + (0 if refined is None else channels), hidden, channels),
         (mask_in,),
         block=unit,
         kind="unit",
         owner=task,
     )
-    return {task: em.call_function(torch.mul, (mask, u), block=unit, kind="unit", owner=task)}
+    return {task: em.call_function(torch.mul, (mask, u_t), block=unit, kind="unit", owner=task)}

@@ -284,6 +284,29 @@ def _check_names(spec: Spec, src: Source) -> None:
             )
         if sharing.groups is not None:
             _check_partition(sharing.groups, tasks, ("encoder", "sharing", stage, "groups"), src)
+    bb = spec.encoder.backbone
+    if bb is not None:
+        if (bb.name is None) == (bb.import_ is None):
+            raise src.error(
+                ("encoder", "backbone"),
+                "give either `name` (a ResNet) or `import` (a model of your own), "
+                + ("not both" if bb.name else "one of them"),
+            )
+        if bb.import_ is None and bb.kwargs:
+            raise src.error(("encoder", "backbone", "kwargs"), "kwargs go with `import`")
+        if bb.import_ is not None and bb.output_stride is not None:
+            raise src.error(
+                ("encoder", "backbone", "output_stride"),
+                "output_stride applies to named backbones; an imported model has its own",
+            )
+    for t in spec.encoder.init:
+        if t not in spec.tasks:
+            raise src.error(("encoder", "init", t), unknown("task", t, tasks), key=True)
+    for i, stage in enumerate(spec.encoder.freeze):
+        if stage not in spec.encoder.stages:
+            raise src.error(("encoder", "freeze", i), unknown("stage", stage, spec.encoder.stages))
+    if len(set(spec.encoder.freeze)) != len(spec.encoder.freeze):
+        raise src.error(("encoder", "freeze"), "a stage appears twice")
     bal = spec.balancer
     for key in ("weights", "gamma", "kpi"):
         table = getattr(bal, key, None)

@@ -16,7 +16,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 from mtlc import registry
 from mtlc.layers.vocab import MAX_SIZE
 
-LayerItem = str | dict[str, Any]
+# numbers too: a plain YAML reader splits the flow list `[conv(64, 3, bias=false)]` at its
+# commas into "conv(64", 3, "bias=false)"; mtlc mends that while parsing, and the published
+# schema must accept what an editor's YAML reader sees (the layer parser refuses a lone number)
+LayerItem = str | dict[str, Any] | int | float
 
 
 class Strict(BaseModel):
@@ -105,6 +108,11 @@ class Attention(StageSharing):
         gt=0,
         le=MAX_SIZE,
         description="channels inside the attention module (default: the stage's)",
+    )
+    split: bool | None = Field(
+        None,
+        description="MTAN on a ResNet: the masks read the stage's blocks but the last (u_b) and "
+        "gate the last block's output (u_t); default: on for stages of a named backbone",
     )
 
 
@@ -267,12 +275,61 @@ class Train(Strict):
 # -- the spec --------------------------------------------------------------------------
 
 
+class BackboneSpec(Strict):
+    """A ResNet by `name`, or any fx-traceable model from `import`; stages then name its parts."""
+
+    name: str | None = Field(None, description="resnet18 | resnet34 | resnet50 | resnet101")
+    import_: str | None = Field(
+        None,
+        alias="import",
+        description="'package.module:factory' returning an nn.Module (needs --allow-import package)",
+    )
+    kwargs: dict[str, Any] = Field({}, description="keyword arguments of the import factory")
+    output_stride: Literal[8, 16, 32] | None = Field(
+        None,
+        description="named backbones: 32 (default), or 8/16 by dilating the last stages "
+        "(torchvision's replace_stride_with_dilation)",
+    )
+    weights: str | None = Field(
+        None,
+        description="a local torchvision/timm state dict (torch.save) loaded into every copy of every stage",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str | None) -> str | None:
+        from mtlc.layers.backbones import RESNETS
+
+        if value is not None and value not in RESNETS:
+            from mtlc.errors import unknown
+
+            raise ValueError(unknown("backbone", value, RESNETS))
+        return value
+
+    @property
+    def stride(self) -> int:
+        return self.output_stride or 32
+
+
 class Encoder(Strict):
-    stages: dict[str, list[LayerItem]] = Field(
-        min_length=1, description="ordered stages, each a list of layers"
+    backbone: BackboneSpec | None = Field(
+        None, description="a named backbone; stages then name its parts (stem, layer1, layer3.2)"
+    )
+    stages: dict[str, list[LayerItem] | str] = Field(
+        min_length=1,
+        description="ordered stages, each a list of layers (or, with a backbone, of its parts)",
     )
     sharing: dict[str, Sharing] = Field(
         {}, description="per stage; a stage not listed is hard-shared"
+    )
+    init: dict[str, str] = Field(
+        {},
+        description="task -> checkpoint of a single-task run of this spec (e.g. a baseline's best.pt): "
+        "starts that task's column of every separate/cross_stitch/nddr stage from it",
+    )
+    freeze: list[str] = Field(
+        [],
+        description="stages whose blocks keep their weights (no gradient, not optimised; BN uses running statistics)",
     )
 
 

@@ -15,7 +15,10 @@ MTAN attention units also carry `role`: a stage's per-task gates (`s2/attention/
 role "gate") read the shared trunk block, and from the second attention stage on also
 the stage's one refinement unit (`s2/attention/refine`, role "refine", owner None),
 which takes each task's previous gate and hands the refined feature to that task's
-new gate; edges into and out of it carry one task each.
+new gate; edges into and out of it carry one task each. A gate's `reads` names the trunk
+block its mask sees (u_b) and `gates` the one it multiplies (u_t): the same block, or,
+for MTAN on a ResNet (`split`), `s2/shared` (the stage's blocks but the last) and
+`s2/last` (the last block).
 
 While building we follow each task's *stream* (the node whose output it reads) and
 its *feature* (which value of that node: a cross-stitch or NDDR unit is one node with
@@ -30,11 +33,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 
-from mtlc.layers.vocab import Layer, LayerError, Shape, infer_shape, parse_layer, rejoin_calls
+from mtlc.layers.vocab import (
+    Layer,
+    LayerError,
+    Shape,
+    infer_shape,
+    parse_layer,
+    parse_layers,
+    rejoin_calls,
+)
 from mtlc.spec.schema import Spec
+from mtlc.topology.backbone import backbone_stages
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DECODER_STAGE = "decoder"
@@ -56,6 +69,8 @@ class Topology:
     predictions: dict[str, str] = field(default_factory=dict)
     # the node every task reads after the encoder, when there is one (MGDA-UB's z)
     shared_repr: str | None = None
+    # an imported backbone, traced and cut per stage (mtlc.topology.traced)
+    traced: Any = None
 
     def nodes_of(self, kind: str) -> list[str]:
         return [n for n, d in self.graph.nodes(data=True) if d["kind"] == kind]
@@ -69,15 +84,35 @@ def _err(spec: Spec, path: tuple, message: str, key: bool = False):
 
 def _layers(spec: Spec, items: list, path: tuple, shape: Shape) -> tuple[list[Layer], Shape]:
     """Parse a layer list and push `shape` through it, locating any problem."""
+    if hasattr(items, "out_shape"):  # a piece of a traced model: its nodes are its layers
+        return [], items.out_shape
     layers = []
-    for i, item in enumerate(rejoin_calls(items)):
+    parsed = all(isinstance(item, Layer) for item in items)  # a backbone's, already cut
+    for i, item in enumerate(items if parsed else rejoin_calls(items)):
         try:
-            layer = parse_layer(item)
-            shape = infer_shape(layer, shape)
+            for layer in [item] if parsed else parse_layers(item):
+                shape = infer_shape(layer, shape)
+                layers.append(layer)
         except LayerError as exc:
-            raise _err(spec, path + (i,), str(exc)) from None
-        layers.append(layer)
+            raise _err(spec, path if parsed else path + (i,), str(exc)) from None
     return layers, shape
+
+
+def _infer(layers: list[Layer], shape: Shape) -> Shape:
+    for layer in layers:
+        shape = infer_shape(layer, shape)
+    return shape
+
+
+def _splittable(spec: Spec, stage: str, layers: list[Layer], traced: bool) -> None:
+    """MTAN's ResNet form needs blocks before the last, and u_b shaped like u_t."""
+    where = ("encoder", "sharing", stage)
+    if traced:
+        raise _err(spec, where, "split needs the stage's blocks; a traced backbone has none")
+    if len(layers) < 2:
+        raise _err(
+            spec, where, f"split needs at least two blocks in stage '{stage}', it has {len(layers)}"
+        )
 
 
 def mtan_pool(before: Shape, after: Shape) -> tuple[int, int] | None:
@@ -191,7 +226,16 @@ def build_topology(spec: Spec) -> Topology:
         else:
             g.add_edge(src, dst, tasks=tuple(flowing))
 
+    cut = backbone_stages(spec)
+    if spec.encoder.backbone is not None and spec.encoder.backbone.import_ is not None:
+        from mtlc.topology.traced import trace_backbone  # imports torch and the user's model
+
+        topo.traced = trace_backbone(spec)
     for stage, items in spec.encoder.stages.items():
+        if topo.traced is not None:
+            items = topo.traced.pieces[stage]
+        elif cut is not None:
+            items = cut[stage]
         sharing = spec.sharing_of(stage)
         path = ("encoder", "stages", stage)
         if sharing.layout == "trunk":
@@ -215,18 +259,44 @@ def build_topology(spec: Spec) -> Topology:
                     "its H and W must shrink by an integer pooling factor",
                 )
             block = f"{stage}/shared"
+            split = sharing.split if sharing.split is not None else cut is not None
+            if split:
+                _splittable(spec, stage, layers, topo.traced is not None)
+            u_b = _infer(layers[:-1], shape) if split else out
+            if u_b[1:] != out[1:]:
+                raise _err(
+                    spec,
+                    ("encoder", "sharing", stage),
+                    f"split: the blocks but the last give {list(u_b)}, the last block {list(out)}; "
+                    "the mask needs the same H×W",
+                )
             g.add_node(
                 block,
                 kind="block",
                 stage=stage,
                 owner=None,
                 tasks=tuple(tasks),
-                layers=layers,
+                layers=layers[:-1] if split else layers,
                 in_shape=shape,
-                out_shape=out,
+                out_shape=u_b,
                 sharing=sharing.type,
             )
             link(src, block, tuple(tasks))
+            gated = block
+            if split:  # MTAN on ResNet: u_b above, the last block gives u_t
+                gated = f"{stage}/last"
+                g.add_node(
+                    gated,
+                    kind="block",
+                    stage=stage,
+                    owner=None,
+                    tasks=tuple(tasks),
+                    layers=layers[-1:],
+                    in_shape=u_b,
+                    out_shape=out,
+                    sharing=sharing.type,
+                )
+                link(block, gated, tuple(tasks))
             refine = None
             if trunk is not None:
                 # one refinement for all tasks: its own node, so its weights are counted
@@ -256,14 +326,18 @@ def build_topology(spec: Spec) -> Topology:
                     tasks=(t,),
                     shape=out,
                     options=sharing.model_dump(exclude={"type"}),
+                    reads=block,  # u_b, what the mask sees
+                    gates=gated,  # u_t, what the mask multiplies
                 )
                 link(block, gate, (t,))
+                if gated != block:
+                    link(gated, gate, (t,))
                 if refine is not None:
                     link(stream[t], refine, (t,))
                     link(refine, gate, (t,))
                 stream[t] = feature[t] = gate
                 origin.setdefault(t, stage)
-            trunk, shape = block, out
+            trunk, shape = gated, out
             continue
 
         trunk = None
@@ -327,6 +401,10 @@ def build_topology(spec: Spec) -> Topology:
                     stream[t], feature[t] = unit, f"{unit}#{t}"
                     origin.setdefault(t, stage)
 
+    if topo.traced is not None:
+        for _, a in g.nodes(data=True):
+            if a["kind"] == "block" and a["stage"] in topo.traced.pieces:
+                a["traced"] = topo.traced.pieces[a["stage"]].modules
     last = set(feature.values())
     if len(last) == 1 and g.nodes[next(iter(last))]["kind"] in ("block", "input"):
         topo.shared_repr = last.pop()

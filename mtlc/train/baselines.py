@@ -33,6 +33,7 @@ def single_task_spec(spec: Spec, task: str) -> Spec:
     data["name"] = f"{spec.name}-{task}"
     data["tasks"] = {task: one}
     data["encoder"]["sharing"] = {}
+    data["encoder"]["init"] = {}  # the baselines are what a multi-task run starts from
     data["decoder"] = None
     data["balancer"] = {"type": "fixed"}
     return load_spec(data)

@@ -17,6 +17,7 @@ Ctrl-C while saving leaves the previous checkpoint intact, never a truncated one
 
 from __future__ import annotations
 
+import numbers
 import shutil
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,91 @@ def load_checkpoint(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, A
     missing = [k for k in keys if k not in state]
     if missing:
         raise CheckpointError(f"{path}: an incomplete mtlc checkpoint (no {', '.join(missing)})")
-    if "model" in keys and not isinstance(state["model"], dict):
-        raise CheckpointError(f"{path}: its 'model' entry is not a state dict")
+    checked = (*keys, "scheduler") if "optimizer" in keys and "scheduler" in state else keys
+    for key in checked:
+        problem = _field_problem(key, state[key])
+        if problem:
+            raise CheckpointError(f"{path}: its '{key}' entry {problem}")
     return state
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _tensors(v: Any) -> bool:
+    return isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()
+    )
+
+
+def _byte_tensor(v: Any) -> bool:
+    return isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() == 1
+
+
+def _entry(v: Any) -> bool:
+    """A best/last epoch entry of the progress (what the best.pt rule compares)."""
+    if v is None:
+        return True
+    if not isinstance(v, dict) or not _is_int(v.get("epoch")):
+        return False
+    ref = v.get("reference")
+    return (
+        isinstance(ref, dict)
+        and all(isinstance(m, dict) and all(map(_is_number, m.values())) for m in ref.values())
+        and (v.get("delta_m") is None or _is_number(v.get("delta_m")))
+        and isinstance(v.get("metrics"), dict)
+        and isinstance(v.get("val_loss"), dict)
+    )
+
+
+def _field_problem(key: str, value: Any) -> str | None:
+    """Why a checkpoint entry is not of the type mtlc wrote there, or None.
+
+    ``weights_only`` loading guarantees plain data, not the right plain data: a field of
+    the wrong type would otherwise surface as a traceback in the middle of resuming.
+    """
+    if key in ("model", "balancer"):
+        return None if _tensors(value) else "is not a state dict (names -> tensors)"
+    if key == "spec":
+        return None if isinstance(value, dict) else "is not a spec (a mapping)"
+    if key == "scheduler":
+        return None if value is None or isinstance(value, dict) else "is not a scheduler state"
+    if key == "optimizer":
+        ok = (
+            isinstance(value, dict)
+            and isinstance(value.get("state"), dict)
+            and isinstance(value.get("param_groups"), list)
+            and all(isinstance(g, dict) for g in value["param_groups"])
+        )
+        return None if ok else "is not an optimizer state dict"
+    if key in ("epoch", "step", "batch"):
+        return None if _is_int(value) else "is not a whole number >= 0"
+    if key == "rng":
+        ok = (
+            isinstance(value, dict)
+            and all(_byte_tensor(value.get(k)) for k in ("torch", "generator", "epoch_generator"))
+            and (
+                "cuda" not in value
+                or (isinstance(value["cuda"], list) and all(map(_byte_tensor, value["cuda"])))
+            )
+        )
+        return None if ok else "is not the random number generators' state"
+    if key == "progress":
+        v = value
+        ok = (
+            isinstance(v, dict)
+            and isinstance(v.get("epoch_sums"), dict)
+            and all(isinstance(k, str) and _is_number(x) for k, x in v["epoch_sums"].items())
+            and _is_int(v.get("epoch_count"))
+            and _is_int(v.get("samples"))
+            and _is_number(v.get("train_time"))
+            and _entry(v.get("best"))
+            and _entry(v.get("last"))
+        )
+        return None if ok else "is not the run's progress record"
+    return None

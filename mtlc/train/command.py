@@ -15,20 +15,13 @@ from typing import Any
 
 import click
 
-from mtlc.clitools import console, guarded, set_option
+from mtlc.clitools import allow_import_option, console, guarded, set_option
 
 device_option = click.option(
     "--device",
     default="auto",
     show_default=True,
     help="auto (CUDA when available), cpu, cuda or cuda:N.",
-)
-allow_import_option = click.option(
-    "--allow-import",
-    "allow_import",
-    multiple=True,
-    metavar="MODULE",
-    help="Allow a `callable` data set to import MODULE (repeatable).",
 )
 
 
@@ -147,8 +140,11 @@ def train(
         )
     except (Diverged, Interrupted) as exc:
         _stopped(exc)
-    if os.environ.get("RANK", "0") == "0":
-        print_summary(out_console, result.summary, result.run_dir)
+    if os.environ.get("RANK", "0") != "0":
+        return  # one of several processes: rank 0 reports
+    if result.note:
+        out_console.print(result.note, markup=False, soft_wrap=True)
+    print_summary(out_console, result.summary, result.run_dir)
 
 
 def _launch(

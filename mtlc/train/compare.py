@@ -5,6 +5,10 @@ and at the best checkpoint (``best``). Baselines come from ``--baseline`` run fo
 (single-task runs, or any run: each contributes the tasks it has), merged by task; a
 run trained with ``--baselines`` recorded its own and is used when none are given.
 Δm is the survey's (higher is better; mtlc.delta).
+
+Δm only means something between runs measured on the same validation data: runs and
+baselines whose ``train.data`` sections (read from each folder's ``spec.yaml``) differ
+are refused, naming the two folders and the first key that differs.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlc.errors import MtlcError
-from mtlc.train.runfolder import read_summary
+from mtlc.train.runfolder import SPEC, read_summary
 
 AT = ("final", "best")
 
@@ -50,6 +54,45 @@ def run_metrics(summary: dict[str, Any], at: str, where: str) -> dict[str, dict[
     return {t: dict(m) for t, m in entry["metrics"].items() if t in outputs and m}
 
 
+def run_data(folder: str | Path) -> dict[str, Any] | None:
+    """The ``train.data`` section a run folder's spec.yaml records, or None if it has none."""
+    import yaml
+
+    file = Path(folder) / SPEC
+    if not file.is_file() or file.is_symlink():
+        return None
+    try:
+        spec = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raise CompareError(f"{file}: cannot read the spec the run was trained on") from None
+    train = spec.get("train") if isinstance(spec, dict) else None
+    data = train.get("data") if isinstance(train, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
+    for key in list(a) + [k for k in b if k not in a]:
+        if a.get(key) != b.get(key):
+            return f"train.data.{key}: {a.get(key)!r} vs {b.get(key)!r}"
+    return "train.data"
+
+
+def check_same_data(folders: list[str | Path]) -> None:
+    """Raise CompareError when two of the run folders were trained on different data."""
+    seen: tuple[str | Path, dict[str, Any]] | None = None
+    for folder in folders:
+        data = run_data(folder)
+        if data is None:
+            continue
+        if seen is not None and data != seen[1]:
+            raise CompareError(
+                f"{seen[0]} and {folder} were trained on different data "
+                f"({_first_difference(seen[1], data)}); Δm compares runs on the same "
+                "validation data only"
+            )
+        seen = seen or (folder, data)
+
+
 def merge_baselines(folders: list[Path], at: str) -> dict[str, dict[str, float]]:
     """Task → metrics over several baseline runs; a task given twice is an error."""
     merged: dict[str, dict[str, float]] = {}
@@ -72,6 +115,7 @@ def compare_runs(
 
     if not runs:
         raise CompareError("give at least one run folder")
+    check_same_data([*baselines, *runs])
     shared = merge_baselines([Path(b) for b in baselines], at) if baselines else None
     result = Comparison(baselines=shared or {})
     for run in runs:
@@ -98,6 +142,11 @@ def compare_runs(
             ) from None
         except ValueError as exc:
             raise CompareError(f"{run}: {exc}") from None
+        except TypeError:  # a metric saved as null: it was NaN or infinite
+            raise CompareError(
+                f"{run}: a metric it or its baseline needs is not a number (null in "
+                "summary.json: the run diverged?)"
+            ) from None
         if shared is None:
             for t in metrics:
                 result.baselines.setdefault(t, base[t])

@@ -13,6 +13,12 @@ class TrainError(MtlcError):
     """The run cannot start or go on as asked (reported as one line, exit 2)."""
 
 
+class RunFailed(MtlcError):
+    """The run started but the machine could not carry it on (out of memory); exit 1."""
+
+    exit_code = 1
+
+
 class Diverged(MtlcError):
     """A task loss became NaN or infinite; the message names the task and the step."""
 
@@ -35,3 +41,4 @@ class RunResult:
 
     run_dir: Path
     summary: dict[str, Any]
+    note: str = ""  # said before the summary, e.g. that a resumed run was already complete

@@ -85,11 +85,24 @@ def _train(
 ) -> RunResult:
     processes = ranks.world if ranks is not None else 1
     writes = ranks is None or ranks.writes
+    console = console if writes else None  # rank 0 alone prints
     if tensorboard:
         tensorboard_available()
     runfolder.check(run_dir, resume=resume, force=force)
     if resume:
-        check_resumable(spec, run_dir, processes)
+        where = check_resumable(spec, run_dir, processes)
+        epochs = spec.train.epochs
+        if where["epoch"] >= epochs and not where["batch"]:
+            done = _complete(run_dir, epochs)
+            if done is not None:
+                return done
+        if epochs != where["epochs"] and console is not None:
+            console.print(
+                f"resuming with train.epochs {epochs}: the run was planned for "
+                f"{where['epochs']} and has trained {where['epoch']}",
+                markup=False,
+                soft_wrap=True,
+            )
     if ranks is not None:
         check_job(spec, processes, torch_device.type)
         if baselines is True and processes > 1:
@@ -98,7 +111,7 @@ def _train(
         spec,
         device=torch_device,
         allow_import=allow_import,
-        console=console if writes else None,
+        console=console,
         progress=progress,
         ranks=ranks,
     )
@@ -115,6 +128,21 @@ def _train(
     else:
         found = find_baselines(spec, run_dir)
     return trainer.fit(run_dir, resume=resume, baselines=found, tensorboard=tensorboard)
+
+
+def _complete(run_dir: Path, epochs: int) -> RunResult | None:
+    """The result of a resumed run that has nothing left to train (None: finish it)."""
+    try:
+        summary = runfolder.read_summary(run_dir)
+    except runfolder.RunFolderError:
+        return None  # killed before its summary: resuming writes it
+    if summary.get("status") != "completed" or summary.get("epochs") != epochs:
+        return None
+    note = (
+        f"the run in {run_dir} is already complete ({epochs} of {epochs} epochs): nothing "
+        "was trained. --epochs N extends it, --force starts it over"
+    )
+    return RunResult(run_dir, summary, note=note)
 
 
 def evaluate(

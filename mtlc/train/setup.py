@@ -68,10 +68,11 @@ def build_optimizer(
         if mult is None or mult == 1.0:
             continue
         for p in module.parameters():
-            if id(p) not in grouped:
+            if id(p) not in grouped and p.requires_grad:
                 grouped.add(id(p))
                 by_mult.setdefault(float(mult), []).append(p)
-    base = [p for p in model.parameters() if id(p) not in grouped]
+    # frozen stages (`encoder.freeze`) have requires_grad False: not optimised at all
+    base = [p for p in model.parameters() if id(p) not in grouped and p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": base}]
     groups += [{"params": ps, "lr": opt.lr * m} for m, ps in by_mult.items()]
     if extra:
@@ -161,6 +162,58 @@ def run_balancer(spec: Spec, topology: Any) -> Any:
             "use mode: exact",
         )
     return balancer
+
+
+@torch.no_grad()
+def per_sample_batchnorm(model: nn.Module, sample: torch.Tensor) -> list[str]:
+    """The BatchNorm layers that see one value per channel per sample (1-D features).
+
+    In training, such a layer normalises over the batch alone, and a batch of one sample
+    has no variance: torch refuses it. One forward of one sample in eval mode (no
+    statistics updated, no random numbers drawn) finds them.
+    """
+    found: list[str] = []
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda m, args, name=name: (
+                found.append(name)
+                if args[0].dim() >= 2 and args[0][0].numel() == args[0].shape[1]
+                else None
+            )
+        )
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(sample[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return found
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocator's refusal (CPU or CUDA), not a bug."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def allocation(exc: BaseException) -> str:
+    """What the allocator's message says the refused allocation was, or ''."""
+    import re
+
+    m = re.search(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]iB)", str(exc))
+    if not m:
+        return ""
+    scale = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[m[2]]
+    from mtlc.data import human_bytes
+
+    return f" (one allocation alone needed {human_bytes(float(m[1]) * scale)})"
 
 
 def first_line(exc: BaseException) -> str:

@@ -73,7 +73,7 @@ class Checkpointing:
         try:
             self.balancer.load_state_dict(state["balancer"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise TrainError(f"the checkpoint does not fit this spec's balancer: {first}") from None
         if self.scheduler is not None and state.get("scheduler"):
@@ -91,9 +91,16 @@ class Checkpointing:
         self.train_time, self.samples = p["train_time"], p["samples"]
 
 
-def check_resumable(spec: Spec, run_dir: Path, processes: int = 1) -> None:
-    """Resuming needs the same spec as the stopped run, except for the number of epochs,
-    and the same number of processes (the shards and each rank's random stream depend on it).
+def check_resumable(spec: Spec, run_dir: Path, processes: int = 1) -> dict[str, Any]:
+    """Check that ``spec`` may continue the run in ``run_dir``; its checkpoint's counters.
+
+    Resuming needs the same spec as the stopped run, and the same number of processes
+    (the shards and each rank's random stream depend on it). ``train.epochs`` alone may
+    grow, to extend a run, as long as nothing depends on it: under the cosine schedule
+    the number of epochs sets the learning rate of every step, so a different one would
+    change the plan of a run half done (refused, like a changed lr). Fewer epochs than
+    the run has already trained is refused too. Returns ``{"epoch", "batch", "epochs"}``:
+    epochs done, batches of the next one done, and the epochs the run was planned for.
     """
     state = load_checkpoint(run_dir / runfolder.LAST, RUN_KEYS)
     before = state.get("processes", 1)
@@ -111,6 +118,22 @@ def check_resumable(spec: Spec, run_dir: Path, processes: int = 1) -> None:
             f"{run_dir}: the spec differs from the run being resumed ({shown}); "
             "use --force to start over, or --out for a new run folder"
         )
+    train = saved.get("train") if isinstance(saved.get("train"), dict) else {}
+    planned = train.get("epochs", spec.train.epochs)
+    epochs = spec.train.epochs
+    if epochs != planned and spec.train.scheduler == "cosine":
+        raise TrainError(
+            f"{run_dir}: the run was planned for {planned} epochs and its cosine schedule "
+            f"sets every step's learning rate from that; resuming with {epochs} would change "
+            "it half way: resume without --epochs, or start over with --force"
+        )
+    done = state["epoch"] + (1 if state["batch"] else 0)
+    if epochs < done:
+        raise TrainError(
+            f"{run_dir}: the run has already trained {done} epoch(s), more than the "
+            f"{epochs} asked for: resume without --epochs, or start over with --force"
+        )
+    return {"epoch": state["epoch"], "batch": state["batch"], "epochs": planned}
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:

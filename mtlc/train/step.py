@@ -142,7 +142,19 @@ class Stepping:
         if self.spec.train.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except (RuntimeError, OverflowError) as exc:
+            if "overflow" not in str(exc):
+                raise
+            # a learning rate so large that the update is beyond float32: a divergence
+            raise Diverged(
+                f"the optimizer's update overflowed at step {self.step + 1} (epoch "
+                f"{self.epoch + 1}; train.optimizer.lr is {lr:g})",
+                task="",
+                step=self.step + 1,
+                run_dir=Path("."),
+            ) from None
         if self.scheduler is not None:
             self.scheduler.step()
         return lr
@@ -158,6 +170,15 @@ class Stepping:
                 raise Diverged(
                     f"the loss of task '{task}' is {value} at step {launched.step} "
                     f"(epoch {launched.epoch})",
+                    task=task,
+                    step=launched.step,
+                    run_dir=Path("."),
+                )
+        for task, value in launched.weights.items():
+            if not math.isfinite(value):
+                raise Diverged(
+                    f"the balancer's weight of task '{task}' is {value} at step "
+                    f"{launched.step} (epoch {launched.epoch})",
                     task=task,
                     step=launched.step,
                     run_dir=Path("."),

@@ -20,7 +20,9 @@ The same table is written as CSV (``<out>/sweep.csv`` unless ``--csv`` says othe
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import itertools
 import math
 import re
@@ -28,8 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mtlc.atomic import check_output, make_folder, write_bytes, write_text
 from mtlc.errors import Location, MtlcError, SpecError
 from mtlc.spec import Spec, load_spec
+from mtlc.train import runfolder
+
+CSV = "sweep.csv"
+MARKER = ".mtlc-sweep"
+POINT = re.compile(r"^\d{2,}_")  # a point's run folder (point_name)
 
 
 @dataclass
@@ -199,15 +207,13 @@ def sweep(
     console: Any = None,
     progress: bool = True,
 ) -> SweepResult:
-    """Train every grid point (reusing finished ones) and rank them (module docstring)."""
-    from rich.markup import escape
+    """Train every grid point (reusing finished ones) and rank them (module docstring).
 
+    A sweep that cannot start leaves nothing behind: not even the folder it would have
+    made.
+    """
     from mtlc.devices import resolve_device
-    from mtlc.train import runfolder
-    from mtlc.train.baselines import baseline_metrics, baseline_tasks
-    from mtlc.train.errors import Diverged
-    from mtlc.train.run import train
-    from mtlc.train.state import check_resumable
+    from mtlc.train.errors import Interrupted
 
     overrides = list(overrides)
     grid = parse_grid(grid_items)
@@ -216,10 +222,84 @@ def sweep(
     points = grid_points(grid)
     torch_device = resolve_device(device)
     out_dir = Path(out) if out is not None else runfolder.default_run_dir(base.name + "-sweep")
-    path = Path(csv_path) if csv_path is not None else out_dir / "sweep.csv"
-    if path.is_dir() or out_dir.is_file():  # found now, not after every point has trained
-        raise runfolder.RunFolderError(f"{path if path.is_dir() else out_dir}: is not a file")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    path = Path(csv_path) if csv_path is not None else out_dir / CSV
+    check_folder(out_dir)
+    check_output(path)  # found now, not after every point has trained
+    created = not out_dir.exists()
+    make_folder(out_dir)
+    try:
+        if not (out_dir / MARKER).is_file():
+            write_text(out_dir / MARKER, '{"format": "mtlc-sweep-folder", "version": 1}\n')
+        return _train_points(
+            base,
+            specs,
+            points,
+            grid,
+            out_dir,
+            path,
+            baselines=baselines,
+            force=force,
+            device=torch_device,
+            allow_import=allow_import,
+            console=console,
+            progress=progress,
+        )
+    except MtlcError as exc:
+        if created and not isinstance(exc, Interrupted):
+            _remove_if_unused(out_dir)
+        raise
+
+
+def check_folder(out_dir: Path) -> None:
+    """Raise unless ``out_dir`` is new, empty, or a sweep folder mtlc made (runfolder.scan)."""
+    from mtlc.atomic import OutputError
+
+    try:
+        check_output(out_dir, folder=True)
+    except OutputError as exc:
+        raise runfolder.RunFolderError(str(exc)) from None
+    if not out_dir.is_dir():
+        return
+    own = runfolder.scan(out_dir, (CSV, MARKER), (runfolder.BASELINES,), POINT)
+    if own and MARKER not in own:
+        raise runfolder.RunFolderError(
+            f"{out_dir}: holds {', '.join(own)} but mtlc did not create this sweep folder "
+            f"(no {MARKER} in it); choose a new or empty folder for --out"
+        )
+
+
+def _remove_if_unused(out_dir: Path) -> None:
+    """Remove a sweep folder this call created when nothing but its marker is in it."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in out_dir.iterdir()] in ([], [MARKER]):
+            (out_dir / MARKER).unlink(missing_ok=True)
+            out_dir.rmdir()
+
+
+def _train_points(
+    base: Spec,
+    specs: list[Spec],
+    points: list[dict[str, str]],
+    grid: list[tuple[str, list[str]]],
+    out_dir: Path,
+    path: Path,
+    *,
+    baselines: bool,
+    force: bool,
+    device: Any,
+    allow_import: frozenset[str] | tuple[str, ...],
+    console: Any,
+    progress: bool,
+) -> SweepResult:
+    """Train (or reuse) every point of the grid in ``out_dir``, then rank them."""
+    from rich.markup import escape
+
+    from mtlc.train.baselines import baseline_metrics, baseline_tasks
+    from mtlc.train.errors import Diverged
+    from mtlc.train.run import train
+    from mtlc.train.state import check_resumable
+
+    torch_device = device
     found = None
     if baselines:
         found = baseline_metrics(
@@ -312,19 +392,18 @@ def write_csv(
     header = ["point", "run", *keys, *[f"{t}.{k}" for t, k in columns]]
     header += ["delta_m"] if with_delta else []
     header += ["best", "pareto", "status"]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(header)
-            for r in rows:
-                line = [r.point, str(r.run_dir), *[r.values[k] for k in keys]]
-                line += [_num(r.metrics.get(t, {}).get(k)) for t, k in columns]
-                line += [_num(r.delta_m)] if with_delta else []
-                line += [int(r.best), int(r.pareto), r.status]
-                writer.writerow(line)
-    except OSError as exc:  # the runs are kept: run the sweep again with another --csv
-        raise MtlcError(f"cannot write '{path}': {exc.strerror or exc}") from None
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for r in rows:
+        line = [r.point, str(r.run_dir), *[r.values[k] for k in keys]]
+        line += [_num(r.metrics.get(t, {}).get(k)) for t, k in columns]
+        line += [_num(r.delta_m)] if with_delta else []
+        line += [int(r.best), int(r.pareto), r.status]
+        writer.writerow(line)
+    # the runs are kept when this fails: run the sweep again (with another --csv)
+    make_folder(path.parent)
+    write_bytes(path, buffer.getvalue().encode("utf-8"))
 
 
 def _num(value: float | None) -> str:

@@ -38,20 +38,26 @@ from typing import Any
 
 import torch
 
+from mtlc.atomic import WriteError
 from mtlc.compiler.labels import shared_parameters
+from mtlc.data.batches import num_batches
 from mtlc.devices import resolve_device
-from mtlc.spec import Spec
+from mtlc.spec import Spec, spec_error
 from mtlc.train import runfolder
 from mtlc.train.best import best_reference, is_better, safe_delta_m
 from mtlc.train.checkpoint import RUN_KEYS, copy_checkpoint, load_checkpoint, save_checkpoint
 from mtlc.train.distributed import Ranks, rank_seed, shard, wrap
-from mtlc.train.errors import Diverged, Interrupted, RunResult
+from mtlc.train.errors import Diverged, Interrupted, RunFailed, RunResult
 from mtlc.train.setup import (
+    allocation,
     build_optimizer,
     check_targets,
     cosine_schedule,
+    first_line,
+    is_out_of_memory,
     load_split,
     loss_functions,
+    per_sample_batchnorm,
     run_balancer,
     to_device,
 )
@@ -131,7 +137,10 @@ class Trainer(Checkpointing, Stepping, Validating):
                     self.kpi_metric[t] = name
         self.optimizer = build_optimizer(spec, self.model, list(self.balancer.parameters()))
         samples = len(self.train_data) if self.train_data is not None else 0
-        self.batches_per_epoch = -(-samples // spec.train.batch_size)
+        self.drop_last = self._single_sample_batches(samples)
+        self.batches_per_epoch = num_batches(
+            samples, spec.train.batch_size, drop_last=self.drop_last
+        )
         self.scheduler = None
         if spec.train.scheduler == "cosine":
             total = spec.train.epochs * self.batches_per_epoch
@@ -153,11 +162,42 @@ class Trainer(Checkpointing, Stepping, Validating):
         self.samples = 0
         self._stop = False  # every rank agreed to stop (one process: Ctrl-C was pressed)
         self._stop_asked = False  # Ctrl-C on this rank, not yet agreed with the others
+        self.saved_epoch: int | None = None  # the epoch last.pt holds, once one is written
         # where a fresh run's random stream starts (dropout...): fit() rewinds to it, so
         # whatever runs between construction and fit (baselines) cannot change the run
         if ranks is not None and ranks.world > 1:
             torch.manual_seed(rank_seed(spec.train.seed, ranks.rank))  # dropout differs by rank
         self._start_rng = self._rng_state()
+
+    def _single_sample_batches(self, samples: int) -> bool:
+        """Whether to drop a last training batch of one sample (refuse when all are).
+
+        A BatchNorm layer on 1-D features cannot train on a batch of one sample. A split
+        whose size leaves one sample over loses it each epoch (like a DataLoader's
+        ``drop_last``, but only for that batch and only for such a model); a batch size
+        or a training split of one cannot train at all and is refused here.
+        """
+        size = self.spec.train.batch_size
+        if samples == 0 or (size > 1 and samples % size != 1):
+            return False
+        sample = self._to_device({self.spec.input_name: self.val_data[self.spec.input_name][:1]})
+        layers = per_sample_batchnorm(self.model, sample[self.spec.input_name])
+        if not layers:
+            return False
+        if size == 1 or samples == 1:
+            where = ("train", "batch_size") if samples > 1 else ("train", "data")
+            raise spec_error(
+                self.spec,
+                where,
+                f"BatchNorm layer '{layers[0]}' normalises one value per channel per sample "
+                "and cannot train on batches of one sample: "
+                + (
+                    "set train.batch_size to 2 or more"
+                    if samples > 1
+                    else "the training split needs at least 2 samples"
+                ),
+            )
+        return True
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return to_device(batch, self.device)
@@ -171,7 +211,11 @@ class Trainer(Checkpointing, Stepping, Validating):
 
         self.generator.set_state(self.epoch_generator)
         it = iterate_batches(
-            self.train_data, self.spec.train.batch_size, shuffle=True, generator=self.generator
+            self.train_data,
+            self.spec.train.batch_size,
+            shuffle=True,
+            generator=self.generator,
+            drop_last=self.drop_last,
         )
         for i, batch in enumerate(it):
             if i >= self.batch:
@@ -199,11 +243,15 @@ class Trainer(Checkpointing, Stepping, Validating):
         baselines: dict[str, dict[str, float]] | None = None,
         tensorboard: bool = False,
     ) -> RunResult:
-        """Train to ``spec.train.epochs`` in ``run_dir`` (prepared by the caller)."""
-        from mtlc.train.plots import write_plots
+        """Train to ``spec.train.epochs`` in ``run_dir`` (prepared by the caller).
 
+        However the run ends (done, diverged, interrupted, a full disk, out of memory),
+        summary.json and the plots are written for what was trained; a write that fails
+        at the end of a run that already failed is dropped, not raised over its error.
+        """
         if resume:
             self.load_state(load_checkpoint(run_dir / runfolder.LAST, RUN_KEYS))
+            self.saved_epoch = self.epoch
         else:
             self._set_rng_state(self._start_rng)
         log: Any = NullLog()
@@ -220,26 +268,69 @@ class Trainer(Checkpointing, Stepping, Validating):
         except Diverged as exc:
             status = "diverged"
             exc.run_dir = run_dir
-            where = (
-                f"{run_dir / runfolder.LAST} (epoch {self.epoch}) is the last good checkpoint"
-                if (run_dir / runfolder.LAST).exists()
-                else "no checkpoint was written before it"
-            )
-            exc.args = (f"{exc.args[0]}; training stopped. {where}",)
+            exc.args = (f"{exc.args[0]}; training stopped. {self._last_good(run_dir)}",)
             raise
         except Interrupted:
             status = "interrupted"
+            raise
+        except WriteError as exc:  # a full disk: the checkpoint on disk is the last whole one
+            status = "failed"
+            exc.args = (f"{exc.args[0]}; training stopped. {self._last_good(run_dir)}",)
+            raise
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            status = "failed"
+            raise RunFailed(
+                f"out of memory at step {self.step + 1} (epoch {self.epoch + 1}) with "
+                f"train.batch_size {self.spec.train.batch_size} on {self.device}"
+                f"{allocation(exc)}: lower train.batch_size. {self._last_good(run_dir)}"
+            ) from None
+        except BaseException:  # a second Ctrl-C, a bug: the summary must not say completed
+            status = "failed"
             raise
         finally:
             _restore_sigint(previous)
             log.close()
             if writer is not None:
                 writer.close()
-            summary = self.summary(status)
-            if self.writes:
-                summary["plots"] = write_plots(run_dir)
-                runfolder.write_summary(run_dir, summary)
+            summary = self._close(run_dir, status) if self.writes else self.summary(status)
         return RunResult(run_dir, summary)
+
+    def _last_good(self, run_dir: Path) -> str:
+        if self.saved_epoch is not None and (run_dir / runfolder.LAST).exists():
+            return (
+                f"{run_dir / runfolder.LAST} (epoch {self.saved_epoch}) is the last good checkpoint"
+            )
+        return "no checkpoint was written before it"
+
+    def _close(self, run_dir: Path, status: str) -> dict[str, Any]:
+        """Write summary.json, then the plots, then the summary with the plots' note.
+
+        Called however the run ended, so it never raises over the exception that ended
+        it: the small summary goes first (on a full disk it is what most needs to
+        survive), a failed write leaves the previous file whole (mtlc.atomic), and a
+        plot that cannot be drawn becomes a note instead of an error.
+        """
+        from mtlc.train.plots import write_plots
+
+        summary = self.summary(status)
+        try:
+            runfolder.write_summary(run_dir, summary)
+        except WriteError:
+            if status == "completed":
+                raise
+            return summary
+        try:
+            summary["plots"] = write_plots(run_dir)
+        except Exception as exc:  # a plot never fails a run
+            summary["plots"] = f"plots skipped: {first_line(exc)}"
+        try:
+            runfolder.write_summary(run_dir, summary)
+        except WriteError:
+            if status == "completed":
+                raise
+        return summary
 
     def _loop(self, run_dir: Path, log: runfolder.MetricsLog, writer: Any) -> None:
         epochs = self.spec.train.epochs
@@ -324,10 +415,13 @@ class Trainer(Checkpointing, Stepping, Validating):
         if writer is not None:
             tb_epoch(writer, record)
         state = self.state()  # on every rank: it gathers their random states
+        self.saved_epoch = self.epoch
         if self.writes:
             save_checkpoint(state, run_dir / runfolder.LAST)
             if better:
                 copy_checkpoint(run_dir / runfolder.LAST, run_dir / runfolder.BEST)
+            # a summary per epoch: a run that a full disk or a kill stops still has one
+            runfolder.write_summary(run_dir, self.summary("running"))
         if self.console is not None:
             self.console.print(epoch_table(self.spec, record))
 

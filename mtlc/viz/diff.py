@@ -21,9 +21,10 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mtlc.layers.vocab import parse_layer, rejoin_calls
+from mtlc.layers.vocab import parse_layers, rejoin_calls
 from mtlc.spec import Spec
 from mtlc.topology import Topology, build_topology
+from mtlc.topology.backbone import backbone_stages
 
 if TYPE_CHECKING:
     from mtlc.viz.costs import Costs
@@ -238,15 +239,18 @@ def resolved(spec: Spec) -> dict[str, Any]:
     data["encoder"]["sharing"] = {
         s: spec.sharing_of(s).model_dump(mode="json") for s in spec.encoder.stages
     }
+    cut = backbone_stages(spec)
     for s, items in spec.encoder.stages.items():
-        data["encoder"]["stages"][s] = _layers(items)
+        data["encoder"]["stages"][s] = (
+            [str(layer) for layer in cut[s]] if cut is not None else _layers(items)
+        )
     for t, task in spec.tasks.items():
         data["tasks"][t]["head"] = _layers(task.head)
     return data
 
 
 def _layers(items: list) -> list[str]:
-    return [str(parse_layer(item)) for item in rejoin_calls(list(items))]
+    return [str(layer) for item in rejoin_calls(list(items)) for layer in parse_layers(item)]
 
 
 def spec_changes(a: Any, b: Any, path: str = "") -> list[Change]:

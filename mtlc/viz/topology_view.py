@@ -140,7 +140,51 @@ def layer_text(layer) -> str:
         return text
     if layer.name in ("maxpool", "avgpool"):
         return f"{layer.name}{a['k']}×{a['k']}"
+    if layer.name in ("bottleneck", "resblock"):
+        width = a["planes"] * 4 if layer.name == "bottleneck" else a["out"]
+        text = f"{layer.name} {width}" if width else layer.name
+        text += f" /{a['stride']}" if a["stride"] != 1 else ""
+        return text + (f" d{a['dilation']}" if a["dilation"] != 1 else "")
     return str(layer)
+
+
+_STEM = ("conv1", "bn1", "relu", "maxpool")
+
+
+def traced_text(modules: list[str]) -> str:
+    """A traced backbone piece: its top-level modules, in order (`traced: layer2 · layer3`)."""
+    tops: list[str] = []
+    for name in modules:
+        if name.split(".")[0] not in tops:
+            tops.append(name.split(".")[0])
+    return f"traced: {' · '.join(tops)}" if tops else ""
+
+
+def layers_text(layers: list) -> str:
+    """A box's layers, short enough for a 100-layer backbone stage.
+
+    A backbone's parts collapse to their names (`stem · layer3: 6× bottleneck 1024 d2`,
+    the dilation of the stage's later blocks); runs of identical layers to `n× layer`.
+    """
+    runs: list[tuple[str, int, str]] = []  # (key, count, text)
+    for layer in layers:
+        module = getattr(layer, "module", None) or ""
+        if module in _STEM:
+            key, text = "stem", "stem"
+        elif module.startswith("layer"):
+            key, text = module.split(".")[0], layer_text(layer).split(" /")[0]
+        else:
+            key, text = str(layer), layer_text(layer)
+        if runs and runs[-1][0] == key:
+            k, n, _ = runs[-1]
+            runs[-1] = (k, n if key == "stem" else n + 1, text)
+        else:
+            runs.append((key, 1, text))
+    out = []
+    for key, n, text in runs:
+        count = f"{n}× {text}" if n > 1 else text
+        out.append(f"{key}: {count}" if key.startswith("layer") and key != text else count)
+    return " · ".join(out)
 
 
 def _q(text: str) -> str:
@@ -374,7 +418,7 @@ class _Drawer:
     ) -> None:
         a = self.g.nodes[n]
         lines = [("b", title)]
-        layers = " · ".join(layer_text(layer) for layer in a.get("layers", []))
+        layers = layers_text(a.get("layers", [])) or traced_text(a.get("traced") or [])
         lines += [("s", line) for line in textwrap.wrap(layers, 40)]
         lines.append(("s", f"{shape_text(a['in_shape'])} → {shape_text(a['out_shape'])}"))
         lines += self._cost_lines(n)
@@ -648,7 +692,7 @@ class _Drawer:
             a = g.nodes[n]
             aux = self.aux.get(a["owner"])
             lines = [("b", f"{'prediction' if aux else 'initial'} · {a['owner']}")]
-            lines += [("s", " · ".join(layer_text(x) for x in a["layers"]))]
+            lines += [("s", layers_text(a["layers"]))]
             lines += [("s", f"→ {shape_text(a['out_shape'])}")] + self._cost_lines(n)
             attrs = {"label": _html(lines), "shape": "note", "group": a["owner"]}
             attrs.update(self._fill(a["tasks"]))
