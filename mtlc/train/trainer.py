@@ -415,9 +415,10 @@ class Trainer(Checkpointing, Stepping, Validating):
         if writer is not None:
             tb_epoch(writer, record)
         state = self.state()  # on every rank: it gathers their random states
-        self.saved_epoch = self.epoch
         if self.writes:
             save_checkpoint(state, run_dir / runfolder.LAST)
+        self.saved_epoch = self.epoch
+        if self.writes:
             if better:
                 copy_checkpoint(run_dir / runfolder.LAST, run_dir / runfolder.BEST)
             # a summary per epoch: a run that a full disk or a kill stops still has one
