@@ -409,24 +409,61 @@ def test_an_unreadable_data_folder_is_one_line(tmp_path: Path, monkeypatch):
 def test_data_too_large_to_hold_says_how_much_memory_it_needs(
     tiny: Path, tmp_path: Path, monkeypatch, data: str, message: str
 ):
-    import mtlc.data
+    import mtlc.memory
 
-    monkeypatch.setattr(mtlc.data, "available_memory", lambda: 8 * 10**9)
+    monkeypatch.setattr(mtlc.memory, "available_memory", lambda: 8 * 10**9)
     code, lines = cli(command.train, tiny, "--out", tmp_path / "run", "--set", f"train.data={data}")
     one_error(code, lines, 2, message, "need about", "only 8.0 GB is available")
     assert not (tmp_path / "run").exists()
 
 
 def test_npy_folders_too_large_to_hold_are_refused_from_their_headers(tmp_path: Path, monkeypatch):
-    import mtlc.data
+    import mtlc.memory
     from mtlc.data import DataError, load_dataset
 
     root = _npy_root(tmp_path)
-    monkeypatch.setattr(mtlc.data, "available_memory", lambda: 1000)
+    monkeypatch.setattr(mtlc.memory, "available_memory", lambda: 1000)
     # per sample: image 8·8·3 + depth 8·8 + normal 8·8·3 float32, labels 8·8 int64,
     # held three times (the arrays, their stack, the tensor): 3 · 3 · 2304 bytes
     with pytest.raises(DataError, match=r"the 3 samples in .* need about 20.7 kB"):
         load_dataset({"name": "nyuv2", "root": str(root)}, "train")
+
+
+REFUSAL = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+    "memory: you tried to allocate 491520000000 bytes. Error code 12 (Cannot allocate memory)"
+)
+
+
+def test_a_batch_that_does_not_fit_in_memory_is_one_line(tiny: Path, tmp_path: Path, monkeypatch):
+    from mtlc.train.trainer import Trainer
+
+    real = Trainer.launch_step
+
+    def launch(self, batch):
+        if self.step == 3:  # the second epoch's first step asks for too much
+            raise RuntimeError(REFUSAL)
+        return real(self, batch)
+
+    monkeypatch.setattr(Trainer, "launch_step", launch)
+    out = tmp_path / "run"
+    code, lines = cli(command.train, tiny, "--out", out, "--device", "cpu", "--epochs", 2)
+    one_error(
+        code,
+        lines,
+        1,
+        "out of memory at step 4 (epoch 2) with train.batch_size 8 on cpu (one allocation "
+        "alone needed 491.5 GB): lower train.batch_size",
+        "(epoch 1) is the last good checkpoint",
+    )
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+
+
+def test_profile_latency_at_a_batch_beyond_memory_is_one_line(small_spec: Path):
+    from mtlc.profile.command import profile
+
+    code, lines = cli(profile, small_spec, "--latency", "--device", "cpu", "--batch", 10**15)
+    one_error(code, lines, 2, f"--latency: batch {10**15} does not fit in memory on cpu")
 
 
 # -- BatchNorm and batches of one sample ------------------------------------------------
@@ -598,3 +635,17 @@ def test_make_install_draws_the_demos_plots():
     assert "\ndemo: install" in makefile
     pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
     assert 'plots = ["matplotlib' in pyproject
+
+
+def test_outputs_named_by_a_link_are_refused(small_spec: Path, tmp_path: Path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    link = tmp_path / "out.pt"
+    link.symlink_to(notes)
+    for cmd, args in [
+        (commands.build, [small_spec, "-o", link, "--force"]),
+        (commands.schema, ["-o", link]),
+    ]:
+        code, lines = cli(cmd, *args)
+        one_error(code, lines, 2, f"{link}: is a symbolic link; mtlc never writes through a link")
+    assert notes.read_text() == "my notes" and link.is_symlink()

@@ -147,36 +147,14 @@ def check_range(key: str, value: float, lo: float | None = None, hi: float | Non
         raise DataError(f"{option_path(key)}: expected a value {want}, got {value!r}.")
 
 
-def available_memory() -> int | None:
-    """Bytes of memory this process can still get (MemAvailable on Linux), or None."""
-    import os
-
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def human_bytes(n: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} bytes"
-
-
 def check_memory(key: str, what: str, needed: float) -> None:
     """Raise DataError when building ``what`` needs more memory than is available.
 
     Checked before allocating: an allocation that cannot succeed would otherwise be a
     traceback from the allocator, or an hour of swapping before one.
     """
+    from mtlc.memory import available_memory, human_bytes
+
     free = available_memory()
     if free is not None and needed > free:
         raise DataError(

@@ -18,6 +18,7 @@ from typing import Any
 
 from mtlc.devices import describe, resolve_device
 from mtlc.errors import MtlcError
+from mtlc.memory import allocation, is_out_of_memory
 
 
 def _time(fn: Callable[[], None], sync: Callable[[], None], warmup: int, iters: int) -> dict:
@@ -57,7 +58,6 @@ def measure(
     dev = resolve_device(device)
     compiled = compile_spec(spec, overrides)
     compiled.supervised.to(dev)  # the final model shares these modules
-    x = torch.randn(batch, *compiled.spec.input_shape, device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def forward() -> None:
@@ -71,11 +71,17 @@ def measure(
         compiled.supervised.zero_grad(set_to_none=True)
 
     try:
+        x = torch.randn(batch, *compiled.spec.input_shape, device=dev)
         compiled.model.eval()
         fwd = _time(forward, sync, warmup, iters)
         compiled.supervised.train()
         both = _time(train_step, sync, warmup, iters)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, MemoryError) as exc:
+        if is_out_of_memory(exc):
+            raise MtlcError(
+                f"--latency: batch {batch} does not fit in memory on {dev.type}"
+                f"{allocation(exc)}; lower --batch"
+            ) from None
         first = str(exc).strip().splitlines()[0]
         raise MtlcError(
             f"--latency: the model fails on {dev.type} at batch {batch}: {first}"

@@ -195,27 +195,6 @@ def per_sample_batchnorm(model: nn.Module, sample: torch.Tensor) -> list[str]:
     return found
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocator's refusal (CPU or CUDA), not a bug."""
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(exc)
-    return "can't allocate memory" in text or "out of memory" in text.lower()
-
-
-def allocation(exc: BaseException) -> str:
-    """What the allocator's message says the refused allocation was, or ''."""
-    import re
-
-    m = re.search(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]iB)", str(exc))
-    if not m:
-        return ""
-    scale = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[m[2]]
-    from mtlc.data import human_bytes
-
-    return f" (one allocation alone needed {human_bytes(float(m[1]) * scale)})"
-
-
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

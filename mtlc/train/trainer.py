@@ -42,6 +42,7 @@ from mtlc.atomic import WriteError
 from mtlc.compiler.labels import shared_parameters
 from mtlc.data.batches import num_batches
 from mtlc.devices import resolve_device
+from mtlc.memory import allocation, is_out_of_memory
 from mtlc.spec import Spec, spec_error
 from mtlc.train import runfolder
 from mtlc.train.best import best_reference, is_better, safe_delta_m
@@ -49,12 +50,10 @@ from mtlc.train.checkpoint import RUN_KEYS, copy_checkpoint, load_checkpoint, sa
 from mtlc.train.distributed import Ranks, rank_seed, shard, wrap
 from mtlc.train.errors import Diverged, Interrupted, RunFailed, RunResult
 from mtlc.train.setup import (
-    allocation,
     build_optimizer,
     check_targets,
     cosine_schedule,
     first_line,
-    is_out_of_memory,
     load_split,
     loss_functions,
     per_sample_batchnorm,
