@@ -14,6 +14,18 @@ import pytest
 ROOT = Path(__file__).parent.parent
 TOY = {
     "bench_mgda_cost.py": ["--steps", "1", "--size", "16", "--batch", "4"],
+    "bench_balancers.py": [
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--size",
+        "16",
+        "--batch",
+        "4",
+        "--methods",
+        "pcgrad",
+    ],
     "bench_sharing_overhead.py": ["--batch", "2", "--reps", "1", "--warmup", "0"],
     "bench_trainer_overhead.py": ["--reps", "1", "--train", "16", "--size", "16", "--batch", "8"],
     "trivial_shapes.py": ["--train", "32", "--val", "16", "--size", "16"],

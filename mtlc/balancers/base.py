@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -67,6 +68,26 @@ def did_you_mean(name: str, choices: Sequence[str]) -> str:
 def is_number(value: Any) -> bool:
     """YAML gives ints where floats are meant; bools are ints in Python, but never numbers here."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class StepView:
+    """What a balancer may look at after an optimizer step (:meth:`Balancer.after_step`).
+
+    ``outputs``: the step's model outputs (before the update); ``targets``: task → its
+    target tensor; ``metrics``: task → the spec's metric names; ``recompute()``: the step's
+    task losses again with the updated weights, without gradients (one extra forward, so
+    only a balancer that calls it pays for it). ``merge(metrics)``, where given (several
+    processes), adds the other ranks' totals to ``{task: {name: Metric}}``: a balancer
+    that measures metrics on the batch calls it once, on every rank, before computing
+    them, so they are the global batch's (a rank without samples has no ``targets``).
+    """
+
+    outputs: Mapping[str, Tensor]
+    targets: Mapping[str, Tensor]
+    metrics: Mapping[str, Sequence[str]]
+    recompute: Callable[[], Mapping[str, Tensor]]
+    merge: Callable[[dict[str, dict[str, Any]]], None] | None = None
 
 
 class Balancer(torch.nn.Module):
@@ -184,6 +205,20 @@ class Balancer(torch.nn.Module):
 
     def observe(self, kpis: Mapping[str, float]) -> None:
         """New per-task KPIs in [0, 1] after a step; only DTP uses them."""
+
+    # Hooks the trainer calls for every balancer; the defaults do nothing, so the trainer
+    # never asks which balancer it has.
+
+    @property
+    def needs_shared_repr(self) -> bool:
+        """Whether :meth:`backward` needs the shared representation (MGDA-UB, ``wrt: representation``)."""
+        return False
+
+    def after_step(self, view: StepView) -> None:
+        """Called after each optimizer step (DTP's KPIs, FAMO's weight update)."""
+
+    def end_epoch(self) -> None:
+        """Called at the end of each training epoch (DWA's loss ratios are per epoch)."""
 
     def extra_state_for_log(self) -> dict[str, float]:
         return {}

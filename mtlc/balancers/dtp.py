@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mtlc.balancers.base import Balancer, BalancerError, is_number
+from mtlc.balancers.base import Balancer, BalancerError, StepView, is_number
 
 KPI_CLAMP = 1e-4
 
@@ -90,6 +90,31 @@ class DTP(Balancer):
             i = self.index(task)
             old = float(self.kpi_avg[i])
             self.kpi_avg[i] = self.momentum * old + (1.0 - self.momentum) * value
+
+    def after_step(self, view: StepView) -> None:
+        """This step's KPIs: each task's KPI metric (``kpi``, else its first metric) on the
+        step's batch, mapped into [0, 1] (:func:`mtlc.metrics.kpi`), then :meth:`observe`."""
+        from mtlc.metrics import build_metric, kpi
+
+        metrics = {}
+        with torch.no_grad():
+            for t in self.tasks:
+                names = list(view.metrics.get(t, ()))
+                name = self.kpi.get(t) or (names[0] if names else None)
+                if name is None:
+                    continue
+                metrics[t] = {name: build_metric(name)}
+                if t in view.outputs and t in view.targets:
+                    metrics[t][name].update(view.outputs[t], view.targets[t])
+        if view.merge is not None:  # several processes: the global batch's KPIs
+            view.merge(metrics)
+        kpis = {}
+        for t, ms in metrics.items():
+            ((name, metric),) = ms.items()
+            value = metric.compute()
+            if math.isfinite(value):
+                kpis[t] = kpi(name, value)
+        self.observe(kpis)
 
     def weights(self) -> dict[str, float]:
         out = {}

@@ -321,6 +321,22 @@ class MGDA(Balancer):
                 self.alpha[self.index(t)] = a
         return total.detach()
 
+    @property
+    def needs_shared_repr(self) -> bool:
+        return self.mode == "ub"
+
+    def aggregate(self, J: Tensor, losses: Tensor | None) -> Tensor:
+        """``Σ_t α_t J_t`` (the contract of :func:`mtlc.balancers.combine_gradients`)."""
+        if losses is None:
+            if self.normalize in ("loss", "loss+"):
+                raise BalancerError(
+                    f"mgda normalize {self.normalize!r} needs the task losses:"
+                    " combine_gradients(..., losses=[T])"
+                )
+            losses = torch.ones(J.shape[0], dtype=J.dtype)
+        alpha = mgda_weights(J, losses, self.normalize, max_iter=self.max_iter, tol=self.tol)
+        return alpha @ J
+
     def weights(self) -> dict[str, float]:
         """The last α (tasks absent from the last step have 0; 1/T before the first step)."""
         return {t: float(self.alpha[i]) for i, t in enumerate(self.tasks)}

@@ -308,6 +308,12 @@ def _check_names(spec: Spec, src: Source) -> None:
     if len(set(spec.encoder.freeze)) != len(spec.encoder.freeze):
         raise src.error(("encoder", "freeze"), "a stage appears twice")
     bal = spec.balancer
+    if getattr(bal, "level", "loss") == "gradient" and len(spec.tasks) < 2:
+        raise src.error(
+            ("balancer", "type"),
+            f"'{bal.type}' combines the gradients of two or more tasks, but this spec has one"
+            " task; use a loss-level balancer (fixed)",
+        )
     for key in ("weights", "gamma", "kpi"):
         table = getattr(bal, key, None)
         if isinstance(table, dict):

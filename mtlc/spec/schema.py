@@ -216,6 +216,7 @@ class DTP(Strict):
 
 
 class MGDA(Strict):
+    level: ClassVar[str] = "gradient"
     type: Literal["mgda"]
     normalize: Literal["l2", "loss", "loss+", "none"] = "loss+"
     mode: Literal["exact", "ub"] = "exact"
@@ -223,8 +224,133 @@ class MGDA(Strict):
     tol: float = Field(1e-6, gt=0)
 
 
+class GradientMethod(Strict):
+    level: ClassVar[str] = "gradient"
+    wrt: Literal["parameters", "representation"] = Field(
+        "parameters",
+        description="where the task Jacobian is taken: the shared parameters, or the shared"
+        " representation (one encoder backward, as MGDA-UB)",
+    )
+
+
+class PCGrad(GradientMethod):
+    type: Literal["pcgrad"]
+
+
+class GradDrop(GradientMethod):
+    type: Literal["graddrop"]
+    leak: float = Field(0.0, ge=0, le=1, description="share of each gradient always kept")
+
+
+class GradVac(GradientMethod):
+    type: Literal["gradvac"]
+    beta: float = Field(0.5, ge=0, le=1, description="EMA rate of the cosine targets")
+
+
+class CAGrad(GradientMethod):
+    type: Literal["cagrad"]
+    c: float = Field(0.4, ge=0, description="radius of the ball around the mean gradient")
+    rescale: Literal[0, 1, 2] = Field(
+        1, description="0: none, 1: divide by 1 + c^2 (official code), 2: by 1 + c"
+    )
+
+
+class IMTLG(GradientMethod):
+    type: Literal["imtl_g"]
+
+
+class NashMTL(GradientMethod):
+    type: Literal["nash_mtl"]
+    max_norm: float = Field(1.0, ge=0, description="clip ||d|| to this (0: no clipping)")
+    update_weights_every: int = Field(1, ge=1)
+    optim_niter: int = Field(20, ge=1)
+
+
+class AlignedMTL(GradientMethod):
+    type: Literal["aligned_mtl"]
+    scale_mode: Literal["min", "median", "rmse"] = "min"
+
+
+class UPGrad(GradientMethod):
+    type: Literal["upgrad"]
+
+
+class DualProj(GradientMethod):
+    type: Literal["dualproj"]
+
+
+class ConFIG(GradientMethod):
+    type: Literal["config"]
+
+
+class MoCo(GradientMethod):
+    type: Literal["moco"]
+    beta: float = Field(0.5, gt=0, le=1, description="tracking rate of y")
+    beta_sigma: float = Field(0.5, ge=0, description="decay exponent of beta")
+    gamma: float = Field(0.1, gt=0, description="step size of lambda")
+    gamma_sigma: float = Field(0.5, ge=0, description="decay exponent of gamma")
+    rho: float = Field(0.0, ge=0, description="l2 regularisation of lambda")
+
+
+class DBMTL(GradientMethod):
+    type: Literal["db_mtl"]
+    beta: float = Field(0.9, ge=0, lt=1, description="EMA weight of the old gradient")
+    beta_sigma: float = Field(0.0, ge=0, description="decay exponent of beta")
+
+
+class DWA(Strict):
+    type: Literal["dwa"]
+    temperature: float = Field(2.0, gt=0, description="softmax temperature T")
+
+
+class RLW(Strict):
+    type: Literal["rlw"]
+
+
+class GLS(Strict):
+    type: Literal["gls"]
+
+
+class IMTLL(Strict):
+    type: Literal["imtl_l"]
+
+
+class FAMO(Strict):
+    type: Literal["famo"]
+    w_lr: float = Field(0.025, gt=0, description="learning rate of the task logits")
+    gamma: float = Field(1e-3, ge=0, description="weight decay of the task logits")
+
+
+class GradNorm(Strict):
+    type: Literal["gradnorm"]
+    alpha: float = Field(1.5, ge=0, description="restoring force towards equal training rates")
+
+
 Balancer = Annotated[
-    Fixed | Uncertainty | DTP | MGDA, Field(discriminator="type"), BeforeValidator(_typed("fixed"))
+    Fixed
+    | Uncertainty
+    | DTP
+    | MGDA
+    | PCGrad
+    | GradDrop
+    | GradVac
+    | CAGrad
+    | IMTLG
+    | NashMTL
+    | AlignedMTL
+    | UPGrad
+    | DualProj
+    | ConFIG
+    | MoCo
+    | DBMTL
+    | DWA
+    | RLW
+    | GLS
+    | IMTLL
+    | FAMO
+    | GradNorm,
+    Field(discriminator="type"),
+    BeforeValidator(_typed("fixed")),
 ]
 
 # -- training --------------------------------------------------------------------------

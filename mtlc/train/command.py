@@ -280,6 +280,13 @@ def evaluate(
     "--out", type=click.Path(file_okay=False), help="Sweep folder (default runs/<name>-sweep)."
 )
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Where to write the CSV.")
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train every point with this many seeds (train.seed, +1, …); report mean ± std.",
+)
 @_run_options
 @guarded
 def sweep(
@@ -287,6 +294,7 @@ def sweep(
     grid: tuple[str, ...],
     out: str | None,
     csv_path: str | None,
+    seeds: int,
     epochs: int | None,
     seed: int | None,
     device: str,
@@ -309,6 +317,7 @@ def sweep(
             out=out,
             csv_path=csv_path,
             baselines=baselines,
+            seeds=seeds,
             force=force,
             device=device,
             allow_import=frozenset(allow_import),
@@ -318,6 +327,7 @@ def sweep(
         _stopped(exc)
     out_console.print(sweep_table(result))
     out_console.print(f"table written to {result.csv_path}", markup=False, soft_wrap=True)
+    out_console.print(result.plot_note, markup=False, soft_wrap=True)
 
 
 @click.command()

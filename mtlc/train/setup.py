@@ -153,13 +153,15 @@ def run_balancer(spec: Spec, topology: Any) -> Any:
         balancer = build_balancer(options, topology.tasks, task_kinds(spec))
     except BalancerError as exc:
         raise spec_error(spec, ("balancer", *exc.path), str(exc)) from None
-    if options.get("mode") == "ub" and topology.shared_repr is None:
+    if balancer.needs_shared_repr and topology.shared_repr is None:
+        key = "mode" if "mode" in options else "wrt"
+        exact = "mode: exact" if key == "mode" else "wrt: parameters"
         raise spec_error(
             spec,
-            ("balancer", "mode"),
-            "mgda mode 'ub' needs one shared representation that every task reads, "
-            "but this spec's tasks leave the encoder with separate features; "
-            "use mode: exact",
+            ("balancer", key),
+            f"{options['type']} {key} '{options[key]}' needs one shared representation that"
+            " every task reads, but this spec's tasks leave the encoder with separate"
+            f" features; use {exact}",
         )
     return balancer
 

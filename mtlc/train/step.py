@@ -108,8 +108,7 @@ class Stepping:
         values, ready = _read_later([*per_task.values(), *(parts[k] for k in intermediate), total])
         weights = self.balancer.weights()
         lr = self._optimizer_step()
-        if self.kpi_metric:
-            self.balancer.observe(self._batch_kpis(out, batch, share))
+        self.balancer.after_step(self._step_view(out, batch, share))
         self.step += 1
         return Launched(
             epoch=self.epoch + 1,
@@ -202,25 +201,29 @@ class Stepping:
         """One optimizer step, read back at once (what tests and benchmarks want)."""
         return self.finish_step(self.launch_step(batch))
 
-    @torch.no_grad()
-    def _batch_kpis(
+    def _step_view(
         self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], share: float = 1.0
-    ) -> dict[str, float]:
-        """DTP's per-step KPIs: the task's KPI metric on this (global) batch, into [0, 1]."""
-        from mtlc.metrics import build_metric, kpi
+    ) -> Any:
+        """What the balancer may look at after the step (:class:`~mtlc.balancers.base.StepView`).
 
-        metrics = {t: {name: build_metric(name)} for t, name in self.kpi_metric.items()}
-        for t, ms in metrics.items():
-            if share > 0:
-                ms[self.kpi_metric[t]].update(out[t], batch[self.targets[t]])
-        if self.ranks is not None:
-            self.ranks.merge_metrics(metrics)
-        kpis = {}
-        for t, name in self.kpi_metric.items():
-            value = metrics[t][name].compute()
-            if math.isfinite(value):
-                kpis[t] = kpi(name, value)
-        return kpis
+        On several processes the view is of the global batch: metrics the balancer
+        accumulates are merged over the ranks (a rank with no samples adds none), and
+        ``recompute()`` gives the global losses.
+        """
+        from mtlc.balancers.base import StepView
+
+        ranks = self.ranks
+
+        def recompute() -> dict[str, torch.Tensor]:
+            with torch.no_grad():
+                losses = self.forward_losses(batch, self.model)[1]
+            if ranks is None:
+                return losses
+            return {k: v.detach() for k, v in ranks.global_losses(losses, share, False)[0].items()}
+
+        targets = {t: batch[key] for t, key in self.targets.items() if key in batch and share > 0}
+        merge = ranks.merge_metrics if ranks is not None else None
+        return StepView(out, targets, self.task_metrics, recompute, merge)
 
 
 def _read_later(read: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:

@@ -37,6 +37,7 @@ from mtlc.train import runfolder
 
 CSV = "sweep.csv"
 MARKER = ".mtlc-sweep"
+PLOT = "sweep.png"
 POINT = re.compile(r"^\d{2,}_")  # a point's run folder (point_name)
 
 
@@ -59,6 +60,8 @@ class SweepResult:
     columns: list[tuple[str, str]]
     csv_path: Path
     baselines: dict[str, dict[str, float]] | None = None
+    seeds: int = 1
+    plot_note: str = ""
 
 
 def split_values(text: str) -> list[str]:
@@ -201,6 +204,7 @@ def sweep(
     out: str | Path | None = None,
     csv_path: str | Path | None = None,
     baselines: bool = False,
+    seeds: int = 1,
     force: bool = False,
     device: str = "auto",
     allow_import: frozenset[str] | tuple[str, ...] = frozenset(),
@@ -214,10 +218,12 @@ def sweep(
     """
     from mtlc.devices import resolve_device
     from mtlc.train.errors import Interrupted
+    from mtlc.train.sweep_seeds import seed_axis
 
     overrides = list(overrides)
     grid = parse_grid(grid_items)
     base = load_spec(spec, overrides)
+    grid = seed_axis(grid, base.train.seed, seeds)
     specs = check_points(spec, overrides, grid)
     points = grid_points(grid)
     torch_device = resolve_device(device)
@@ -238,6 +244,7 @@ def sweep(
             out_dir,
             path,
             baselines=baselines,
+            seeds=seeds,
             force=force,
             device=torch_device,
             allow_import=allow_import,
@@ -260,7 +267,7 @@ def check_folder(out_dir: Path) -> None:
         raise runfolder.RunFolderError(str(exc)) from None
     if not out_dir.is_dir():
         return
-    own = runfolder.scan(out_dir, (CSV, MARKER), (runfolder.BASELINES,), POINT)
+    own = runfolder.scan(out_dir, (CSV, MARKER, PLOT), (runfolder.BASELINES,), POINT)
     if own and MARKER not in own:
         raise runfolder.RunFolderError(
             f"{out_dir}: holds {', '.join(own)} but mtlc did not create this sweep folder "
@@ -285,6 +292,7 @@ def _train_points(
     path: Path,
     *,
     baselines: bool,
+    seeds: int,
     force: bool,
     device: Any,
     allow_import: frozenset[str] | tuple[str, ...],
@@ -355,11 +363,14 @@ def _train_points(
             row.delta_m = safe_delta_m(metrics, {t: found[t] for t in baseline_tasks(base)})
         rows.append(row)
 
+    from mtlc.train.sweep_seeds import fold_seeds, write_plot
+
     columns = [(t, k) for t in base.outputs for k in base.tasks[t].metrics]
+    rows, keys = fold_seeds(rows, [k for k, _ in grid])
     _mark(rows, columns, bool(found))
-    keys = [k for k, _ in grid]
-    write_csv(path, rows, keys, columns, with_delta=bool(found))
-    return SweepResult(rows, keys, columns, path, found)
+    write_csv(path, rows, keys, columns, with_delta=bool(found), spread=seeds > 1)
+    note = write_plot(out_dir / PLOT, rows, columns)
+    return SweepResult(rows, keys, columns, path, found, seeds=seeds, plot_note=note)
 
 
 def _mark(rows: list[SweepRow], columns: list[tuple[str, str]], by_delta: bool) -> None:
@@ -388,9 +399,15 @@ def write_csv(
     columns: list[tuple[str, str]],
     *,
     with_delta: bool,
+    spread: bool = False,
 ) -> None:
+    """One line per point; with ``spread`` (``--seeds``) the metrics are seed means, and a
+    ``…_std`` column per metric and ``seeds`` follow (:mod:`mtlc.train.sweep_seeds`)."""
+    from mtlc.train.sweep_seeds import csv_extra, spread_header
+
     header = ["point", "run", *keys, *[f"{t}.{k}" for t, k in columns]]
     header += ["delta_m"] if with_delta else []
+    header += spread_header(columns, with_delta) if spread else []
     header += ["best", "pareto", "status"]
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
@@ -399,6 +416,7 @@ def write_csv(
         line = [r.point, str(r.run_dir), *[r.values[k] for k in keys]]
         line += [_num(r.metrics.get(t, {}).get(k)) for t, k in columns]
         line += [_num(r.delta_m)] if with_delta else []
+        line += csv_extra(r, columns, with_delta, _num) if spread else []
         line += [int(r.best), int(r.pareto), r.status]
         writer.writerow(line)
     # the runs are kept when this fails: run the sweep again (with another --csv)
@@ -417,6 +435,8 @@ def sweep_table(result: SweepResult) -> Any:
     from rich.table import Table
 
     title = "sweep: final validation metrics (all of them in the CSV)"
+    if result.seeds > 1:
+        title += f"; mean ± std over {result.seeds} seeds"
     if result.baselines:
         title += "; Δm % vs single-task (higher is better)"
     table = Table(title=title + ";  * best  P Pareto-optimal")
@@ -433,9 +453,10 @@ def sweep_table(result: SweepResult) -> Any:
     table.add_column("", justify="left")
     for r in result.rows:
         cells = [r.values[k] for k in result.keys]
-        cells += [_cell(r.metrics.get(t, {}).get(k)) for t, k in shown]
+        spread = getattr(r, "spread", {})
+        cells += [_cell(r.metrics.get(t, {}).get(k), spread.get(f"{t}.{k}")) for t, k in shown]
         if result.baselines:
-            cells.append("-" if r.delta_m is None else f"{r.delta_m:+.2f}")
+            cells.append(_cell(r.delta_m, getattr(r, "delta_std", None), "+.2f"))
         marks = ("*" if r.best else "") + ("P" if r.pareto else "")
         if r.status != "completed":
             marks += f" {r.status}"
@@ -443,5 +464,7 @@ def sweep_table(result: SweepResult) -> Any:
     return table
 
 
-def _cell(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
+def _cell(value: float | None, std: float | None = None, fmt: str = ".4f") -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:{fmt}}" + ("" if std is None else f" ± {abs(std):{fmt.lstrip('+')}}")

@@ -122,18 +122,12 @@ class Trainer(Checkpointing, Stepping, Validating):
                     device=self.device,
                 )
 
-        options = spec.balancer.model_dump()
         self.balancer = run_balancer(spec, self.compiled.topology).to(self.device)
         if ranks is not None:
             self.balancer.ranks = ranks  # gradient-level balancers reduce before solving
-        self.use_shared_repr = options.get("mode") == "ub"
+        self.use_shared_repr = self.balancer.needs_shared_repr
         self.shared = shared_parameters(self.model)
-        self.kpi_metric: dict[str, str] = {}
-        if options.get("type") == "dtp":
-            for t, task in spec.tasks.items():
-                name = options.get("kpi", {}).get(t) or (task.metrics[0] if task.metrics else None)
-                if name is not None:
-                    self.kpi_metric[t] = name
+        self.task_metrics = {t: list(task.metrics) for t, task in spec.tasks.items()}
         self.optimizer = build_optimizer(spec, self.model, list(self.balancer.parameters()))
         samples = len(self.train_data) if self.train_data is not None else 0
         self.drop_last = self._single_sample_batches(samples)
@@ -388,6 +382,7 @@ class Trainer(Checkpointing, Stepping, Validating):
         )
 
     def _end_epoch(self, run_dir: Path, log: runfolder.MetricsLog, writer: Any) -> None:
+        self.balancer.end_epoch()
         val_loss, metrics = self.validate()
         train_loss = {t: s / max(self.epoch_count, 1) for t, s in self.epoch_sums.items()}
         self.epoch += 1

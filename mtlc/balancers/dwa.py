@@ -1,0 +1,69 @@
+"""DWA: dynamic weight average (Liu, Johns & Davison, CVPR 2019, MTAN).
+
+``w_t = T·exp(r_t / τ) / Σ_s exp(r_s / τ)`` with ``r_t = L̄_t(e−1) / L̄_t(e−2)`` the ratio of
+task t's mean training loss over the last two epochs: a task whose loss falls slowly gets
+more weight. ``τ`` is ``temperature`` (2, the paper's value); the first two epochs use
+``w = 1``. The weights sum to T, as in the paper and LibMTL.
+
+State (all buffers, so resume is exact even mid-epoch): the running sum and count of this
+epoch's losses, the last two epoch means and the number of finished epochs. The trainer
+calls :meth:`end_epoch` at the end of each epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from mtlc.balancers.base import Balancer
+
+
+class DWA(Balancer):
+    level = "loss"
+
+    def __init__(
+        self, tasks: Sequence[str], kinds: Mapping[str, str], *, temperature: float = 2.0
+    ) -> None:
+        super().__init__(tasks, kinds)
+        self.temperature = float(temperature)
+        n = len(self.tasks)
+        self.register_buffer("epoch_sum", torch.zeros(n, dtype=torch.float64))
+        self.register_buffer("epoch_count", torch.zeros(n, dtype=torch.float64))
+        self.register_buffer("history", torch.ones(2, n, dtype=torch.float64))  # [e−2, e−1]
+        self.register_buffer("epochs", torch.zeros((), dtype=torch.float64))
+
+    def current(self) -> Tensor:
+        n = len(self.tasks)
+        if float(self.epochs) < 2:
+            return torch.ones(n, dtype=torch.float64)
+        ratio = self.history[1] / self.history[0].clamp(min=1e-12)
+        return n * torch.softmax(ratio / self.temperature, dim=0)
+
+    def combine(self, losses: Mapping[str, Tensor]) -> Tensor:
+        names = self.present(losses)
+        w = self.current().tolist()
+        with torch.no_grad():
+            for t in names:
+                i = self.index(t)
+                self.epoch_sum[i] += float(losses[t].detach())
+                self.epoch_count[i] += 1
+        return sum(w[self.index(t)] * losses[t].reshape(()) for t in names)
+
+    def end_epoch(self) -> None:
+        with torch.no_grad():
+            mean = torch.where(
+                self.epoch_count > 0,
+                self.epoch_sum / self.epoch_count.clamp(min=1),
+                self.history[1],
+            )
+            self.history[0] = self.history[1].clone()
+            self.history[1] = mean
+            self.epochs += 1
+            self.epoch_sum.zero_()
+            self.epoch_count.zero_()
+
+    def weights(self) -> dict[str, float]:
+        w = self.current().tolist()
+        return {t: w[i] for i, t in enumerate(self.tasks)}
