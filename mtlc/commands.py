@@ -34,32 +34,41 @@ def build_report(spec_path: str, overrides: tuple[str, ...] = ()) -> tuple[dict,
         "auxiliary": [t for t in topo.tasks if t not in topo.outputs],
         "params": {k: params[k] for k in ("total", "shared", "tasks")},
         "blocks": params["blocks"],
+        "owners": params["owners"],
     }
     cost = summarize(compiled, batch=1)
     report["flops"], report["macs"] = cost["flops"], cost["macs"]
     return report, compiled
 
 
+TABLE_ONLY = ("blocks", "owners")  # what the table reads and --json does not print
+
+
 def _table(report: dict, compiled) -> object:
+    """Stages × (shared, each task): every parameter counted once, in the column of the
+    tasks that use it, so each column sums to its total in the last row.
+
+    A block serving several tasks (a hard stage, a cross-stitch or NDDR unit) is named
+    in `shared`; a task's own block in its column. The number under them is what that
+    column owns in the row: a cross-stitch column's own stage is shared (the unit mixes
+    it into the other tasks), an NDDR unit's 1×1 conv belongs to its task.
+    """
     from rich.table import Table
 
     topo = compiled.topology
     g = topo.graph
-    blocks = report["blocks"]
+    tasks = list(topo.tasks)
     table = Table(
-        title=f"{report['name']}: stages × tasks (output shape · parameters)", show_lines=True
+        title=f"{report['name']}: stages × tasks (output shape; parameters, each counted once)",
+        show_lines=True,
     )
-    table.add_column("stage", style="bold")
-    for t in topo.tasks:
-        table.add_column(t + (" (aux)" if t in report["auxiliary"] else ""))
+    table.add_column("stage", style="bold", overflow="fold")
+    table.add_column("shared", justify="right", overflow="fold")
+    for t in tasks:
+        label = t + (" (aux)" if t in report["auxiliary"] else "")
+        table.add_column(label, justify="right", overflow="fold")
 
-    def cell(node: str) -> str:
-        d = g.nodes[node]
-        shape = d.get("out_shape") or d.get("shape")
-        who = node.split("/", 1)[1]
-        return f"{who}\n{'×'.join(map(str, shape))} · {_fmt(blocks.get(node, 0))}"
-
-    rows: dict[str, dict[str, list[str]]] = {}
+    rows: dict[str, list[str]] = {}
     for node, d in g.nodes(data=True):
         if d["kind"] in ("block", "unit", "predictor", "head"):
             row = d["stage"] or "head"
@@ -67,10 +76,37 @@ def _table(report: dict, compiled) -> object:
                 row = f"{row} ⨯ {d['type']}"
             elif d["kind"] == "predictor":
                 row = "decoder initial"
-            for t in d["tasks"]:
-                rows.setdefault(row, {}).setdefault(t, []).append(node)
-    for row, per_task in rows.items():
-        table.add_row(row, *["\n".join(cell(n) for n in per_task.get(t, [])) for t in topo.tasks])
+            rows.setdefault(row, []).append(node)
+    columns = ["shared", *tasks]
+    totals = dict.fromkeys(columns, 0)
+    for row, nodes in rows.items():
+        lines: dict[str, list[str]] = {c: [] for c in columns}
+        owned = dict.fromkeys(columns, 0)
+        for node in nodes:
+            d = g.nodes[node]
+            served = list(d["tasks"])
+            column = served[0] if len(served) == 1 else "shared"
+            shape = "×".join(map(str, d.get("out_shape") or d.get("shape")))
+            who = node.split("/", 1)[1]
+            if d["kind"] == "unit" and who.startswith(d["type"] + "/"):
+                who = who[len(d["type"]) + 1 :]  # the row already names the unit's type
+            elif who.startswith(f"{column}/"):
+                who = who[len(column) + 1 :]  # and the column its task
+            lines[column].append(f"{who} {shape}")
+            for owner, n in report["owners"].get(node, {}).items():
+                owned[owner] += n
+        cells = []
+        for c in columns:
+            totals[c] += owned[c]
+            if owned[c]:
+                text = [*lines[c], _fmt(owned[c])]
+            elif lines[c]:  # a block whose weights are all counted elsewhere
+                text = [*lines[c], "in shared" if c != "shared" else "per task"]
+            else:
+                text = []
+            cells.append("\n".join(text))
+        table.add_row(row, *cells)
+    table.add_row("total", *[f"{totals[c]:,}" for c in columns], style="bold")
     return table
 
 
@@ -105,13 +141,17 @@ def build(
     if output:
         _save_model(compiled.model, Path(output))
     if as_json:
-        click.echo(json.dumps({k: v for k, v in report.items() if k != "blocks"}, indent=2))
+        click.echo(json.dumps({k: v for k, v in report.items() if k not in TABLE_ONLY}, indent=2))
         return
     if code:
         click.echo(compiled.model.code)
         return
     out = console()
     out.print(_table(report, compiled))
+    out.print(
+        "each parameter is counted once: 'shared' when two or more tasks' outputs depend on "
+        "it (a cross-stitch or NDDR column's own stage too), else in its task's column"
+    )
     p = report["params"]
     out.print(
         f"parameters: total {p['total']:,} · shared {p['shared']:,} · "

@@ -455,3 +455,19 @@ def test_mtan_on_resnet_four_stages_profiles_and_draws(tmp_path):
     bad["encoder"]["sharing"] = {"s1": "attention", "s2": "attention"}
     with pytest.raises(SpecError, match="split needs at least two blocks in stage 's2'"):
         compile_spec(bad)
+
+
+def test_weights_reach_both_halves_of_a_split_stage(tmp_path):
+    ref = RefResNet("resnet18")
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    both = {"s2": "attention", "s3": "attention", "s4": "attention"}
+    data = spec("resnet18", weights=tmp_path / "r18.pth", sharing=both)
+    data["encoder"]["freeze"] = ["s1"]
+    c = compile_spec(data)
+    sd, theirs = c.model.state_dict(), ref.state_dict()
+    assert torch.equal(sd["encoder.s2.last.layer2.1.conv2.weight"], theirs["layer2.1.conv2.weight"])
+    assert torch.equal(
+        sd["encoder.s2.shared.layer2.0.conv1.weight"], theirs["layer2.0.conv1.weight"]
+    )
+    frozen = [p.requires_grad for k, p in c.model.named_parameters() if k.startswith("encoder.s1")]
+    assert frozen and not any(frozen)

@@ -113,24 +113,37 @@ def shared_parameters(gm: fx.GraphModule) -> list[nn.Parameter]:
 
 
 def count_parameters(gm: fx.GraphModule) -> dict:
-    """`{"total", "shared", "tasks": {task: n}, "blocks": {block: n}}` for a GraphModule."""
+    """`{"total", "shared", "tasks": {task: n}, "blocks": {block: n}, "owners": {block:
+    {owner: n}}}` for a GraphModule.
+
+    `owners` splits each block's parameters between `"shared"` and the one task using
+    them, so a table can show every parameter once: an NDDR unit's 1×1 convs belong to
+    their tasks, its concat to none, and a cross-stitch column's stage is shared (the
+    unit mixes it into the other tasks). Summed over blocks, the owners give `shared`
+    and `tasks`.
+    """
     params = dict(gm.named_parameters())
     tasks: dict[str, int] = {t: 0 for t in gm.meta.get("mtlc", {}).get("tasks", [])}
     blocks: dict[str, int] = defaultdict(int)
+    owners: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     shared = 0
     labels = module_labels(gm)
     for name, used_by in parameter_tasks(gm).items():
         n = params[name].numel()
-        blocks[_block_of(labels, name)] += n
+        block = _block_of(labels, name)
+        blocks[block] += n
         if len(used_by) >= 2:
             shared += n
+            owners[block]["shared"] += n
         elif used_by:
             tasks[used_by[0]] = tasks.get(used_by[0], 0) + n
+            owners[block][used_by[0]] += n
     return {
         "total": sum(p.numel() for p in params.values()),
         "shared": shared,
         "tasks": tasks,
         "blocks": dict(blocks),
+        "owners": {b: dict(o) for b, o in owners.items()},
     }
 
 

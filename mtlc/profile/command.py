@@ -98,10 +98,10 @@ def profile(
     allocated, whatever the model's size.
     """
     from mtlc.devices import resolve_device
+    from mtlc.profile.comparison import comparison
     from mtlc.profile.latency import measure
     from mtlc.profile.report import (
         CONVENTION,
-        comparison,
         profile_spec,
         summary_lines,
         table,

@@ -51,7 +51,7 @@ def split(items: Iterable[tuple[tuple[str, ...], int]], tasks: list[str]) -> dic
     return out
 
 
-def _costs(g: GraphCost) -> dict[str, dict[str, Any]]:
+def graph_costs(g: GraphCost) -> dict[str, dict[str, Any]]:
     params = [s for s in g.state if not s.buffer]
     buffers = [s for s in g.state if s.buffer]
     out = {
@@ -103,7 +103,7 @@ class Profile:
             "graph": "supervised",
             "tasks": list(sup.tasks),
             "outputs": list(inf.tasks),
-            **_costs(sup),
+            **graph_costs(sup),
             "serve_alone": {t: a["flops"] for t, a in alone.items()},
             "serve_alone_macs": {t: a["macs"] for t, a in alone.items()},
             "serve_alone_params": {t: a["params"] for t, a in alone.items()},
@@ -114,7 +114,7 @@ class Profile:
                 "weight_bytes": sum(s.nbytes for s in inf.state),
                 "note": "inference forward of the final model, input included, at node granularity",
             },
-            "inference": {"graph": "final model", **_costs(inf)},
+            "inference": {"graph": "final model", **graph_costs(inf)},
             "convention": CONVENTION,
         }
         if by is not None:
@@ -146,7 +146,7 @@ class Profile:
         ]
 
     def _task_rows(self) -> list[dict[str, Any]]:
-        c = _costs(self.supervised)
+        c = graph_costs(self.supervised)
         parts = ["shared", *self.supervised.tasks] + (["unused"] if "unused" in c["params"] else [])
         rows = []
         for part in parts:
@@ -266,7 +266,7 @@ def table(profile: Profile, by: str):
     for row in rows:
         t.add_row(*[_cell(col, row.get(col, "")) for col in columns])
     if by == "task":
-        c = _costs(profile.supervised)
+        c = graph_costs(profile.supervised)
         t.add_section()
         t.add_row(
             "total",
@@ -321,62 +321,6 @@ def latency_line(lat: dict[str, Any]) -> str:
     )
 
 
-def comparison(profiles: list[Profile], baseline: int = 0):
-    """One row per spec; each figure with its ratio to the baseline spec (×)."""
-    from rich.table import Table
-
-    base = profiles[baseline]
-    t = Table(
-        title=f"comparison (batch {base.batch}; × = ratio to {base.name})", title_justify="left"
-    )
-    t.add_column("spec")
-    metrics = _comparison_metrics(base)
-    for label, _, _ in metrics:
-        t.add_column(label, justify="right")
-    for i, p in enumerate(profiles):
-        cells = []
-        for _, get, fmt in metrics:
-            value, ref = get(p), get(base)
-            if fmt == "share":
-                cells.append(f"{value:.0%}")
-            else:
-                ratio = f" ×{value / ref:.2f}" if ref else ""
-                cells.append(fmt(value) + ratio)
-        t.add_row(p.name + (" (baseline)" if i == baseline else ""), *cells)
-    return t
-
-
-def _comparison_metrics(base: Profile) -> list[tuple[str, Any, Any]]:
-    """(column, getter, formatter or "share") of the comparison table."""
-
-    def total(metric: str, graph: str = "supervised"):
-        return lambda p: _costs(getattr(p, graph))[metric]["total"]
-
-    def share(metric: str):
-        def get(p: Profile) -> float:
-            c = _costs(p.supervised)[metric]
-            return c["shared"] / c["total"] if c["total"] else 0.0
-
-        return get
-
-    metrics = [
-        ("params", total("params"), si),
-        ("shared params", share("params"), "share"),
-        ("FLOPs (2/MAC)", total("flops"), si),
-        ("MACs", total("macs"), si),
-        ("shared FLOPs", share("flops"), "share"),
-        ("inference FLOPs", total("flops", "inference"), si),
-        ("other ops", total("other_ops"), si),
-        ("peak act. memory", lambda p: p.inference.peak_bytes, nbytes),
-    ]
-    if base.latency is not None:
-        metrics += [
-            ("forward", lambda p: p.latency["forward_ms"]["median"], ms),
-            ("fwd+bwd", lambda p: p.latency["forward_backward_ms"]["median"], ms),
-        ]
-    return metrics
-
-
 def write_csv(path: str | Path, profiles: list[Profile], by: str) -> None:
     """The `--by` rows of every spec, one CSV, a `spec` column first; exact numbers."""
     rows = [{"spec": p.name, **row} for p in profiles for row in p.rows(by)]
@@ -396,7 +340,6 @@ def write_csv(path: str | Path, profiles: list[Profile], by: str) -> None:
 __all__ = [
     "CONVENTION",
     "Profile",
-    "comparison",
     "profile_spec",
     "si",
     "split",
