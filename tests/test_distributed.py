@@ -297,3 +297,19 @@ def test_worker_command_line_drops_nproc_and_rank_0_keeps_the_seed():
     assert launch.worker_argv(argv) == ["train", "s.yaml", "--out", "r", "--seed", "4"]
     assert distributed.rank_seed(7, 0) == 7
     assert len({distributed.rank_seed(7, r) for r in range(4)}) == 4
+
+
+def test_sweep_jobs_2_trains_every_point_as_one_at_a_time_would(spec_file: Path, tmp_path: Path):
+    from mtlc.train.sweep import sweep
+
+    grid = ["balancer.weights.depth=0.5,2"]
+    one = sweep(spec_file, grid, out=tmp_path / "one", device="cpu", progress=False)
+    two = sweep(spec_file, grid, out=tmp_path / "two", device="cpu", progress=False, jobs=2)
+    assert [r.point for r in two.rows] == [r.point for r in one.rows]
+    for a, b in zip(one.rows, two.rows):
+        assert b.status == "completed"
+        for t, metrics in a.metrics.items():
+            assert b.metrics[t] == pytest.approx(metrics, rel=1e-5)
+    # run again: every point is finished, so nothing trains and the table is the same
+    again = sweep(spec_file, grid, out=tmp_path / "two", device="cpu", progress=False, jobs=2)
+    assert [r.metrics for r in again.rows] == [r.metrics for r in two.rows]

@@ -287,6 +287,13 @@ def evaluate(
     show_default=True,
     help="Train every point with this many seeds (train.seed, +1, …); report mean ± std.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train this many points at once, each in a process of its own.",
+)
 @_run_options
 @guarded
 def sweep(
@@ -295,6 +302,7 @@ def sweep(
     out: str | None,
     csv_path: str | None,
     seeds: int,
+    jobs: int,
     epochs: int | None,
     seed: int | None,
     device: str,
@@ -322,6 +330,7 @@ def sweep(
             device=device,
             allow_import=frozenset(allow_import),
             console=out_console,
+            jobs=jobs,
         )
     except (Diverged, Interrupted) as exc:
         _stopped(exc)
