@@ -58,9 +58,11 @@ TOY = {
 
 
 def test_every_benchmark_has_a_toy_run():
-    # bench_startup_compile.py times fresh processes only; test_cli_build covers what it checks
+    # bench_startup_compile.py times fresh processes only; test_cli_build covers what it checks;
+    # bench_distributed_scaling.py runs `mtlc train --nproc`, which test_distributed runs
     assert {p.name for p in (ROOT / "benchmarks").glob("*.py")} - set(TOY) == {
-        "bench_startup_compile.py"
+        "bench_startup_compile.py",
+        "bench_distributed_scaling.py",
     }
 
 

@@ -268,7 +268,15 @@ def mgda_weights(
         raise BalancerError(
             f"mgda_weights needs a [T, P] matrix with T ≥ 1, got {tuple(grads.shape)}"
         )
-    gram = _gram(grads)
+    return gram_weights(_gram(grads), losses, normalize, max_iter=max_iter, tol=tol).to(
+        device=grads.device, dtype=_out_dtype(grads)
+    )
+
+
+def gram_weights(
+    gram: Tensor, losses: Tensor, normalize: str, *, max_iter: int = 250, tol: float = 1e-6
+) -> Tensor:
+    """:func:`mgda_weights` from the ``[T, T]`` float64 Gram matrix (float64; solved on its device)."""
     n = gram.shape[0]
     scale = torch.ones(n, dtype=torch.float64, device=gram.device)
     if normalize in ("l2", "loss+"):
@@ -280,8 +288,7 @@ def mgda_weights(
             raise BalancerError(f"mgda_weights got {values.numel()} losses for {n} gradients")
         scale = scale * torch.where(values > 0, 1.0 / values, torch.ones_like(values))
     gram = gram * scale[:, None] * scale[None, :]
-    alpha = _solve(gram, max_iter, tol)
-    return alpha.to(device=grads.device, dtype=_out_dtype(grads))
+    return _solve(gram, max_iter, tol)
 
 
 def _out_dtype(grads: Tensor) -> torch.dtype:
@@ -417,8 +424,13 @@ class MGDA(Balancer):
         else:
             grads = self.task_gradients(task_losses, targets)
             values = stacked.detach().to(torch.float64)
-            alpha = mgda_weights(
-                grads, values, self.normalize, max_iter=self.max_iter, tol=self.tol
+            # several processes: the global Gram matrix, so every rank gets the same α
+            if self.mode == "exact":
+                gram = _gram(self.ranks.mean(grads))
+            else:
+                gram = self.ranks.sample_gramian(_gram(grads))
+            alpha = gram_weights(
+                gram, values, self.normalize, max_iter=self.max_iter, tol=self.tol
             ).to(device=stacked.device, dtype=torch.float64)
         total = (alpha.to(stacked.dtype) * stacked).sum()
         total.backward()

@@ -464,6 +464,11 @@ class Train(Strict):
         ge=1,
         description="steps between host read-backs of the losses (every step is still logged)",
     )
+    sync_bn: bool = Field(
+        False,
+        description="with several processes, BatchNorm statistics over the global batch "
+        "(SyncBatchNorm; CUDA only)",
+    )
 
     @property
     def compile_mode(self) -> str | None:

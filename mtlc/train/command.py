@@ -9,6 +9,7 @@ loss; the last good checkpoint is kept); 130 stopped by Ctrl-C after saving ``la
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -62,6 +63,9 @@ def _stopped(exc: Exception) -> None:
     """Report a run that ended early: exit 130 for Ctrl-C, 1 for a diverged loss."""
     from mtlc.train.errors import Interrupted
 
+    code = 130 if isinstance(exc, Interrupted) else 1
+    if os.environ.get("RANK", "0") != "0":
+        sys.exit(code)  # one of several processes: rank 0 says why
     if isinstance(exc, Interrupted):
         click.echo(f"interrupted: {exc}", err=True)
         sys.exit(130)
@@ -77,6 +81,12 @@ def _stopped(exc: Exception) -> None:
 @click.option(
     "--no-fuse", "no_fuse", is_flag=True, help="Run per-task copies unfused (train.fuse=false)."
 )
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    help="Train in N processes on this machine (torchrun; one GPU each on CUDA); "
+    "train.batch_size is the global batch.",
+)
 @_run_options
 @guarded
 def train(
@@ -85,6 +95,7 @@ def train(
     resume: bool,
     tensorboard: bool,
     no_fuse: bool,
+    nproc: int | None,
     epochs: int | None,
     seed: int | None,
     device: str,
@@ -97,11 +108,26 @@ def train(
 
     The folder gets the resolved spec, metrics.jsonl, last.pt and best.pt, summary.json
     and plots. Ctrl-C saves and stops (exit 130); --resume continues exactly where it
-    stopped.
+    stopped. With --nproc N (or under torchrun) the processes share every batch.
     """
     from mtlc.train.errors import Diverged, Interrupted
     from mtlc.train.run import train as run
 
+    if nproc is not None:
+        _launch(
+            nproc,
+            spec,
+            out,
+            resume,
+            tensorboard,
+            epochs,
+            seed,
+            device,
+            force,
+            allow_import,
+            baselines,
+            overrides,
+        )
     out_console = console()
     try:
         result = run(
@@ -118,9 +144,45 @@ def train(
         )
     except (Diverged, Interrupted) as exc:
         _stopped(exc)
+    if os.environ.get("RANK", "0") != "0":
+        return  # one of several processes: rank 0 reports
     if result.note:
         out_console.print(result.note, markup=False, soft_wrap=True)
     print_summary(out_console, result.summary, result.run_dir)
+
+
+def _launch(
+    nproc: int,
+    spec: str,
+    out: str | None,
+    resume: bool,
+    tensorboard: bool,
+    epochs: int | None,
+    seed: int | None,
+    device: str,
+    force: bool,
+    allow_import: tuple[str, ...],
+    baselines: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """`--nproc N`: check everything, start N processes with torchrun, exit with their code."""
+    from mtlc.train.launch import check_launch, launch, worker_argv
+
+    if "RANK" in os.environ:
+        raise click.UsageError("--nproc inside torchrun: torchrun already started the processes")
+    run_dir = check_launch(
+        spec,
+        nproc,
+        overrides=_extra(overrides, epochs, seed),
+        out=out,
+        resume=resume,
+        force=force,
+        device=device,
+        allow_import=frozenset(allow_import),
+        tensorboard=tensorboard,
+        baselines=baselines,
+    )
+    sys.exit(launch(nproc, worker_argv(sys.argv[1:]), run_dir))  # rank 0 printed the summary
 
 
 def print_summary(out: Any, summary: dict[str, Any], run_dir: Any) -> None:
@@ -229,6 +291,13 @@ def evaluate(
     show_default=True,
     help="Train every point with this many seeds (train.seed, +1, …); report mean ± std.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train this many points at once, each in a process of its own.",
+)
 @_run_options
 @guarded
 def sweep(
@@ -237,6 +306,7 @@ def sweep(
     out: str | None,
     csv_path: str | None,
     seeds: int,
+    jobs: int,
     epochs: int | None,
     seed: int | None,
     device: str,
@@ -264,6 +334,7 @@ def sweep(
             device=device,
             allow_import=frozenset(allow_import),
             console=out_console,
+            jobs=jobs,
         )
     except (Diverged, Interrupted) as exc:
         _stopped(exc)

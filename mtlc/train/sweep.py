@@ -210,8 +210,12 @@ def sweep(
     allow_import: frozenset[str] | tuple[str, ...] = frozenset(),
     console: Any = None,
     progress: bool = True,
+    jobs: int = 1,
 ) -> SweepResult:
     """Train every grid point (reusing finished ones) and rank them (module docstring).
+
+    ``jobs`` > 1 trains that many points at once, each in a process of its own
+    (:mod:`mtlc.train.sweep_jobs`).
 
     A sweep that cannot start leaves nothing behind: not even the folder it would have
     made.
@@ -250,6 +254,7 @@ def sweep(
             allow_import=allow_import,
             console=console,
             progress=progress,
+            jobs=jobs,
         )
     except MtlcError as exc:
         if created and not isinstance(exc, Interrupted):
@@ -298,6 +303,7 @@ def _train_points(
     allow_import: frozenset[str] | tuple[str, ...],
     console: Any,
     progress: bool,
+    jobs: int = 1,
 ) -> SweepResult:
     """Train (or reuse) every point of the grid in ``out_dir``, then rank them."""
     from rich.markup import escape
@@ -313,12 +319,20 @@ def _train_points(
         found = baseline_metrics(
             base, out_dir, device=torch_device, allow_import=allow_import, console=console
         )
+    trained: dict[int, dict[str, Any]] = {}
+    if jobs > 1:
+        from mtlc.train.sweep_jobs import train_in_parallel
+
+        folders = [out_dir / point_name(i, v) for i, v in enumerate(points, 1)]
+        trained = train_in_parallel(
+            specs, folders, jobs, force, str(torch_device), allow_import, found, console
+        )
     rows = []
     for i, (values, point_spec) in enumerate(zip(points, specs), 1):
         name = point_name(i, values)
         run_dir = out_dir / name
         shown = "  ".join(f"{k}={v}" for k, v in values.items())
-        summary = (
+        summary = trained.get(i) or (
             None
             if force
             else runfolder.completed_summary(run_dir, point_spec.model_dump(mode="json"))
@@ -348,7 +362,7 @@ def _train_points(
                 if console is not None:
                     console.print(f"[red]point {i} diverged:[/] {escape(str(exc))}", soft_wrap=True)
                 summary = runfolder.read_summary(run_dir)
-        elif console is not None:
+        elif console is not None and i not in trained:
             console.print(
                 f"point {i}/{len(points)}: {shown} (finished earlier, reused)",
                 markup=False,
