@@ -7,7 +7,7 @@ TORCH_CPU ?= 2.13.0
 DEMO_SPEC ?= specs/hard.yaml
 DEMO_ARGS ?= --force
 
-.PHONY: torch install dev demo test lint bench gallery schema clean
+.PHONY: torch install dev demo test fuzz lint bench gallery schema clean
 
 # A CPU build of torch when none is installed: a plain `pip install torch` pulls a multi-GB CUDA build.
 torch:
@@ -26,6 +26,13 @@ demo: install
 
 test: dev
 	$(PYTHON) -m pytest -q
+
+# The property-based spec test at length: FUZZ_EXAMPLES fresh mutations of every spec in
+# specs/ (the suite runs 30 per spec, derandomized). Prints how each example ended.
+FUZZ_EXAMPLES ?= 600
+fuzz: dev
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTHON) -m pytest -q tests/test_spec_fuzz.py \
+	  -p no:cacheprovider --hypothesis-show-statistics
 
 lint: dev
 	$(PYTHON) -m ruff check mtlc tests benchmarks

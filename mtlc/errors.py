@@ -60,4 +60,12 @@ class SpecError(MtlcError):
 
     def __str__(self) -> str:
         key = f" {self.path}:" if self.path else ""
-        return f"{self.location}:{key} {self.message}"
+        return one_line(f"{self.location}:{key} {self.message}")
+
+
+def one_line(text: str) -> str:
+    """`text` with newlines and other unprintable characters escaped (`'a\\n'`), so an
+    error quoting a user's key or value stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

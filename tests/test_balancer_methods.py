@@ -516,3 +516,60 @@ def test_every_gradient_method_is_registered_as_one():
     for n in GRADIENT:
         cls = resolve(BALANCERS, n)
         assert n == "mgda" or issubclass(cls, GradientBalancer)
+
+
+def test_gradnorm_first_step_gradient_by_hand():
+    """Chen et al. 2018: L_grad = Σ|G_t − Ḡ r_t^α|; at the first step r_t = 1 and w = 1, so
+    ∂L_grad/∂s_k = Σ_t sign(n_t − n̄)·n_t·(δ_tk − 1/T) with n_t = ‖∇_W L_t‖ (W = last shared weight)."""
+    torch.manual_seed(0)
+    model = Tiny()
+    x, ys = data()
+    b = make("gradnorm")
+    shared = list(model.shared.parameters())
+    _, losses = losses_of(model, x, ys)
+    W = [p for p in shared if p.dim() >= 2][-1]
+    n = torch.stack(
+        [torch.autograd.grad(losses[t], W, retain_graph=True)[0].norm() for t in TASKS]
+    ).double()
+    b.backward(losses, shared_params=shared)
+    sign = torch.sign(n - n.mean())
+    T = len(TASKS)
+    expected = torch.stack(
+        [(sign * n * ((torch.arange(T) == k).double() - 1 / T)).sum() for k in range(T)]
+    )
+    assert torch.allclose(b.logits.grad.double(), expected, rtol=1e-4, atol=1e-7)
+    # the network got Σ w_t L_t with w = 1: the heads their own loss's gradient
+    (own,) = torch.autograd.grad(losses_of(model, x, ys)[1]["a"], model.heads["a"].weight)
+    assert torch.allclose(model.heads["a"].weight.grad, own, atol=1e-6)
+
+
+def test_gls_and_imtl_l_formulas():
+    losses = {"a": torch.tensor(4.0), "b": torch.tensor(0.25), "c": torch.tensor(1.0)}
+    gls = make("gls")
+    assert float(gls.combine(losses)) == pytest.approx((4.0 * 0.25 * 1.0) ** (1 / 3))
+    assert gls.weights()["a"] == pytest.approx(1.0 / (3 * 4.0))
+    imtl = make("imtl_l")
+    with torch.no_grad():
+        imtl.scales.copy_(torch.tensor([0.5, -1.0, 0.0]))
+    total = imtl.combine(losses)
+    expected = sum(np.exp(s) * float(v) - s for s, v in zip([0.5, -1.0, 0.0], losses.values()))
+    assert float(total) == pytest.approx(expected, rel=1e-6)
+    total.backward()  # ∂/∂s_t = e^{s_t} L_t − 1: zero where the scaled loss is 1
+    assert imtl.scales.grad[2] == pytest.approx(0.0)
+    assert imtl.scales.grad[0] == pytest.approx(np.exp(0.5) * 4.0 - 1, rel=1e-6)
+
+
+def test_dwa_weights_from_the_last_two_epoch_means():
+    """Liu et al. 2019: w_t = T·softmax(r_t/τ), r_t = L̄_t(e−1)/L̄_t(e−2); 1 before that."""
+    dwa = build_balancer(
+        {"type": "dwa", "temperature": 2.0}, ("x", "y"), dict.fromkeys("xy", "regression")
+    )
+    epochs = [[(2.0, 1.0), (4.0, 1.0)], [(1.0, 1.0), (1.0, 0.5)]]  # two steps per epoch
+    for epoch in epochs:
+        assert dwa.weights() == {"x": 1.0, "y": 1.0}
+        for x, y in epoch:
+            dwa.combine({"x": torch.tensor(x), "y": torch.tensor(y)})
+        dwa.end_epoch()
+    r = torch.tensor([1.0 / 3.0, 0.75 / 1.0])  # means: x 3 → 1, y 1 → 0.75
+    expected = 2 * torch.softmax(r / 2.0, 0)
+    assert list(dwa.weights().values()) == pytest.approx(expected.tolist())

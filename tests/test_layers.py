@@ -156,7 +156,7 @@ def test_fractional_upsample_floors_like_torch():
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("conv(2147483648)", "out must be at most 2147483647"),
+        ("conv(2147483648)", "out=2147483648 is past mtlc's limit: at most 65536"),
         ("bn(momentum=2)", "momentum must be in (0, 1]"),
     ],
 )

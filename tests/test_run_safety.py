@@ -297,6 +297,13 @@ def test_a_checkpoint_with_a_wrong_field_type_is_one_line(tiny: Path, tmp_path: 
     one_error(code, lines, 2, f"its '{key}' entry")
 
 
+def test_a_fifo_given_as_a_checkpoint_is_refused_without_blocking(tiny: Path, tmp_path: Path):
+    fifo = tmp_path / "last.pt"
+    os.mkfifo(fifo)
+    code, lines = cli(command.evaluate, tiny, "--checkpoint", fifo, "--device", "cpu")
+    one_error(code, lines, 2, f"{fifo}: not a regular file")
+
+
 def test_hostile_metrics_and_summary_files(tiny: Path, tmp_path: Path):
     out = trained(tiny, tmp_path / "run")
     good = (out / "metrics.jsonl").read_text()

@@ -15,13 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mtlc.errors import unknown
+from mtlc.layers.aliases import mtlc_name
+from mtlc.layers.arguments import (
+    MAX_CHANNELS,
+    MAX_ELEMENTS,
+    MAX_SIZE,
+    MAX_WEIGHTS,
+    REQUIRED,
+    LayerError,
+    check_value,
+)
+
+__all__ = ["MAX_CHANNELS", "MAX_ELEMENTS", "MAX_SIZE", "REQUIRED", "Layer", "LayerError"]
 
 Shape = tuple[int, ...]
-REQUIRED = object()
-
-
-class LayerError(ValueError):
-    """A layer that cannot be parsed or cannot take its input shape."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,20 @@ def _need_map(name: str, shape: Shape) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+def _weights(name: str, count: int) -> None:
+    """Refuse a layer whose weight tensor alone would pass `MAX_WEIGHTS`."""
+    if count > MAX_WEIGHTS:
+        raise LayerError(
+            f"{name} would hold {count:.3g} weights ({count * 4 / 2**30:.3g} GiB of float32); "
+            f"mtlc's limit is {MAX_WEIGHTS:.3g} per layer"
+        )
+
+
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """`size=64` or `size=[64, 48]` as (H, W)."""
+    return tuple(size) if isinstance(size, tuple) else (size, size)  # type: ignore[return-value]
+
+
 def _spatial(name: str, size: int) -> int:
     if size < 1:
         raise LayerError(f"{name} shrinks the feature map to nothing")
@@ -97,6 +118,7 @@ def _conv(shape: Shape, a: dict[str, Any]) -> Shape:
         raise LayerError(
             f"conv groups={a['groups']} must divide both {c} input and {a['out']} output channels"
         )
+    _weights("conv", a["out"] * (c // a["groups"]) * a["k"] ** 2)
     p = conv_padding(a)
     return (
         a["out"],
@@ -106,7 +128,8 @@ def _conv(shape: Shape, a: dict[str, Any]) -> Shape:
 
 
 def _deconv(shape: Shape, a: dict[str, Any]) -> Shape:
-    _, h, w = _need_map("deconv", shape)
+    c, h, w = _need_map("deconv", shape)
+    _weights("deconv", c * a["out"] * a["k"] ** 2)
     p, op = deconv_padding(a)
     if op >= a["stride"]:
         raise LayerError(
@@ -136,13 +159,13 @@ def _pool(name: str) -> Callable[[Shape, dict[str, Any]], Shape]:
 
 def _adaptive(shape: Shape, a: dict[str, Any]) -> Shape:
     c, _, _ = _need_map("adaptive_avgpool", shape)
-    return (c, a["size"], a["size"])
+    return (c, *_hw(a["size"]))
 
 
 def _upsample(shape: Shape, a: dict[str, Any]) -> Shape:
     c, h, w = _need_map("upsample", shape)
     if a["size"] is not None:
-        return (c, a["size"], a["size"])
+        return (c, *_hw(a["size"]))
     return (
         c,
         _spatial("upsample", math.floor(h * a["scale"])),
@@ -151,6 +174,7 @@ def _upsample(shape: Shape, a: dict[str, Any]) -> Shape:
 
 
 def _linear(shape: Shape, a: dict[str, Any]) -> Shape:
+    _weights("linear", shape[-1] * a["out"])
     return shape[:-1] + (a["out"],)
 
 
@@ -175,6 +199,7 @@ def _flatten(shape: Shape, a: dict[str, Any]) -> Shape:
 
 def _resblock(shape: Shape, a: dict[str, Any]) -> Shape:
     c, h, w = _need_map("resblock", shape)
+    _weights("resblock", 9 * (a["out"] or c) * (c + (a["out"] or c)))
     s, d = a["stride"], a["first_dilation"] or a["dilation"]
     return (
         a["out"] or c,
@@ -184,7 +209,9 @@ def _resblock(shape: Shape, a: dict[str, Any]) -> Shape:
 
 
 def _bottleneck(shape: Shape, a: dict[str, Any]) -> Shape:
-    _, h, w = _need_map("bottleneck", shape)
+    c, h, w = _need_map("bottleneck", shape)
+    p = a["planes"]
+    _weights("bottleneck", p * c + 9 * p * p + p * p * BOTTLENECK_EXPANSION)
     s, d = a["stride"], a["dilation"]
     return (
         a["planes"] * BOTTLENECK_EXPANSION,
@@ -194,7 +221,8 @@ def _bottleneck(shape: Shape, a: dict[str, Any]) -> Shape:
 
 
 def _aspp(shape: Shape, a: dict[str, Any]) -> Shape:
-    _, h, w = _need_map("aspp", shape)
+    c, h, w = _need_map("aspp", shape)
+    _weights("aspp", a["out"] * c * (2 + 9 * len(a["rates"])))
     return (a["out"], h, w)
 
 
@@ -279,58 +307,17 @@ LAYERS: dict[str, LayerSpec] = {
 }
 BOTTLENECK_EXPANSION = 4
 
-_POSITIVE_INT = {"out", "k", "stride", "dilation", "first_dilation", "groups", "size", "planes"}
-_NON_NEGATIVE_INT = {"padding"}
-# torch refuses sizes past int64 with a TypeError deep in a module's constructor; 2**31
-# is far beyond any real layer and keeps every size a 32-bit int
-MAX_SIZE = 2**31 - 1
-# elements of one sample's feature map (4 TiB of float32): past this torch's storage
-# size overflows int64 once a batch and the element size multiply in
-MAX_ELEMENTS = 2**40
-_CHOICES = {"mode": ("nearest", "bilinear", "bicubic")}
-
-
-def _check_value(layer: str, key: str, value: Any) -> Any:
-    if value is None:
-        return value
-    if key in _POSITIVE_INT | _NON_NEGATIVE_INT:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise LayerError(f"{layer}: {key} must be an integer, got {value!r}")
-        if value < (1 if key in _POSITIVE_INT else 0):
-            raise LayerError(
-                f"{layer}: {key} must be {'positive' if key in _POSITIVE_INT else '>= 0'}, got {value}"
-            )
-        if value > MAX_SIZE:
-            raise LayerError(f"{layer}: {key} must be at most {MAX_SIZE}, got {value}")
-    elif key in ("bias", "affine"):
-        if not isinstance(value, bool):
-            raise LayerError(f"{layer}: {key} must be true or false, got {value!r}")
-    elif key == "rates":
-        rates = tuple(value) if isinstance(value, (list, tuple)) else None
-        if not rates or any(isinstance(r, bool) or not isinstance(r, int) for r in rates):
-            raise LayerError(f"{layer}: rates must be a non-empty list of integers, got {value!r}")
-        if not all(1 <= r <= MAX_SIZE for r in rates):
-            raise LayerError(f"{layer}: every rate must be in [1, {MAX_SIZE}], got {list(rates)}")
-        return rates
-    elif key in ("p", "momentum", "eps", "scale", "dropout"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise LayerError(f"{layer}: {key} must be a number, got {value!r}")
-        if key in ("p", "dropout") and not 0 <= value < 1:
-            raise LayerError(f"{layer}: {key} must be in [0, 1), got {value}")
-        if key not in ("p", "dropout") and value <= 0:
-            raise LayerError(f"{layer}: {key} must be positive, got {value}")
-        if key == "momentum" and value > 1:
-            raise LayerError(f"{layer}: momentum must be in (0, 1], got {value}")
-    elif key in _CHOICES and value not in _CHOICES[key]:
-        raise LayerError(f"{layer}: {key} must be one of {', '.join(_CHOICES[key])}, got {value!r}")
-    return value
-
 
 def make_layer(
     name: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
 ) -> Layer:
     """Bind arguments to a layer's parameters, checking names, count and values."""
     if name not in LAYERS:
+        alias = mtlc_name(name)
+        if alias is not None:
+            raise LayerError(
+                f"unknown layer '{name}' (did you mean '{alias}'? that is mtlc's name for it)"
+            )
         raise LayerError(unknown("layer", name, LAYERS))
     spec = LAYERS[name]
     kwargs = dict(kwargs or {})
@@ -350,7 +337,7 @@ def make_layer(
     for key, default in spec.params.items():
         if key not in bound and default is REQUIRED:
             raise LayerError(f"{name} needs `{key}`, e.g. {name}(64)")
-        out[key] = _check_value(name, key, bound.get(key, default))
+        out[key] = check_value(name, key, bound.get(key, default), default)
     return Layer(name, out)
 
 

@@ -20,9 +20,10 @@ from pydantic import BaseModel, ValidationError
 from mtlc import registry
 from mtlc.errors import Location, SpecError, did_you_mean, unknown
 from mtlc.layers.vocab import MAX_ELEMENTS, MAX_SIZE
+from mtlc.spec.names import name_problem
 from mtlc.spec.overrides import apply_overrides
-from mtlc.spec.schema import Spec
-from mtlc.spec.yaml_source import Positions, dotted, parse_yaml, read_yaml
+from mtlc.spec.schema import LOSS_OPTIONS, Spec
+from mtlc.spec.yaml_source import Positions, dotted, parse_yaml, read_yaml, set_location
 
 
 class Source(Positions):
@@ -36,11 +37,11 @@ class Source(Positions):
         path = tuple(path)
         for n in range(len(path), 0, -1):
             if path[:n] in self.overrides:
-                return Location(f"--set {self.overrides[path[:n]]}")
+                return set_location(self.overrides[path[:n]])
         if path not in self.values:  # a key that only an override created
             made = [text for p, text in self.overrides.items() if p[: len(path)] == path]
             if made:
-                return Location(f"--set {made[0]}")
+                return set_location(made[0])
         return super().locate(path, key=key)
 
     def error(self, path: tuple, message: str, *, key: bool = False) -> SpecError:
@@ -233,6 +234,11 @@ def _translate(exc: ValidationError, data: dict, src: Source) -> SpecError:
         return src.error(
             path, f"at least one {'task' if path[-1] == 'tasks' else 'stage'} is needed"
         )
+    if kind in ("less_than_equal", "less_than") and isinstance(_get(data, path), int):
+        limit = err.get("ctx", {}).get("le", err.get("ctx", {}).get("lt"))
+        value = str(_get(data, path))
+        shown = value if len(value) <= 24 else f"a number of {len(value)} digits"
+        return src.error(path, f"{shown} is past mtlc's limit: at most {limit}")
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
@@ -256,6 +262,9 @@ def _get(data: Any, path: tuple) -> Any:
 
 def _check_names(spec: Spec, src: Source) -> None:
     for name, size in spec.input.items():
+        problem = name_problem(name)
+        if problem:
+            raise src.error(("input", name), f"input name {name!r} {problem}", key=True)
         if not size or any(isinstance(n, bool) or n < 1 for n in size):
             raise src.error(("input", name), f"sizes must be positive integers, got {size}")
         if max(size) > MAX_SIZE or math.prod(size) > MAX_ELEMENTS:
@@ -268,6 +277,7 @@ def _check_names(spec: Spec, src: Source) -> None:
         loss_path = ("tasks", t, "loss") + (() if isinstance(task.loss, str) else ("type",))
         if task.loss_name not in registry.LOSSES:
             raise src.error(loss_path, unknown("loss", task.loss_name, registry.LOSSES))
+        _check_loss_options(task.loss_name, task.loss_options, ("tasks", t, "loss"), src)
         for i, m in enumerate(task.metrics):
             if m not in registry.METRICS:
                 raise src.error(("tasks", t, "metrics", i), unknown("metric", m, registry.METRICS))
@@ -343,6 +353,30 @@ def _check_names(spec: Spec, src: Source) -> None:
                 ("decoder", "order"),
                 "the recursion needs at least one non-auxiliary task to take turns",
             )
+
+
+def _check_loss_options(name: str, options: dict, path: tuple, src: Source) -> None:
+    """Options a loss does not take, or values it cannot use, are located errors."""
+    model = LOSS_OPTIONS.get(name)
+    if model is None:
+        return
+    try:
+        model.model_validate(options)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = err["loc"][0] if err["loc"] else None
+        if err["type"] == "extra_forbidden":
+            allowed = list(model.model_fields)
+            hint = did_you_mean(str(key), allowed) or (
+                f" (it takes: {', '.join(allowed)})" if allowed else " (it takes none)"
+            )
+            raise src.error(
+                path + (key,), f"loss '{name}' has no option '{key}'{hint}", key=True
+            ) from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise src.error(
+            path + (key,), f"{msg[0].lower()}{msg[1:]}, got {options.get(key)!r}"
+        ) from None
 
 
 def _check_partition(groups: list[list[str]], tasks: list[str], path: tuple, src: Source) -> None:

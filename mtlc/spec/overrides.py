@@ -1,6 +1,7 @@
 """`--set key.path=value` overrides, applied to the raw spec before validation.
 
-Values are read as YAML scalars or flow collections (safely), so `--set
+Values are read as YAML scalars or flow collections with the spec file's own reader
+(safe, bounded against alias bombs, layer calls rejoined), so `--set
 'balancer={type: mgda}'` replaces a whole section. Applying overrides to the raw
 data means they are validated exactly like the file, and an unknown path is caught
 by the same did-you-mean machinery.
@@ -10,15 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
-from mtlc.errors import Location, SpecError
-from mtlc.spec.yaml_source import dotted
+from mtlc.errors import SpecError
+from mtlc.spec.yaml_source import dotted, parse_yaml, set_location
 
 
 def parse_override(text: str) -> tuple[tuple[str | int, ...], Any]:
     """Split `a.b[0].c=value` (or `a.b.0.c=value`) into a key path and a parsed value."""
-    where = Location(f"--set {text}")
+    where = set_location(text)
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise SpecError("expected KEY.PATH=VALUE", "", where)
@@ -27,10 +26,14 @@ def parse_override(text: str) -> tuple[tuple[str | int, ...], Any]:
         if not piece:
             raise SpecError(f"empty segment in key path '{key}'", "", where)
         parts.append(int(piece) if piece.isdigit() else piece)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"cannot read value {raw!r}: {exc}", key, where) from None
+    if raw.strip():
+        try:
+            value, _ = parse_yaml(raw, where.file)
+        except SpecError as exc:  # one line: `--set a=[: YAML syntax error: … (column 2)`
+            col = f" (column {exc.location.col})" if exc.location.col else ""
+            raise SpecError(f"{exc.message}{col}", key.strip(), where) from None
+    else:
+        value = None
     return tuple(parts), value
 
 
@@ -47,13 +50,13 @@ def _step(node: Any, part: str | int, path: tuple, text: str, *, last: bool) -> 
             raise SpecError(
                 f"no item {part} in a list of {len(node)}",
                 dotted(path + (part,)),
-                Location(f"--set {text}"),
+                set_location(text),
             )
     elif not isinstance(node, dict):
         raise SpecError(
             f"cannot set '{part}' inside {node!r}: it is not a mapping or a list",
             dotted(path),
-            Location(f"--set {text}"),
+            set_location(text),
         )
 
 

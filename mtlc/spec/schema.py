@@ -14,16 +14,33 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
 
 from mtlc import registry
-from mtlc.layers.vocab import MAX_SIZE
+from mtlc.layers.vocab import MAX_CHANNELS, MAX_SIZE
 
 # numbers too: a plain YAML reader splits the flow list `[conv(64, 3, bias=false)]` at its
 # commas into "conv(64", 3, "bias=false)"; mtlc mends that while parsing, and the published
 # schema must accept what an editor's YAML reader sees (the layer parser refuses a lone number)
 LayerItem = str | dict[str, Any] | int | float
 
+# -- bounds ----------------------------------------------------------------------------
+# Every count in the format has a maximum, so that no value can make validation (or the
+# model it describes) loop or allocate without end; far above any real use. Other
+# sections reuse `Count` for their own counts.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 20
+MAX_ITERATIONS = 1_000  # per-forward loops (affinity propagation, recursion steps)
+MAX_SOLVER_ITERATIONS = 100_000  # per-step solver loops (MGDA's Frank–Wolfe)
+MAX_NAME_LENGTH = 100  # the spec's name, which names the run folder
+
+
+def Count(maximum: int, minimum: int = 1) -> Any:
+    """An integer in [minimum, maximum]: `steps: Count(MAX_ITERATIONS) = 2`."""
+    return Annotated[int, Field(ge=minimum, le=maximum)]
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # NaN and ±inf are refused in every float field (`.nan`, `1.0e400`): a NaN weight or
+    # momentum trains to "completed" with NaN losses
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 def _typed(default: str | None) -> Callable[[Any], Any]:
@@ -103,10 +120,8 @@ class Attention(StageSharing):
     layout: ClassVar = "trunk"
     type: Literal["attention"]
     groups: None = None
-    hidden: int | None = Field(
+    hidden: Count(MAX_CHANNELS) | None = Field(
         None,
-        gt=0,
-        le=MAX_SIZE,
         description="channels inside the attention module (default: the stage's)",
     )
     split: bool | None = Field(
@@ -196,8 +211,8 @@ Sharing = Annotated[
 
 
 class DecoderBase(Strict):
-    features: int = Field(
-        64, gt=0, le=MAX_SIZE, description="channels of the per-task initial features"
+    features: Count(MAX_CHANNELS) = Field(
+        64, description="channels of the per-task initial features"
     )
     supervision: float = Field(1.0, ge=0, description="loss weight of the intermediate predictions")
 
@@ -212,10 +227,10 @@ class Affinity(DecoderBase):
     """Zhang et al. 2019 (PAP-Net): pattern-affinitive propagation across tasks."""
 
     type: Literal["affinity"]
-    downsample: int = Field(
-        2, ge=1, description="the affinity is computed at 1/downsample resolution"
+    downsample: Count(MAX_SIZE) = Field(
+        2, description="the affinity is computed at 1/downsample resolution"
     )
-    iterations: int = Field(3, ge=1)
+    iterations: Count(MAX_ITERATIONS) = 3
     beta: float = Field(0.05, gt=0, lt=1)
     learn_beta: bool = False
 
@@ -227,7 +242,7 @@ class Recursive(DecoderBase):
     order: list[str] | None = Field(
         None, description="the order tasks take turns in (default: spec order)"
     )
-    steps: int = Field(2, ge=1, description="rounds of turns")
+    steps: Count(MAX_ITERATIONS) = Field(2, description="rounds of turns")
 
 
 Decoder = Annotated[
@@ -235,6 +250,39 @@ Decoder = Annotated[
 ]
 
 # -- tasks -----------------------------------------------------------------------------
+
+
+class CrossEntropyOptions(Strict):
+    ignore_index: int = Field(-1, ge=-(2**63), le=2**63 - 1, description="target id to skip")
+    label_smoothing: float = Field(0.0, ge=0, le=1)
+
+
+class BCEOptions(Strict):
+    pos_weight: float | None = Field(None, gt=0, description="weight of the positive class")
+
+
+class RegressionOptions(Strict):
+    ignore_zero: bool = Field(False, description="skip pixels whose target is 0 (no measurement)")
+
+
+class SmoothL1Options(RegressionOptions):
+    beta: float = Field(1.0, ge=0)
+
+
+class NoOptions(Strict):
+    pass
+
+
+# the keyword options each loss in mtlc.losses takes (a test compares them with the
+# functions' signatures); `{type: l1, reduction: sum}` is refused, not ignored
+LOSS_OPTIONS: dict[str, type[Strict]] = {
+    "cross_entropy": CrossEntropyOptions,
+    "bce": BCEOptions,
+    "l1": RegressionOptions,
+    "mse": RegressionOptions,
+    "smooth_l1": SmoothL1Options,
+    "cosine": NoOptions,
+}
 
 
 class LossSpec(Strict):
@@ -270,7 +318,9 @@ class Fixed(Strict):
 
 class Uncertainty(Strict):
     type: Literal["uncertainty"]
-    init: float = Field(0.0, description="initial s = log sigma^2")
+    init: float = Field(
+        0.0, ge=-30, le=30, description="initial s = log sigma^2 (exp(-s) must stay finite)"
+    )
 
 
 class DTP(Strict):
@@ -290,7 +340,7 @@ class MGDA(Strict):
     type: Literal["mgda"]
     normalize: Literal["l2", "loss", "loss+", "none"] = "loss+"
     mode: Literal["exact", "ub"] = "exact"
-    max_iter: int = Field(250, ge=1)
+    max_iter: Count(MAX_SOLVER_ITERATIONS) = 250
     tol: float = Field(1e-6, gt=0)
 
 
@@ -332,8 +382,8 @@ class IMTLG(GradientMethod):
 class NashMTL(GradientMethod):
     type: Literal["nash_mtl"]
     max_norm: float = Field(1.0, ge=0, description="clip ||d|| to this (0: no clipping)")
-    update_weights_every: int = Field(1, ge=1)
-    optim_niter: int = Field(20, ge=1)
+    update_weights_every: Count(MAX_SOLVER_ITERATIONS) = 1
+    optim_niter: Count(MAX_SOLVER_ITERATIONS) = 20
 
 
 class AlignedMTL(GradientMethod):
@@ -429,7 +479,7 @@ Balancer = Annotated[
 class DataSpec(BaseModel):
     """Which data set; every other key is passed to its loader, which checks it."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
 
     @field_validator("name")
@@ -455,12 +505,12 @@ class Optimizer(Strict):
 
 class Train(Strict):
     data: DataSpec = DataSpec(name="shapes")
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1)
+    epochs: Count(MAX_EPOCHS) = 10
+    batch_size: Count(MAX_BATCH) = 32
     optimizer: Optimizer = Optimizer()
     scheduler: Literal["none", "cosine"] = "none"
     grad_clip: float | None = Field(None, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=-(2**63), le=2**64 - 1, description="a 64-bit seed")
 
 
 # -- the spec --------------------------------------------------------------------------
@@ -526,7 +576,7 @@ class Encoder(Strict):
 
 class Spec(Strict):
     mtlc: Literal[1] = Field(description="format version")
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
     input: dict[str, list[int]] = Field(min_length=1, max_length=1)
     encoder: Encoder
     tasks: dict[str, Task] = Field(min_length=1)

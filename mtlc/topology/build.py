@@ -31,7 +31,6 @@ sharing entry of the stage that would merge rather than given a silent choice.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,11 +45,11 @@ from mtlc.layers.vocab import (
     parse_layers,
     rejoin_calls,
 )
+from mtlc.spec.names import name_problem
 from mtlc.spec.schema import Spec
 from mtlc.topology.backbone import backbone_stages
 from mtlc.topology.experts import expert_stage
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DECODER_STAGE = "decoder"
 # first parts of node ids that are not stages: a stage with one of these names would
 # give its blocks the ids of inputs, heads, outputs or losses (`loss/seg`)
@@ -182,21 +181,17 @@ def _merge_error(
 def build_topology(spec: Spec) -> Topology:
     """The topology of a validated spec; raises a located SpecError where it cannot be built."""
     for t in spec.tasks:
-        if not _IDENT.match(t):
-            raise _err(
-                spec,
-                ("tasks", t),
-                f"task name '{t}' must be an identifier (letters, digits, _)",
-                key=True,
-            )
+        problem = name_problem(t)
+        if problem:
+            raise _err(spec, ("tasks", t), f"task name {t!r} {problem}", key=True)
     for s in spec.encoder.stages:
-        if not _IDENT.match(s) or s in _NOT_STAGES:
-            raise _err(
-                spec,
-                ("encoder", "stages", s),
-                f"stage name '{s}' must be an identifier other than {', '.join(map(repr, _NOT_STAGES))}",
-                key=True,
-            )
+        problem = name_problem(s) or (
+            f"is reserved ({', '.join(map(repr, _NOT_STAGES))} name parts of the topology)"
+            if s in _NOT_STAGES
+            else None
+        )
+        if problem:
+            raise _err(spec, ("encoder", "stages", s), f"stage name {s!r} {problem}", key=True)
 
     g = nx.DiGraph(name=spec.name)
     tasks = list(spec.tasks)

@@ -60,7 +60,9 @@ def load_checkpoint(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, A
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        # a FIFO or a device would block or never end: only regular files are read
+        what = "not a regular file" if path.exists() else "no such checkpoint file"
+        raise CheckpointError(f"{path}: {what}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a bad file

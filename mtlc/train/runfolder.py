@@ -250,6 +250,8 @@ def completed_summary(path: Path, spec_dict: dict[str, Any]) -> dict[str, Any] |
 
     What baselines and sweep points reuse instead of training again.
     """
+    if not (path / SPEC).is_file() or (path / SPEC).is_symlink():
+        return None  # only a regular file is read: a FIFO would block
     try:
         summary = read_summary(path)
         saved = yaml.safe_load((path / SPEC).read_text(encoding="utf-8"))
