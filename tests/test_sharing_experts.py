@@ -231,7 +231,11 @@ def test_mixtures_follow_and_precede_other_stages():
 @pytest.mark.parametrize("balancer", sorted(BALANCERS))
 @pytest.mark.parametrize(
     "sharing",
-    ["s: {type: mmoe, experts: 2}\nt: separate", "s: cgc\nt: separate", "s: {type: ple, shared_experts: 2}\nt: ple"],
+    [
+        "s: {type: mmoe, experts: 2}\nt: separate",
+        "s: cgc\nt: separate",
+        "s: {type: ple, shared_experts: 2}\nt: ple",
+    ],
     ids=["mmoe", "cgc", "ple"],
 )
 def test_every_balancer_trains_each_mixture(balancer, sharing):

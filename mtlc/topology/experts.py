@@ -118,9 +118,7 @@ def expert_stage(
             ids[owner].append(block)
     assert out is not None
     options = sharing.model_dump(exclude={"type", "groups"})
-    gates: dict[str, tuple[str | None, list[str]]] = {
-        t: (t, ids[None] + ids[t]) for t in tasks
-    }
+    gates: dict[str, tuple[str | None, list[str]]] = {t: (t, ids[None] + ids[t]) for t in tasks}
     if sharing.chains and not last:
         gates["shared"] = (None, [e for experts in ids.values() for e in experts])
     for name, (owner, experts) in gates.items():

@@ -667,7 +667,9 @@ class _Drawer:
         if weights:
             experts = [e.split("/", 1)[1] for e in a["experts"]]
             rows = [self._weight_text(e, w) for e, w in zip(experts, weights)]
-            rows.append(f'<FONT POINT-SIZE="8">mean of {self.notes.gate_samples} val samples</FONT>')
+            rows.append(
+                f'<FONT POINT-SIZE="8">mean of {self.notes.gate_samples} val samples</FONT>'
+            )
             label = label[:-1] + "<BR/>" + "<BR/>".join(rows) + ">"
         attrs = {"label": label, "shape": "invtrapezium", "group": owner, "width": COLUMN_WIDTH}
         attrs.update(self._fill((owner,) if owner else tuple(self.tasks)))
