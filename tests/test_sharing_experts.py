@@ -304,6 +304,13 @@ BAD = [
         "at least one expert",
     ),
     (
+        "too many experts",
+        "s: {type: mmoe, experts: 100000000}",
+        "s: [linear(8)]",
+        2,
+        "more than the 1024",
+    ),
+    (
         "top_k too large",
         "s: {type: mmoe, experts: 2, top_k: 3}",
         "s: [linear(8), relu]",

@@ -138,9 +138,15 @@ EXPERTS_HELP = (
 )
 
 
+MAX_EXPERTS = 1024  # a node per expert per stage: a typo like 10**9 must not hang the build
+
+
 def _experts(value: Experts) -> Experts:
-    if isinstance(value, int) and value < 1 or isinstance(value, list) and not value:
+    count = value if isinstance(value, int) else len(value)
+    if count < 1:
         raise ValueError("a mixture needs at least one expert")
+    if count > MAX_EXPERTS:
+        raise ValueError(f"{count} experts is more than the {MAX_EXPERTS} mtlc allows")
     return value
 
 
