@@ -517,6 +517,11 @@ class Train(Strict):
     scheduler: Literal["none", "cosine"] = "none"
     grad_clip: float | None = Field(None, gt=0)
     seed: int = Field(0, ge=-(2**63), le=2**64 - 1, description="a 64-bit seed")
+    sync_bn: bool = Field(
+        False,
+        description="with several processes, BatchNorm statistics over the global batch "
+        "(SyncBatchNorm; CUDA only)",
+    )
 
 
 # -- the spec --------------------------------------------------------------------------
