@@ -130,9 +130,7 @@ def test_a_run_folder_that_is_a_link_is_refused(tiny: Path, tmp_path: Path):  # 
     (tmp_path / "elink").symlink_to(empty, target_is_directory=True)
     code, lines = cli(command.train, tiny, "--out", tmp_path / "elink", "--device", "cpu")
     one_error(code, lines, 2, "is a symbolic link")
-    code, lines = cli(
-        command.sweep, tiny, "--grid", "train.seed=1,2", "--out", tmp_path / "elink"
-    )
+    code, lines = cli(command.sweep, tiny, "--grid", "train.seed=1,2", "--out", tmp_path / "elink")
     one_error(code, lines, 2, "is a symbolic link")
     assert files(real) == before and list(empty.iterdir()) == []
 
@@ -178,9 +176,10 @@ def _bypasses(tree: ast.AST) -> list[tuple[int, str]]:
         name = getattr(func, "id", getattr(func, "attr", ""))
         args = [*node.args, *(k.value for k in node.keywords if k.arg == "mode")]
         strings = [a.value for a in args if isinstance(a, ast.Constant)]
-        if name == "open" and any(isinstance(s, str) and WRITE_MODES & set(s) for s in strings):
-            if not (isinstance(func, ast.Attribute) and getattr(func.value, "id", "") == "os"):
-                found.append((node.lineno, "open for writing"))
+        via_os = isinstance(func, ast.Attribute) and getattr(func.value, "id", "") == "os"
+        writes = any(isinstance(s, str) and WRITE_MODES & set(s) for s in strings)
+        if name == "open" and writes and not via_os:
+            found.append((node.lineno, "open for writing"))
         if name == "open" and getattr(getattr(func, "value", None), "id", "") == "os":
             flags = ast.dump(node)
             if "O_WRONLY" in flags or "O_RDWR" in flags or "O_CREAT" in flags:
