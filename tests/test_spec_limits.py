@@ -110,6 +110,7 @@ LIMITS = [
     ("train.batch_size=100000000000000000000", "train.batch_size", 1 << 20),
     ("balancer={type: mgda, max_iter: 10000000000}", "balancer.max_iter", 100000),
     ("train.seed=123456789012345678901234567890", "train.seed", 2**64 - 1),
+    ("balancer={type: nash_mtl, optim_niter: 10000000000}", "balancer.optim_niter", 100000),
 ]
 
 

@@ -312,8 +312,8 @@ class IMTLG(GradientMethod):
 class NashMTL(GradientMethod):
     type: Literal["nash_mtl"]
     max_norm: float = Field(1.0, ge=0, description="clip ||d|| to this (0: no clipping)")
-    update_weights_every: int = Field(1, ge=1)
-    optim_niter: int = Field(20, ge=1)
+    update_weights_every: Count(MAX_SOLVER_ITERATIONS) = 1
+    optim_niter: Count(MAX_SOLVER_ITERATIONS) = 20
 
 
 class AlignedMTL(GradientMethod):
