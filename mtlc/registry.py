@@ -62,6 +62,7 @@ BALANCERS: dict[str, str] = {
 DATASETS: dict[str, str] = {
     "shapes": "mtlc.data.shapes:load",
     "correlated": "mtlc.data.correlated:load",
+    "csv": "mtlc.data.csv_table:load",
     "nyuv2": "mtlc.data.npy_folders:load_nyuv2",
     "cityscapes": "mtlc.data.npy_folders:load_cityscapes",
     "callable": "mtlc.data.user:load",

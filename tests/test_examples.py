@@ -37,3 +37,34 @@ def test_cli_walkthrough_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (tmp_path / "learned.dot").read_text().count("->") > 5
+
+
+def test_tabular_example_trains_from_the_repository_root(tmp_path, monkeypatch):
+    """examples/tabular.yaml names its csv relative to the working directory."""
+    from click.testing import CliRunner
+
+    from mtlc.train import command
+
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(
+        command.train,
+        [
+            "examples/tabular.yaml",
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "last.pt").exists()
+    # from another folder the relative path does not resolve: a one-line error, exit 2
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        command.train, [str(ROOT / "examples/tabular.yaml"), "--out", str(tmp_path / "other")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "train.data.path: 'examples/tabular.csv': no such file" in result.output
+    assert not (tmp_path / "other").exists()

@@ -9,7 +9,8 @@ each cut (the stage's output): a skip connection that jumps over a cut has no pl
 a stage-by-stage network and is refused. The compiler then inlines each piece's nodes
 as the stage's own (one copy per task where the stage has columns), so every sharing
 point applies between any model's blocks, and the modules keep the model's names under
-the copy's prefix (`encoder.s2.seg.layer2.0.conv1.weight`).
+the copy's prefix (`encoder.s2.seg.layer2.0.conv1.weight`). A module that the forward
+calls in two stages is copied into each (its weights are no longer tied across them).
 
 This module imports torch; the topology imports it only for specs with `import:`.
 """
