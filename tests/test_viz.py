@@ -235,8 +235,11 @@ def test_every_spec_draws_every_node_and_edge_as_svg(repo_spec, tmp_path):
     for t in topo.tasks:
         assert f">{t}<" in svg  # in the legend and on its output
     for u in topo.nodes_of("unit"):
-        if topo.graph.nodes[u]["type"] != "attention":
+        a = topo.graph.nodes[u]
+        if a["type"] != "attention" and "experts" not in a:  # a gate is one node, as MTAN's
             assert f"cluster_{u}" in clusters
+        elif "experts" in a:
+            assert u in nodes
     assert "params" in svg
 
 

@@ -66,6 +66,11 @@ def _sources(
 
         found = learned(compiled, load_checkpoint(checkpoint), str(checkpoint))
         notes.alpha, notes.nddr, notes.sigma = found["alpha"], found["nddr"], found["sigma"]
+        from mtlc.viz.gates import gate_units, mean_gate_weights
+
+        if gate_units(compiled.topology):
+            state = load_checkpoint(checkpoint)["model"]
+            notes.gates, notes.gate_samples = mean_gate_weights(loaded, state, str(checkpoint))
     return loaded.name, topology_sources(compiled.topology, notes)
 
 
