@@ -85,11 +85,12 @@ def draw(
 ) -> Path:
     """Write a spec's drawing to `path` (svg, png, pdf, dot or html, by suffix).
 
-    The suffix is checked before anything is compiled, and the file is written whole or
-    not at all. The options are those of `dot_source`.
+    The suffix and the path (`mtlc.atomic.check_output`: not a link, not too long, a
+    writable folder) are checked before anything is compiled, and the file is written
+    whole or not at all. The options are those of `dot_source`.
     """
-    from mtlc.viz.render import output_format, write
+    from mtlc.viz.render import check_path, write
 
-    output_format(path)
+    check_path(path)
     name, sources = _sources(spec, level, cost, checkpoint, overrides)
     return write(sources, path, title=name)
