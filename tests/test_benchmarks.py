@@ -14,6 +14,22 @@ import pytest
 ROOT = Path(__file__).parent.parent
 TOY = {
     "bench_mgda_cost.py": ["--steps", "1", "--size", "16", "--batch", "4"],
+    "bench_mmoe_synthetic.py": [
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--train",
+        "64",
+        "--val",
+        "16",
+        "--dim",
+        "8",
+        "--batch",
+        "32",
+        "--correlations",
+        "1.0,0.0",
+    ],
     "bench_balancers.py": [
         "--reps",
         "1",
