@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from mtlc.spec import Spec, load_spec
 
 __version__ = "0.1.0"
-__all__ = ["Spec", "allow_import", "compile", "load_spec"]
+__all__ = ["Spec", "allow_import", "compile", "load_exported", "load_spec"]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,6 +27,10 @@ def __getattr__(name: str) -> Any:
         from mtlc.imports import allow_import
 
         return allow_import
+    if name == "load_exported":
+        from mtlc.export import load_exported
+
+        return load_exported
     raise AttributeError(f"module 'mtlc' has no attribute {name!r}")
 
 

@@ -137,6 +137,37 @@ def make_folder(path: str | Path) -> None:
 
 
 @contextlib.contextmanager
+def atomic_path(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path]:
+    """A temporary file beside `path` to write by name; on a clean exit it replaces `path`.
+
+    For writers that want a file name rather than an open file, and for checking the
+    written file before it takes the target's place (raise inside the block and `path`
+    is never touched). On any error (or Ctrl-C) the temporary file is removed; an
+    OSError (a full disk) becomes a :class:`WriteError`. A `path` that is a link is
+    refused. `keep_suffix` ends the temporary name with the target's suffix, for readers
+    that go by it (torch.export.load wants `.pt2`); such names are not :data:`TEMP_NAME`'s.
+    """
+    path = Path(path)
+    refuse_link(path)
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)  # renames over a link itself, never writes to its target
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise WriteError(path, exc) from None
+        raise
+
+
+@contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", *, fsync: bool = False) -> Iterator[IO]:
     """Open a temporary file beside `path`; on a clean exit it replaces `path`.
 
@@ -144,25 +175,12 @@ def atomic_open(path: str | Path, mode: str = "wb", *, fsync: bool = False) -> I
     OSError (a full disk) becomes a :class:`WriteError`. `fsync` flushes the data to disk
     before the rename, for files a resume depends on. A `path` that is a link is refused.
     """
-    path = Path(path)
-    refuse_link(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise WriteError(path, exc) from None
-    try:
-        with _fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)  # renames over a link itself, never writes to its target
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise WriteError(path, exc) from None
-        raise
+    flags = os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    with atomic_path(path) as tmp, _fdopen(os.open(tmp, flags), mode) as fh:
+        yield fh
+        fh.flush()
+        if fsync:
+            os.fsync(fh.fileno())
 
 
 def write_text(path: str | Path, text: str) -> None:

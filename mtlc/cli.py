@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "profile": "mtlc.profile.command:profile",
     "viz": "mtlc.viz.command:viz",
     "diff": "mtlc.viz.command:diff",
+    "export": "mtlc.export.command:export",
 }
 
 

@@ -116,7 +116,11 @@ def _table(report: dict, compiled) -> object:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--code", is_flag=True, help="Print the generated GraphModule code.")
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False), help="Save the compiled model (torch.save)."
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Save the compiled model (torch.save: a pickle that needs mtlc to load; for "
+    "deployment use `mtlc export`, which writes .pt2 or .onnx).",
 )
 @click.option("--force", is_flag=True, help="Overwrite the -o file if it exists.")
 @allow_import_option
@@ -173,7 +177,8 @@ def build(
     )
     if output:
         out.print(
-            f"saved the model to {output} (load it with torch.load(path, weights_only=False))"
+            f"saved the model to {output} (load it with torch.load(path, weights_only=False)); "
+            "to deploy, `mtlc export` writes a .pt2 or .onnx file that runs without mtlc"
         )
 
 

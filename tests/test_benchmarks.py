@@ -46,6 +46,7 @@ TOY = {
     "bench_trainer_overhead.py": ["--reps", "1", "--train", "16", "--size", "16", "--batch", "8"],
     "trivial_shapes.py": ["--train", "32", "--val", "16", "--size", "16"],
     "bench_profile_large.py": [],
+    "bench_export.py": ["--reps", "2", "--warmup", "0", "--formats", ".pt2"],
     "bench_backbone_step.py": [
         "--size",
         "16",

@@ -20,9 +20,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mtlc.compiler import compile_spec
 from mtlc.compiler.labels import task_sets
+from mtlc.compiler.prune import pruned
 from mtlc.profile import profile, summarize
 from mtlc.profile.command import profile as profile_cmd
-from mtlc.profile.counting import pruned
 
 SPECS = sorted(Path(__file__).resolve().parents[1].glob("specs/*.yaml"))
 

@@ -48,9 +48,9 @@ def load_task_inits(model: fx.GraphModule, topo: Topology) -> None:
     spec = topo.spec
     if not spec.encoder.init:
         return
+    from mtlc.checkpoint import CheckpointError, load_checkpoint
     from mtlc.spec import load_spec
     from mtlc.topology import build_topology
-    from mtlc.train.checkpoint import CheckpointError, load_checkpoint
 
     columns = [s for s in topo.stages if spec.sharing_of(s).layout == "per_task"]
     if not columns:

@@ -115,15 +115,20 @@ def _out_of_memory(spec: Spec, attrs: dict, block: str, exc: Exception) -> Excep
     """
     if not isinstance(exc, MemoryError) and "can't allocate memory" not in str(exc):
         return exc
-    if attrs["kind"] == "head":
-        path: tuple = ("tasks", attrs["owner"], "head")
-    elif attrs["stage"] == "decoder":
-        path = ("decoder",)
-    else:
-        path = ("encoder", "sharing" if attrs["kind"] == "unit" else "stages", attrs["stage"])
     size = re.search(r"allocate (\d+) bytes", str(exc))
     need = f" ({int(size.group(1)) / 2**30:.1f} GiB for one tensor)" if size else ""
-    return spec_error(spec, path, f"not enough memory for the weights of '{block}'{need}")
+    return spec_error(
+        spec, spec_path(attrs), f"not enough memory for the weights of '{block}'{need}"
+    )
+
+
+def spec_path(attrs: dict[str, Any]) -> tuple:
+    """The spec key path of the block a topology node (or an fx node's label) comes from."""
+    if attrs["kind"] == "head":
+        return ("tasks", attrs["owner"], "head")
+    if attrs["stage"] == "decoder":
+        return ("decoder",)
+    return ("encoder", "sharing" if attrs["kind"] == "unit" else "stages", attrs["stage"])
 
 
 def compile_spec(

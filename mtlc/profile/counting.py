@@ -28,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from mtlc.compiler.labels import output_keys, task_sets
+from mtlc.compiler.prune import ancestors
 
 # Ops that only move, copy or create data: no arithmetic, so they add no `other_ops`.
 _MOVES = {
@@ -308,39 +309,9 @@ def count(
     )
 
 
-def ancestors(gm: fx.GraphModule, key: str) -> set[str]:
-    """Names of the nodes output `key` depends on: the graph pruned to that output."""
-    target = output_keys(gm.graph)[key]
-    seen: set[fx.Node] = set()
-    stack = [target]
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(n.all_input_nodes)
-    return {n.name for n in seen}
-
-
-def pruned(gm: fx.GraphModule, keys: Iterable[str]) -> fx.GraphModule:
-    """A GraphModule computing only the outputs `keys` (what serving them alone runs)."""
-    graph = fx.Graph()
-    remap: dict[fx.Node, fx.Node] = {}
-    outputs = output_keys(gm.graph)
-    graph.graph_copy(gm.graph, remap)
-    graph.output({k: remap[outputs[k]] for k in keys})
-    out = fx.GraphModule(gm, graph, class_name=type(gm).__name__ + "Pruned")
-    out.graph.eliminate_dead_code()
-    out.delete_all_unused_submodules()
-    out.recompile()
-    out.meta.update(gm.meta)
-    return out
-
-
 __all__ = [
     "GraphCost",
     "NodeCost",
     "StateCost",
-    "ancestors",
     "count",
-    "pruned",
 ]

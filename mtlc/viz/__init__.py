@@ -61,7 +61,7 @@ def _sources(
         total_flops=c.total_flops if cost else None,
     )
     if checkpoint is not None:
-        from mtlc.train.checkpoint import load_checkpoint
+        from mtlc.checkpoint import load_checkpoint
         from mtlc.viz.learned import learned
 
         found = learned(compiled, load_checkpoint(checkpoint), str(checkpoint))

@@ -19,31 +19,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
 from torch import nn
 
+from mtlc.checkpoint import check_fits
 from mtlc.compiler import Compiled
 from mtlc.errors import MtlcError
-
-
-def check_fits(compiled: Compiled, state: dict[str, torch.Tensor], where: str) -> None:
-    """Refuse a checkpoint of another architecture, naming the first differences."""
-    expected = {k: tuple(v.shape) for k, v in compiled.supervised.state_dict().items()}
-    given = {k: tuple(v.shape) for k, v in state.items()}
-    problems = [f"missing {k}" for k in expected if k not in given]
-    problems += [f"unexpected {k}" for k in given if k not in expected]
-    problems += [
-        f"{k} is {list(given[k])}, the spec makes {list(s)}"
-        for k, s in expected.items()
-        if k in given and given[k] != s
-    ]
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise MtlcError(
-            f"{where} was not trained from spec '{compiled.spec.name}': "
-            + "; ".join(problems[:3])
-            + more
-        )
 
 
 def _unit_modules(compiled: Compiled, unit: str) -> list[tuple[str, str | None, nn.Module]]:
