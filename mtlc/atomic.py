@@ -91,8 +91,11 @@ def check_output(path: str | Path, *, folder: bool = False) -> None:
     """Raise OutputError unless ``path`` can be written as a file (or created as a folder).
 
     Checked before any work so that a bad ``-o``/``--out`` costs nothing and writes
-    nothing: not a link, not a folder where a file is wanted (or the reverse), names
-    within the file system's limits, and the nearest existing folder writable.
+    nothing: not a link (a file or a folder: mtlc never writes through one, and a run
+    folder that is a link would let ``--force`` clean wherever it points), not a folder
+    where a file is wanted (or the reverse), names within the file system's limits, and
+    the nearest existing folder writable. Links among the parents are the user's own
+    layout (``/tmp -> /private/tmp``) and are followed.
     """
     path = Path(path)
     # the nearest entry that exists: its file system's limits apply (a name too long
@@ -112,8 +115,7 @@ def check_output(path: str | Path, *, folder: bool = False) -> None:
         raise OutputError(f"{path}: the path is longer than this file system allows ({path_max})")
     if _lexists(path):
         existing = path
-    if not folder:
-        refuse_link(path)
+    refuse_link(path)  # a folder too: its files would land wherever the link points
     if folder and path.exists() and not path.is_dir():
         raise OutputError(f"{path}: exists and is not a folder")
     if not folder and path.is_dir():

@@ -89,6 +89,24 @@ class Metric:
     def compute(self) -> float:
         raise NotImplementedError
 
+    def merge(self, other: Metric) -> None:
+        """Add the totals ``other`` accumulated over other samples of the split.
+
+        What a multi-process validation needs: every state is a total, so tensors
+        (confusion matrices) and numbers (sums, counts) add, lists (the angles kept for
+        the median) concatenate, and None (nothing seen yet) is the empty total.
+        """
+        for key, mine in vars(self).items():
+            theirs = getattr(other, key)
+            if key == "options" or theirs is None:
+                continue
+            if mine is None:
+                setattr(self, key, theirs)
+            elif isinstance(mine, list):
+                mine.extend(theirs)
+            else:
+                setattr(self, key, mine + theirs)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"
 

@@ -74,6 +74,9 @@ SHARING: dict[str, str] = {
     "cross_stitch": "mtlc.sharing.cross_stitch:emit",
     "nddr": "mtlc.sharing.nddr:emit",
     "attention": "mtlc.sharing.attention:emit",
+    "mmoe": "mtlc.sharing.mmoe:emit",
+    "cgc": "mtlc.sharing.cgc:emit",
+    "ple": "mtlc.sharing.ple:emit",
 }
 
 # Decoder-focused interaction, set under `decoder.type`.

@@ -85,6 +85,8 @@ def _overrides(path: Path) -> list[str]:
     """The spec as written, but inputs larger than 64×64 shrunk to it (the models are
     fully convolutional: same weights, same graph, a tenth of the forward time)."""
     spec = load_spec(path)
+    if len(spec.input_shape) != 3:  # vectors (specs/mmoe.yaml): nothing to shrink
+        return []
     c, h, w = spec.input_shape
     return [f"input.{spec.input_name}=[{c},64,64]"] if h * w > 64 * 64 else []
 

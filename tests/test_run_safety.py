@@ -447,10 +447,10 @@ def test_a_batch_that_does_not_fit_in_memory_is_one_line(tiny: Path, tmp_path: P
 
     real = Trainer.launch_step
 
-    def launch(self, batch):
+    def launch(self, batch, **shard):
         if self.step == 3:  # the second epoch's first step asks for too much
             raise RuntimeError(REFUSAL)
-        return real(self, batch)
+        return real(self, batch, **shard)
 
     monkeypatch.setattr(Trainer, "launch_step", launch)
     out = tmp_path / "run"

@@ -66,6 +66,7 @@ names = st.one_of(
     st.sampled_from(
         ["class", "type", "forward", "training", "_x", "a\n", "x" * 70, "1abc", "a-b", ""]
         + ["input", "head", "output", "loss", "decoder", "seg", "depth", "s1", "refine"]
+        + ["shared", "expert0", "y1_expert0", "gate_shared"]
         + keyword.kwlist[:6]
     ),
     st.text(max_size=10),

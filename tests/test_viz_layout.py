@@ -113,6 +113,12 @@ def test_every_task_keeps_its_column(spec):
         for n in x
         if "#" in n and topo.graph.nodes[n.split("#")[0]].get("type") != "recursive"
     ]
+    # a mixture's per-task gates are single nodes (no `#` part), named by the topology
+    parts += [
+        (n, a["owner"])
+        for n, a in topo.graph.nodes(data=True)
+        if "experts" in a and a["owner"] is not None
+    ]
     checked = 0
     for name, t in parts:
         if t in outputs:

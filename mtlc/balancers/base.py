@@ -26,6 +26,27 @@ from torch import Tensor
 KINDS = ("classification", "regression")
 
 
+class LocalRanks:
+    """The reductions a gradient-level balancer applies before solving, for one process.
+
+    With several processes the trainer sets ``balancer.ranks`` to
+    :class:`mtlc.train.distributed.Ranks`, which has the same two methods. The rule for a
+    gradient-level balancer: reduce what it measured, then call its pure function, so
+    every rank solves the same problem and gets the same weights. ``mean`` takes per-task
+    gradients w.r.t. parameters (a ``[T, P]`` Jacobian: a mean over the batch on each
+    rank); ``sample_gramian`` takes the Gram matrix of gradients w.r.t. a per-sample
+    representation (rows stack samples, so the global one is a sum over ranks).
+    """
+
+    world = 1
+
+    def mean(self, x: Tensor) -> Tensor:
+        return x
+
+    def sample_gramian(self, gram: Tensor) -> Tensor:
+        return gram
+
+
 class BalancerError(ValueError):
     """A balancer was configured or called in a way that cannot work.
 
@@ -56,13 +77,17 @@ class StepView:
     ``outputs``: the step's model outputs (before the update); ``targets``: task → its
     target tensor; ``metrics``: task → the spec's metric names; ``recompute()``: the step's
     task losses again with the updated weights, without gradients (one extra forward, so
-    only a balancer that calls it pays for it).
+    only a balancer that calls it pays for it). ``merge(metrics)``, where given (several
+    processes), adds the other ranks' totals to ``{task: {name: Metric}}``: a balancer
+    that measures metrics on the batch calls it once, on every rank, before computing
+    them, so they are the global batch's (a rank without samples has no ``targets``).
     """
 
     outputs: Mapping[str, Tensor]
     targets: Mapping[str, Tensor]
     metrics: Mapping[str, Sequence[str]]
     recompute: Callable[[], Mapping[str, Tensor]]
+    merge: Callable[[dict[str, dict[str, Any]]], None] | None = None
 
 
 class Balancer(torch.nn.Module):
@@ -73,6 +98,7 @@ class Balancer(torch.nn.Module):
     """
 
     level: ClassVar[str] = "loss"
+    ranks: Any = LocalRanks()  # the trainer's Ranks when it runs on several processes
 
     def __init__(self, tasks: Sequence[str], kinds: Mapping[str, str], **options: Any) -> None:
         super().__init__()

@@ -96,18 +96,24 @@ class DTP(Balancer):
         step's batch, mapped into [0, 1] (:func:`mtlc.metrics.kpi`), then :meth:`observe`."""
         from mtlc.metrics import build_metric, kpi
 
-        kpis = {}
+        metrics = {}
         with torch.no_grad():
             for t in self.tasks:
                 names = list(view.metrics.get(t, ()))
                 name = self.kpi.get(t) or (names[0] if names else None)
-                if name is None or t not in view.outputs or t not in view.targets:
+                if name is None:
                     continue
-                metric = build_metric(name)
-                metric.update(view.outputs[t], view.targets[t])
-                value = metric.compute()
-                if math.isfinite(value):
-                    kpis[t] = kpi(name, value)
+                metrics[t] = {name: build_metric(name)}
+                if t in view.outputs and t in view.targets:
+                    metrics[t][name].update(view.outputs[t], view.targets[t])
+        if view.merge is not None:  # several processes: the global batch's KPIs
+            view.merge(metrics)
+        kpis = {}
+        for t, ms in metrics.items():
+            ((name, metric),) = ms.items()
+            value = metric.compute()
+            if math.isfinite(value):
+                kpis[t] = kpi(name, value)
         self.observe(kpis)
 
     def weights(self) -> dict[str, float]:

@@ -193,7 +193,15 @@ def mgda_weights(
         raise BalancerError(
             f"mgda_weights needs a [T, P] matrix with T ≥ 1, got {tuple(grads.shape)}"
         )
-    gram = _gram(grads)
+    return gram_weights(_gram(grads), losses, normalize, max_iter=max_iter, tol=tol).to(
+        device=grads.device, dtype=_out_dtype(grads)
+    )
+
+
+def gram_weights(
+    gram: Tensor, losses: Tensor, normalize: str, *, max_iter: int = 250, tol: float = 1e-6
+) -> Tensor:
+    """:func:`mgda_weights` from the ``[T, T]`` float64 Gram matrix (float64, on the CPU)."""
     n = gram.shape[0]
     scale = torch.ones(n, dtype=torch.float64)
     if normalize in ("l2", "loss+"):
@@ -205,8 +213,7 @@ def mgda_weights(
             raise BalancerError(f"mgda_weights got {values.numel()} losses for {n} gradients")
         scale = scale * torch.where(values > 0, 1.0 / values, torch.ones_like(values))
     gram = gram * scale[:, None] * scale[None, :]
-    alpha = _min_norm_gram(gram, max_iter, tol)
-    return alpha.to(device=grads.device, dtype=_out_dtype(grads))
+    return _min_norm_gram(gram, max_iter, tol)
 
 
 def _out_dtype(grads: Tensor) -> torch.dtype:
@@ -299,9 +306,13 @@ class MGDA(Balancer):
         else:
             grads = self.task_gradients(task_losses, targets)
             values = torch.stack([x.detach().to("cpu", torch.float64) for x in task_losses])
-            alpha = mgda_weights(
-                grads, values, self.normalize, max_iter=self.max_iter, tol=self.tol
-            ).tolist()
+            # several processes: the global Gram matrix, so every rank gets the same α
+            if self.mode == "exact":
+                gram = _gram(self.ranks.mean(grads))
+            else:
+                gram = self.ranks.sample_gramian(_gram(grads))
+            alpha = gram_weights(gram, values, self.normalize, max_iter=self.max_iter, tol=self.tol)
+            alpha = alpha.to(_out_dtype(grads)).tolist()
         total = sum(a * x for a, x in zip(alpha, task_losses))
         total.backward()
         with torch.no_grad():

@@ -108,6 +108,10 @@ def profile(
         write_csv,
     )
 
+    if csv_path:
+        from mtlc.atomic import check_output
+
+        check_output(csv_path)  # a bad --csv path costs nothing: found before profiling
     paths = list(specs)
     base = _baseline_index(paths, baseline)
     if base is None:

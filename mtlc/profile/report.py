@@ -11,12 +11,13 @@ model's figures (the outputs only, what inference runs) are reported beside them
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtlc.errors import MtlcError
+from mtlc.atomic import make_folder, write_bytes
 from mtlc.profile.counting import GraphCost, NodeCost, count
 
 CONVENTION = (
@@ -327,14 +328,12 @@ def write_csv(path: str | Path, profiles: list[Profile], by: str) -> None:
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-    except OSError as exc:
-        raise MtlcError(f"cannot write '{path}': {exc.strerror or exc}") from None
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    make_folder(Path(path).parent)
+    write_bytes(path, buffer.getvalue().encode("utf-8"))  # whole or not at all, no link
 
 
 __all__ = [

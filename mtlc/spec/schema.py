@@ -74,7 +74,7 @@ class StageSharing(Strict):
     tasks (or per group), one per task, or a shared trunk with per-task attention.
     """
 
-    layout: ClassVar[Literal["shared", "per_task", "trunk"]] = "shared"
+    layout: ClassVar[Literal["shared", "per_task", "trunk", "experts"]] = "shared"
     groups: Groups | None = Field(
         None, description="task groups; sharing happens within a group only"
     )
@@ -131,8 +131,84 @@ class Attention(StageSharing):
     )
 
 
+Experts = int | list[list[LayerItem]]
+EXPERTS_HELP = (
+    "how many copies of the stage's layers, or a list of layer lists (one per expert; "
+    "the stage then lists no layers)"
+)
+
+
+MAX_EXPERTS = 1024  # a node per expert per stage: a typo like 10**9 must not hang the build
+
+
+def _experts(value: Experts) -> Experts:
+    count = value if isinstance(value, int) else len(value)
+    if count < 1:
+        raise ValueError("a mixture needs at least one expert")
+    if count > MAX_EXPERTS:
+        raise ValueError(f"{count} experts is more than the {MAX_EXPERTS} mtlc allows")
+    return value
+
+
+class MixtureOfExperts(StageSharing):
+    """Gated experts (mtlc.sharing.mmoe): every task gets a softmax-gated sum of experts.
+
+    `shared` experts read the stage input all tasks share; `own` experts are one set per
+    task. `chains` (PLE) hands a shared gate's output to the next stage of the same type.
+    """
+
+    layout: ClassVar = "experts"
+    chains: ClassVar[bool] = False
+    expert_keys: ClassVar[tuple[str, str]] = ("shared_experts", "task_experts")
+    groups: None = None
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        description="sparse gating: keep each gate's k largest logits, softmax over those",
+    )
+
+    def expert_sets(self) -> tuple[Experts, Experts]:
+        """(shared experts, each task's own experts): a count or the layer lists."""
+        raise NotImplementedError
+
+
+class MMoE(MixtureOfExperts):
+    """Ma et al. 2018: E shared experts, one softmax gate per task over them."""
+
+    expert_keys: ClassVar = ("experts", "task_experts")
+    type: Literal["mmoe"]
+    experts: Experts = Field(4, description=EXPERTS_HELP)
+
+    _check = field_validator("experts")(_experts)
+
+    def expert_sets(self) -> tuple[Experts, Experts]:
+        return self.experts, 0
+
+
+class CGC(MixtureOfExperts):
+    """Tang et al. 2020: shared experts plus each task's own, a gate per task over both."""
+
+    type: Literal["cgc"]
+    shared_experts: Experts = Field(1, description=EXPERTS_HELP)
+    task_experts: Experts = Field(1, description="each task's own experts; " + EXPERTS_HELP)
+
+    _check = field_validator("shared_experts", "task_experts")(_experts)
+
+    def expert_sets(self) -> tuple[Experts, Experts]:
+        return self.shared_experts, self.task_experts
+
+
+class PLE(CGC):
+    """Tang et al. 2020: consecutive `ple` stages are stacked CGC levels; every level but
+    the last also has a shared gate over all its experts, feeding the next level's shared
+    experts (progressive layered extraction)."""
+
+    chains: ClassVar[bool] = True
+    type: Literal["ple"]  # type: ignore[assignment]
+
+
 Sharing = Annotated[
-    Hard | Separate | CrossStitch | NDDR | Attention,
+    Hard | Separate | CrossStitch | NDDR | Attention | MMoE | CGC | PLE,
     Field(discriminator="type"),
     BeforeValidator(_typed("hard")),
 ]
@@ -441,6 +517,11 @@ class Train(Strict):
     scheduler: Literal["none", "cosine"] = "none"
     grad_clip: float | None = Field(None, gt=0)
     seed: int = Field(0, ge=-(2**63), le=2**64 - 1, description="a 64-bit seed")
+    sync_bn: bool = Field(
+        False,
+        description="with several processes, BatchNorm statistics over the global batch "
+        "(SyncBatchNorm; CUDA only)",
+    )
 
 
 # -- the spec --------------------------------------------------------------------------

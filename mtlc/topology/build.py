@@ -48,6 +48,7 @@ from mtlc.layers.vocab import (
 from mtlc.spec.names import name_problem
 from mtlc.spec.schema import Spec
 from mtlc.topology.backbone import backbone_stages
+from mtlc.topology.experts import expert_stage
 
 DECODER_STAGE = "decoder"
 # first parts of node ids that are not stages: a stage with one of these names would
@@ -212,6 +213,8 @@ def build_topology(spec: Spec) -> Topology:
     origin: dict[str, str] = {}  # the stage whose sharing gave a task features of its own
     shape: Shape = spec.input_shape
     trunk: str | None = None  # the shared trunk of consecutive attention stages
+    chain: str | None = None  # the shared gate of the previous PLE level
+    stage_names = list(spec.encoder.stages)
 
     def link(src: str, dst: str, flowing: tuple[str, ...]) -> None:
         if g.has_edge(src, dst):
@@ -233,6 +236,16 @@ def build_topology(spec: Spec) -> Topology:
             items = cut[stage]
         sharing = spec.sharing_of(stage)
         path = ("encoder", "stages", stage)
+        if sharing.layout == "experts":
+            following = stage_names[stage_names.index(stage) + 1 :]
+            last = not following or spec.sharing_of(following[0]).type != sharing.type
+            helpers = {"err": _err, "layers": _layers, "link": link, "merge": _merge_error}
+            shape, chain = expert_stage(
+                spec, g, stage, items, shape, (stream, feature, origin), chain, last, helpers
+            )
+            trunk = None
+            continue
+        chain = None
         if sharing.layout == "trunk":
             if trunk is None and len(set(feature.values())) > 1:
                 raise _merge_error(

@@ -9,6 +9,7 @@ loss; the last good checkpoint is kept); 130 stopped by Ctrl-C after saving ``la
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -62,6 +63,9 @@ def _stopped(exc: Exception) -> None:
     """Report a run that ended early: exit 130 for Ctrl-C, 1 for a diverged loss."""
     from mtlc.train.errors import Interrupted
 
+    code = 130 if isinstance(exc, Interrupted) else 1
+    if os.environ.get("RANK", "0") != "0":
+        sys.exit(code)  # one of several processes: rank 0 says why
     if isinstance(exc, Interrupted):
         click.echo(f"interrupted: {exc}", err=True)
         sys.exit(130)
@@ -74,6 +78,12 @@ def _stopped(exc: Exception) -> None:
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder (default runs/<name>).")
 @click.option("--resume", is_flag=True, help="Continue the stopped run in the run folder.")
 @click.option("--tensorboard", is_flag=True, help="Also log to <run>/tensorboard.")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    help="Train in N processes on this machine (torchrun; one GPU each on CUDA); "
+    "train.batch_size is the global batch.",
+)
 @_run_options
 @guarded
 def train(
@@ -81,6 +91,7 @@ def train(
     out: str | None,
     resume: bool,
     tensorboard: bool,
+    nproc: int | None,
     epochs: int | None,
     seed: int | None,
     device: str,
@@ -93,11 +104,26 @@ def train(
 
     The folder gets the resolved spec, metrics.jsonl, last.pt and best.pt, summary.json
     and plots. Ctrl-C saves and stops (exit 130); --resume continues exactly where it
-    stopped.
+    stopped. With --nproc N (or under torchrun) the processes share every batch.
     """
     from mtlc.train.errors import Diverged, Interrupted
     from mtlc.train.run import train as run
 
+    if nproc is not None:
+        _launch(
+            nproc,
+            spec,
+            out,
+            resume,
+            tensorboard,
+            epochs,
+            seed,
+            device,
+            force,
+            allow_import,
+            baselines,
+            overrides,
+        )
     out_console = console()
     try:
         result = run(
@@ -114,9 +140,45 @@ def train(
         )
     except (Diverged, Interrupted) as exc:
         _stopped(exc)
+    if os.environ.get("RANK", "0") != "0":
+        return  # one of several processes: rank 0 reports
     if result.note:
         out_console.print(result.note, markup=False, soft_wrap=True)
     print_summary(out_console, result.summary, result.run_dir)
+
+
+def _launch(
+    nproc: int,
+    spec: str,
+    out: str | None,
+    resume: bool,
+    tensorboard: bool,
+    epochs: int | None,
+    seed: int | None,
+    device: str,
+    force: bool,
+    allow_import: tuple[str, ...],
+    baselines: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """`--nproc N`: check everything, start N processes with torchrun, exit with their code."""
+    from mtlc.train.launch import check_launch, launch, worker_argv
+
+    if "RANK" in os.environ:
+        raise click.UsageError("--nproc inside torchrun: torchrun already started the processes")
+    run_dir = check_launch(
+        spec,
+        nproc,
+        overrides=_extra(overrides, epochs, seed),
+        out=out,
+        resume=resume,
+        force=force,
+        device=device,
+        allow_import=frozenset(allow_import),
+        tensorboard=tensorboard,
+        baselines=baselines,
+    )
+    sys.exit(launch(nproc, worker_argv(sys.argv[1:]), run_dir))  # rank 0 printed the summary
 
 
 def print_summary(out: Any, summary: dict[str, Any], run_dir: Any) -> None:

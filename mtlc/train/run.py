@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from mtlc.devices import resolve_device
-from mtlc.spec import load_spec
-from mtlc.train import runfolder
+from mtlc.spec import Spec, load_spec
+from mtlc.train import distributed, runfolder
 from mtlc.train.baselines import baseline_metrics, find_baselines
 from mtlc.train.checkpoint import load_checkpoint
-from mtlc.train.errors import RunResult
+from mtlc.train.errors import RunResult, TrainError
+from mtlc.train.launch import check_job
 from mtlc.train.setup import load_model_state
 from mtlc.train.sinks import tensorboard_available
 from mtlc.train.state import check_resumable
@@ -38,15 +39,58 @@ def train(
     :class:`TrainError`/``SpecError`` before anything is written or removed (the data,
     the model, the balancer and the folder are all checked first), :class:`Diverged` or
     :class:`Interrupted` after.
+
+    Started by torchrun (``mtlc train --nproc N`` or ``torchrun ... -m mtlc train``), the
+    process joins the job first: rank 0 alone prepares and writes the run folder and
+    prints; every rank trains its share (:mod:`mtlc.train.distributed`).
     """
     spec = load_spec(spec, overrides)
     run_dir = Path(out) if out is not None else runfolder.default_run_dir(spec.name)
-    torch_device = resolve_device(device)
+    ranks = None
+    if distributed.launched():
+        ranks, torch_device = distributed.join(device)
+    else:
+        torch_device = resolve_device(device)
+    try:
+        return _train(
+            spec,
+            run_dir,
+            ranks,
+            torch_device,
+            resume,
+            force,
+            allow_import,
+            tensorboard,
+            baselines,
+            console,
+            progress,
+        )
+    finally:
+        if ranks is not None:
+            distributed.leave()
+
+
+def _train(
+    spec: Spec,
+    run_dir: Path,
+    ranks: distributed.Ranks | None,
+    torch_device: Any,
+    resume: bool,
+    force: bool,
+    allow_import: frozenset[str] | tuple[str, ...],
+    tensorboard: bool,
+    baselines: bool | dict[str, dict[str, float]],
+    console: Any,
+    progress: bool,
+) -> RunResult:
+    processes = ranks.world if ranks is not None else 1
+    writes = ranks is None or ranks.writes
+    console = console if writes else None  # rank 0 alone prints
     if tensorboard:
         tensorboard_available()
     runfolder.check(run_dir, resume=resume, force=force)
     if resume:
-        where = check_resumable(spec, run_dir)
+        where = check_resumable(spec, run_dir, processes)
         epochs = spec.train.epochs
         if where["epoch"] >= epochs and not where["batch"]:
             done = _complete(run_dir, epochs)
@@ -59,10 +103,22 @@ def train(
                 markup=False,
                 soft_wrap=True,
             )
+    if ranks is not None:
+        check_job(spec, processes, torch_device.type)
+        if baselines is True and processes > 1:
+            raise TrainError("--baselines needs one process (train the baselines first)")
     trainer = Trainer(
-        spec, device=torch_device, allow_import=allow_import, console=console, progress=progress
+        spec,
+        device=torch_device,
+        allow_import=allow_import,
+        console=console,
+        progress=progress,
+        ranks=ranks,
     )
-    runfolder.prepare(run_dir, resume=resume, force=force)
+    if ranks is not None:
+        check_job(spec, processes, torch_device.type, samples=len(trainer.train_data))
+    if writes:
+        runfolder.prepare(run_dir, resume=resume, force=force)
     if baselines is True:
         found = baseline_metrics(
             spec, run_dir, device=torch_device, allow_import=allow_import, console=console

@@ -12,6 +12,16 @@ from mtlc.train import runfolder
 from mtlc.train.errors import TrainError
 
 
+class NullLog:
+    """metrics.jsonl on a rank that does not write (every rank but 0)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def short_losses(losses: dict[str, float]) -> str:
     """Losses for the progress bar: 'task 0.123  task 0.456'."""
     return "  ".join(f"{t} {v:.3f}" for t, v in losses.items())

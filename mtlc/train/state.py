@@ -1,7 +1,7 @@
 """A run's checkpoint state: what last.pt holds, how a run is restored from it, and
 whether a stopped run may be resumed with the spec given now.
 
-A checkpoint holds the torch RNG state, the shuffling generator's state at the start of
+A checkpoint holds the torch RNG state (every rank's, with several processes), the shuffling generator's state at the start of
 the epoch and the number of batches done, so ``--resume`` replays the same permutation,
 skips the batches already seen and continues bit for bit: on the CPU, stopping and
 resuming gives the same weights as an uninterrupted run.
@@ -45,6 +45,8 @@ class Checkpointing:
             "generator": self.generator.get_state(),
             "epoch_generator": self.epoch_generator,
         }
+        if self.ranks is not None:
+            rng["ranks"] = self.ranks.gather(self._rng_state())  # a collective: every rank
         return {
             "spec": self.spec.model_dump(mode="json"),
             "model": self.model.state_dict(),
@@ -55,6 +57,7 @@ class Checkpointing:
             "step": self.step,
             "batch": self.batch,
             "rng": rng,
+            "processes": self.ranks.world if self.ranks is not None else 1,
             "progress": {
                 "epoch_sums": dict(self.epoch_sums),
                 "epoch_count": self.epoch_count,
@@ -78,6 +81,8 @@ class Checkpointing:
         self.epoch, self.step, self.batch = state["epoch"], state["step"], state["batch"]
         rng = state["rng"]
         self._set_rng_state(rng)
+        if self.ranks is not None and "ranks" in rng:
+            self._set_rng_state(rng["ranks"][self.ranks.rank])
         self.generator.set_state(rng["generator"])
         self.epoch_generator = rng["epoch_generator"]
         p = state["progress"]
@@ -86,17 +91,24 @@ class Checkpointing:
         self.train_time, self.samples = p["train_time"], p["samples"]
 
 
-def check_resumable(spec: Spec, run_dir: Path) -> dict[str, Any]:
+def check_resumable(spec: Spec, run_dir: Path, processes: int = 1) -> dict[str, Any]:
     """Check that ``spec`` may continue the run in ``run_dir``; its checkpoint's counters.
 
-    Resuming needs the same spec as the stopped run. ``train.epochs`` alone may grow, to
-    extend a run, as long as nothing depends on it: under the cosine schedule the number
-    of epochs sets the learning rate of every step, so a different one would change the
-    plan of a run half done (refused, like a changed lr). Fewer epochs than the run has
-    already trained is refused too. Returns ``{"epoch", "batch", "epochs"}``: epochs done,
-    batches of the next one done, and the epochs the run was planned for.
+    Resuming needs the same spec as the stopped run, and the same number of processes
+    (the shards and each rank's random stream depend on it). ``train.epochs`` alone may
+    grow, to extend a run, as long as nothing depends on it: under the cosine schedule
+    the number of epochs sets the learning rate of every step, so a different one would
+    change the plan of a run half done (refused, like a changed lr). Fewer epochs than
+    the run has already trained is refused too. Returns ``{"epoch", "batch", "epochs"}``:
+    epochs done, batches of the next one done, and the epochs the run was planned for.
     """
     state = load_checkpoint(run_dir / runfolder.LAST, RUN_KEYS)
+    before = state.get("processes", 1)
+    if before != processes:
+        raise TrainError(
+            f"{run_dir}: the run was trained with {before} process(es) and cannot be resumed "
+            f"with {processes}: resume it with --nproc {before}"
+        )
     saved = state["spec"]
     now = spec.model_dump(mode="json")
     diffs = [p for p in _diff(saved, now) if p != "train.epochs"]

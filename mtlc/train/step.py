@@ -50,10 +50,14 @@ class Stepping:
     """
 
     def forward_losses(
-        self, batch: dict[str, torch.Tensor]
+        self, batch: dict[str, torch.Tensor], model: nn.Module | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(outputs, per-task balancer losses, every supervised prediction's own loss)."""
-        out = self.model(batch[self.spec.input_name])
+        """(outputs, per-task balancer losses, every supervised prediction's own loss).
+
+        ``model`` defaults to the training network (the DDP wrapper on several processes);
+        validation passes the plain model, whose forward runs no collective.
+        """
+        out = (model or self.net)(batch[self.spec.input_name])
         parts = {
             k: self.losses[k.split(":")[0]](out[k], batch[self.targets[k.split(":")[0]]])
             for k in self.pred_keys
@@ -81,30 +85,35 @@ class Stepping:
             shared_repr=out.get(SHARED_KEY) if self.use_shared_repr else None,
         )
 
-    def launch_step(self, batch: dict[str, torch.Tensor]) -> Launched:
+    def launch_step(
+        self, batch: dict[str, torch.Tensor], *, share: float = 1.0, size: int | None = None
+    ) -> Launched:
         """One optimizer step, with its losses still on their way back from the device.
 
         The losses are read back later (:meth:`finish_step`), so on a GPU the host never
         waits for the device inside a step and can queue the next one meanwhile; the
         trainer finishes step s after launching step s + 1. A non-finite loss is thus
         seen one step late, after the optimizer has used it: the run stops there and
-        never saves those weights, so the checkpoints on disk stay good.
+        never saves those weights, so the checkpoints on disk stay good. On several
+        processes, ``batch`` is this rank's ``share`` of a global batch of ``size``.
         """
         if not self.model.training:
             self.model.train()
         out, per_task, parts = self.forward_losses(batch)
+        if self.ranks is not None:
+            per_task, parts = self._global_losses(per_task, parts, share)
         self.optimizer.zero_grad(set_to_none=True)
         total = self.balance(out, per_task)
         intermediate = [k for k in parts if ":" in k]
         values, ready = _read_later([*per_task.values(), *(parts[k] for k in intermediate), total])
         weights = self.balancer.weights()
         lr = self._optimizer_step()
-        self.balancer.after_step(self._step_view(out, batch))
+        self.balancer.after_step(self._step_view(out, batch, share))
         self.step += 1
         return Launched(
             epoch=self.epoch + 1,
             step=self.step,
-            size=batch[self.spec.input_name].shape[0],
+            size=size if size is not None else batch[self.spec.input_name].shape[0],
             tasks=list(per_task),
             intermediate=intermediate,
             values=values,
@@ -113,6 +122,19 @@ class Stepping:
             lr=lr,
             extra=self.balancer.extra_state_for_log(),
         )
+
+    def _global_losses(
+        self, per_task: dict[str, torch.Tensor], parts: dict[str, torch.Tensor], share: float
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Several processes: the losses of the global batch, and the ranks' stop vote.
+
+        (:mod:`mtlc.train.distributed`); the intermediate losses ride along for the log.
+        """
+        intermediate = {k: v for k, v in parts.items() if ":" in k}
+        both, stop = self.ranks.global_losses({**per_task, **intermediate}, share, self._stop_asked)
+        self._stop = self._stop or stop
+        per_task = {t: both[t] for t in per_task}
+        return per_task, {k: both.get(k, v) for k, v in parts.items()}
 
     def _optimizer_step(self) -> float:
         """Clip, step the optimizer and the schedule; the learning rate the step used."""
@@ -179,16 +201,29 @@ class Stepping:
         """One optimizer step, read back at once (what tests and benchmarks want)."""
         return self.finish_step(self.launch_step(batch))
 
-    def _step_view(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> Any:
-        """What the balancer may look at after the step (:class:`~mtlc.balancers.base.StepView`)."""
+    def _step_view(
+        self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], share: float = 1.0
+    ) -> Any:
+        """What the balancer may look at after the step (:class:`~mtlc.balancers.base.StepView`).
+
+        On several processes the view is of the global batch: metrics the balancer
+        accumulates are merged over the ranks (a rank with no samples adds none), and
+        ``recompute()`` gives the global losses.
+        """
         from mtlc.balancers.base import StepView
+
+        ranks = self.ranks
 
         def recompute() -> dict[str, torch.Tensor]:
             with torch.no_grad():
-                return self.forward_losses(batch)[1]
+                losses = self.forward_losses(batch, self.model)[1]
+            if ranks is None:
+                return losses
+            return {k: v.detach() for k, v in ranks.global_losses(losses, share, False)[0].items()}
 
-        targets = {t: batch[key] for t, key in self.targets.items() if key in batch}
-        return StepView(out, targets, self.task_metrics, recompute)
+        targets = {t: batch[key] for t, key in self.targets.items() if key in batch and share > 0}
+        merge = ranks.merge_metrics if ranks is not None else None
+        return StepView(out, targets, self.task_metrics, recompute, merge)
 
 
 def _read_later(read: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:

@@ -47,6 +47,7 @@ from mtlc.spec import Spec, spec_error
 from mtlc.train import runfolder
 from mtlc.train.best import best_reference, is_better, safe_delta_m
 from mtlc.train.checkpoint import RUN_KEYS, copy_checkpoint, load_checkpoint, save_checkpoint
+from mtlc.train.distributed import Ranks, rank_seed, shard, wrap
 from mtlc.train.errors import Diverged, Interrupted, RunFailed, RunResult
 from mtlc.train.setup import (
     build_optimizer,
@@ -60,6 +61,7 @@ from mtlc.train.setup import (
     to_device,
 )
 from mtlc.train.sinks import (
+    NullLog,
     epoch_table,
     open_tensorboard,
     progress_bar,
@@ -84,10 +86,13 @@ class Trainer(Checkpointing, Stepping, Validating):
         console: Any = None,
         progress: bool = True,
         splits: tuple[str, ...] = ("train", "val"),
+        ranks: Ranks | None = None,
     ):
         from mtlc.compiler import compile_spec
 
         self.spec = spec
+        self.ranks = ranks  # None: one process; else this process's place in the job
+        self.writes = ranks is None or ranks.writes
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.console = console
         self.show_progress = progress and console is not None
@@ -98,6 +103,7 @@ class Trainer(Checkpointing, Stepping, Validating):
         torch.manual_seed(spec.train.seed)
         self.compiled = compile_spec(spec)
         self.model = self.compiled.supervised.to(self.device)
+        self.net = self.model if ranks is None else wrap(self.model, spec, ranks)
         self.tasks = list(self.compiled.topology.tasks)
         self.pred_keys = [k for k in self.compiled.topology.predictions]
         self.pred_keys.sort(key=lambda k: (":" in k, self.tasks.index(k.split(":")[0])))
@@ -117,6 +123,8 @@ class Trainer(Checkpointing, Stepping, Validating):
                 )
 
         self.balancer = run_balancer(spec, self.compiled.topology).to(self.device)
+        if ranks is not None:
+            self.balancer.ranks = ranks  # gradient-level balancers reduce before solving
         self.use_shared_repr = self.balancer.needs_shared_repr
         self.shared = shared_parameters(self.model)
         self.task_metrics = {t: list(task.metrics) for t, task in spec.tasks.items()}
@@ -145,10 +153,13 @@ class Trainer(Checkpointing, Stepping, Validating):
         self.last: dict[str, Any] | None = None
         self.train_time = 0.0
         self.samples = 0
-        self._stop = False
+        self._stop = False  # every rank agreed to stop (one process: Ctrl-C was pressed)
+        self._stop_asked = False  # Ctrl-C on this rank, not yet agreed with the others
         self.saved_epoch: int | None = None  # the epoch last.pt holds, once one is written
         # where a fresh run's random stream starts (dropout...): fit() rewinds to it, so
         # whatever runs between construction and fit (baselines) cannot change the run
+        if ranks is not None and ranks.world > 1:
+            torch.manual_seed(rank_seed(spec.train.seed, ranks.rank))  # dropout differs by rank
         self._start_rng = self._rng_state()
 
     def _single_sample_batches(self, samples: int) -> bool:
@@ -184,8 +195,11 @@ class Trainer(Checkpointing, Stepping, Validating):
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return to_device(batch, self.device)
 
-    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """The epoch in progress, from where it stopped (same permutation as before)."""
+    def _batches(self) -> Iterator[tuple[dict[str, torch.Tensor], float, int]]:
+        """The epoch in progress, from where it stopped (same permutation as before).
+
+        Yields (this process's batch, its share of the global batch, the global size).
+        """
         from mtlc.data.batches import iterate_batches
 
         self.generator.set_state(self.epoch_generator)
@@ -198,11 +212,20 @@ class Trainer(Checkpointing, Stepping, Validating):
         )
         for i, batch in enumerate(it):
             if i >= self.batch:
-                yield batch
+                if self.ranks is None:
+                    yield batch, 1.0, batch[self.spec.input_name].shape[0]
+                else:
+                    yield shard(batch, self.ranks)
 
     def request_stop(self) -> None:
-        """Ask the loop to save and stop after the current step (what Ctrl-C does)."""
-        self._stop = True
+        """Ask the loop to save and stop after the current step (what Ctrl-C does).
+
+        With several processes the ranks agree on it in the next step's all-reduce.
+        """
+        if self.ranks is None:
+            self._stop = True
+        else:
+            self._stop_asked = True
 
     # -- the run ----------------------------------------------------------------------------
     def fit(
@@ -224,9 +247,12 @@ class Trainer(Checkpointing, Stepping, Validating):
             self.saved_epoch = self.epoch
         else:
             self._set_rng_state(self._start_rng)
-        runfolder.write_spec(run_dir, self.spec.model_dump(mode="json"))
-        log = runfolder.MetricsLog(run_dir, keep=(self.epoch, self.step) if resume else None)
-        writer = open_tensorboard(run_dir) if tensorboard else None
+        log: Any = NullLog()
+        writer = None
+        if self.writes:
+            runfolder.write_spec(run_dir, self.spec.model_dump(mode="json"))
+            log = runfolder.MetricsLog(run_dir, keep=(self.epoch, self.step) if resume else None)
+            writer = open_tensorboard(run_dir) if tensorboard else None
         self.baselines = baselines
         previous = _install_sigint(self)
         status = "completed"
@@ -261,7 +287,7 @@ class Trainer(Checkpointing, Stepping, Validating):
             log.close()
             if writer is not None:
                 writer.close()
-            summary = self._close(run_dir, status)
+            summary = self._close(run_dir, status) if self.writes else self.summary(status)
         return RunResult(run_dir, summary)
 
     def _last_good(self, run_dir: Path) -> str:
@@ -314,8 +340,8 @@ class Trainer(Checkpointing, Stepping, Validating):
                 start = time.perf_counter()
                 try:
                     pending = None
-                    for batch in self._batches():
-                        launched = self.launch_step(self._to_device(batch))
+                    for batch, share, size in self._batches():
+                        launched = self.launch_step(self._to_device(batch), share=share, size=size)
                         if pending is not None:
                             self._account(pending, log, writer, bar, task_id)
                         pending = launched
@@ -345,7 +371,9 @@ class Trainer(Checkpointing, Stepping, Validating):
         bar.update(task_id, advance=1, losses=short_losses(record["loss"]))
 
     def _save_interrupted(self, run_dir: Path) -> None:
-        save_checkpoint(self.state(), run_dir / runfolder.LAST)
+        state = self.state()  # on every rank: it gathers their random states
+        if self.writes:
+            save_checkpoint(state, run_dir / runfolder.LAST)
         raise Interrupted(
             f"interrupted at step {self.step} (epoch {self.epoch + 1}); saved "
             f"{run_dir / runfolder.LAST}; continue with --resume",
@@ -380,12 +408,15 @@ class Trainer(Checkpointing, Stepping, Validating):
         log.write(record)
         if writer is not None:
             tb_epoch(writer, record)
-        save_checkpoint(self.state(), run_dir / runfolder.LAST)
+        state = self.state()  # on every rank: it gathers their random states
+        if self.writes:
+            save_checkpoint(state, run_dir / runfolder.LAST)
         self.saved_epoch = self.epoch
-        if better:
-            copy_checkpoint(run_dir / runfolder.LAST, run_dir / runfolder.BEST)
-        # a summary per epoch: a run that a full disk or a kill stops still has one
-        runfolder.write_summary(run_dir, self.summary("running"))
+        if self.writes:
+            if better:
+                copy_checkpoint(run_dir / runfolder.LAST, run_dir / runfolder.BEST)
+            # a summary per epoch: a run that a full disk or a kill stops still has one
+            runfolder.write_summary(run_dir, self.summary("running"))
         if self.console is not None:
             self.console.print(epoch_table(self.spec, record))
 
@@ -403,6 +434,7 @@ class Trainer(Checkpointing, Stepping, Validating):
             "epochs": self.epoch,
             "steps": self.step,
             "device": str(self.device),
+            "processes": self.ranks.world if self.ranks is not None else 1,
             "tasks": self.tasks,
             "outputs": list(self.spec.outputs),
             "balancer": self.spec.balancer.type,

@@ -66,6 +66,11 @@ def _sources(
 
         found = learned(compiled, load_checkpoint(checkpoint), str(checkpoint))
         notes.alpha, notes.nddr, notes.sigma = found["alpha"], found["nddr"], found["sigma"]
+        from mtlc.viz.gates import gate_units, mean_gate_weights
+
+        if gate_units(compiled.topology):
+            state = load_checkpoint(checkpoint)["model"]
+            notes.gates, notes.gate_samples = mean_gate_weights(loaded, state, str(checkpoint))
     return loaded.name, topology_sources(compiled.topology, notes)
 
 
@@ -80,11 +85,12 @@ def draw(
 ) -> Path:
     """Write a spec's drawing to `path` (svg, png, pdf, dot or html, by suffix).
 
-    The suffix is checked before anything is compiled, and the file is written whole or
-    not at all. The options are those of `dot_source`.
+    The suffix and the path (`mtlc.atomic.check_output`: not a link, not too long, a
+    writable folder) are checked before anything is compiled, and the file is written
+    whole or not at all. The options are those of `dot_source`.
     """
-    from mtlc.viz.render import output_format, write
+    from mtlc.viz.render import check_path, write
 
-    output_format(path)
+    check_path(path)
     name, sources = _sources(spec, level, cost, checkpoint, overrides)
     return write(sources, path, title=name)

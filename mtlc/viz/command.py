@@ -95,10 +95,10 @@ def diff(
 
     from mtlc.spec import load_spec
     from mtlc.viz.diff import compare
-    from mtlc.viz.render import GraphvizMissing, output_format, write
+    from mtlc.viz.render import GraphvizMissing, check_path, write
 
     if output is not None:
-        output_format(output)
+        check_path(output)
     result = compare(load_spec(a), load_spec(b or a, overrides), a, b or a)
     if output is not None:
         try:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from mtlc.atomic import atomic_open
+from mtlc.atomic import atomic_open, check_output, make_folder
 from mtlc.errors import MtlcError
 
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".html": "html"}
@@ -42,6 +42,13 @@ def output_format(path: str | Path) -> str:
             f"cannot write '{path}': unsupported format {got} (supported: {supported})"
         )
     return FORMATS[suffix]
+
+
+def check_path(path: str | Path) -> str:
+    """The format `path` asks for, after checking it can be written (before any drawing)."""
+    fmt = output_format(path)
+    check_output(path)
+    return fmt
 
 
 def to_bytes(source: str | Sequence[str], fmt: str, title: str = "mtlc") -> bytes:
@@ -93,11 +100,8 @@ def html_page(svg: str, title: str) -> str:
 def write(source: str | Sequence[str], path: str | Path, title: str = "mtlc") -> Path:
     """Render `source` (or the first of several layouts that works) into `path`, atomically."""
     path = Path(path)
-    data = to_bytes(source, output_format(path), title)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path, "wb") as fh:
-            fh.write(data)
-    except OSError as exc:  # an unwritable folder, a full disk, or `path` is a folder
-        raise RenderError(f"cannot write '{path}': {exc.strerror or exc}") from None
+    data = to_bytes(source, check_path(path), title)
+    make_folder(path.parent)
+    with atomic_open(path, "wb") as fh:  # a full disk: WriteError, the old file kept
+        fh.write(data)
     return path

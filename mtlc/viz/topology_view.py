@@ -16,7 +16,11 @@ recognises the method before reading a label:
   shared module never reads as a place where tasks mix);
 - PAD-Net: initial predictions, then distillation edges between the tasks' features;
 - PAP-Net: per task an affinity matrix, exchanged across tasks into each diffusion;
-- JTRL: the alternating chain of turns, `order` × `steps` nodes long.
+- JTRL: the alternating chain of turns, `order` × `steps` nodes long;
+- MMoE / CGC / PLE: the stage's experts side by side (shared ones grey, a task's own in
+  its colour), below them one gate per task (and PLE's shared gate) fed by the experts it
+  mixes (thin edges, by learned mean weight when a checkpoint is given) and by the input
+  it reads (dotted).
 
 A unit's title is a node beside its parts inside its dashed box, never the box's
 label: graphviz routes edges through cluster labels, and a unit's inputs arrive right
@@ -65,7 +69,8 @@ class Notes:
 
     `alpha[unit][t][s]` is cross-stitch's weight of source task s in target task t;
     `nddr[unit][t][s]` the strength of source s's block in t's 1×1 conv; both are in
-    the unit's task order. `status` marks nodes (and `edge_status` edges) of a diff,
+    the unit's task order. `gates[unit][e]` is a gate's mean weight of its e-th expert
+    (the unit's `experts` order) over `gate_samples` validation samples. `status` marks nodes (and `edge_status` edges) of a diff,
     `task_status` the tasks only one side has (a changed unit's part for such a task
     is added or removed, not changed).
     """
@@ -80,6 +85,8 @@ class Notes:
     alpha: dict[str, list[list[float]]] = field(default_factory=dict)
     nddr: dict[str, list[list[float]]] = field(default_factory=dict)
     sigma: dict[str, float] = field(default_factory=dict)
+    gates: dict[str, list[float]] = field(default_factory=dict)
+    gate_samples: int = 0
     status: dict[str, str] = field(default_factory=dict)
     edge_status: dict[tuple[str, str], str] = field(default_factory=dict)
     task_status: dict[str, str] = field(default_factory=dict)
@@ -476,6 +483,7 @@ class _Drawer:
             u for u in units if g.nodes[u]["type"] == "attention" and g.nodes[u]["role"] == "gate"
         ]
         row = list(blocks)
+        mixture = any("experts" in g.nodes[u] for u in units)
         if gates:
             # MTAN: the trunk is one column in the middle, each task's gate beside it
             # on the same row, as in Liu et al.'s figure. The stage's refinement stays
@@ -489,7 +497,8 @@ class _Drawer:
             self._box(
                 b,
                 f"{stage} · {who}",
-                width=COLUMN_WIDTH if gates else None,
+                # experts side by side, each narrow, whatever tasks it serves
+                width=COLUMN_WIDTH if gates else 0.6 * COLUMN_WIDTH if mixture else None,
                 group="~trunk" if gates else None,  # the trunk straight down the middle
             )
         for u in units:
@@ -504,6 +513,9 @@ class _Drawer:
             "cross_stitch": self._cross_stitch,
             "nddr": self._nddr,
             "attention": self._attention,
+            "mmoe": self._gate,
+            "cgc": self._gate,
+            "ple": self._gate,
             "distillation": self._distillation,
             "affinity": self._affinity,
             "recursive": self._recursive,
@@ -639,6 +651,32 @@ class _Drawer:
         attrs = {"label": _html(lines), "shape": "invtrapezium", "group": t, "width": COLUMN_WIDTH}
         attrs.update(self._fill((t,)))
         self.dot.node(u, **self._status(u, attrs))
+
+    def _gate(self, u: str) -> None:
+        """A mixture's gate: softmax over the experts it mixes, then their weighted sum;
+        with a checkpoint, each expert's mean weight on the validation split."""
+        a = self.g.nodes[u]
+        owner = a["owner"]
+        k = a.get("options", {}).get("top_k")
+        n = len(a["experts"])
+        title = f"gate · {owner or 'shared'}"
+        lines = [("b", title), ("s", f"softmax over {n}" + (f", top-{k}" if k else "") + " → Σ")]
+        lines += self._cost_lines(u)
+        label = _html(lines)
+        weights = self.notes.gates.get(u)
+        if weights:
+            experts = [e.split("/", 1)[1] for e in a["experts"]]
+            rows = [self._weight_text(e, w) for e, w in zip(experts, weights)]
+            rows.append(
+                f'<FONT POINT-SIZE="8">mean of {self.notes.gate_samples} val samples</FONT>'
+            )
+            label = label[:-1] + "<BR/>" + "<BR/>".join(rows) + ">"
+        attrs = {"label": label, "shape": "invtrapezium", "group": owner, "width": COLUMN_WIDTH}
+        attrs.update(self._fill((owner,) if owner else tuple(self.tasks)))
+        self.dot.node(u, **self._status(u, attrs))
+
+    def _weight_text(self, name: str, w: float) -> str:
+        return f'<FONT POINT-SIZE="9">{html.escape(name)} {w:.2f}</FONT>'
 
     def _refine(self, u: str) -> None:
         """MTAN's refinement: one module with shared weights that each task's chain
@@ -864,6 +902,14 @@ class _Drawer:
             if g.nodes[b].get("type") == "attention" and g.nodes[a]["kind"] == "block":
                 # the shared trunk's feature, gated per task beside it
                 self._edge(a, b, d["tasks"], back=b in self.left_gates, color=SHARED)
+            elif "experts" in g.nodes[b] and a in g.nodes[b]["experts"]:
+                # an expert into a gate: thin, or as thick as its learned mean weight
+                weights = self.notes.gates.get(b)
+                w = weights[g.nodes[b]["experts"].index(a)] if weights else None
+                width = CROSS_WIDTH if w is None else 0.4 + 4 * w
+                self._edge(a, b, d["tasks"], penwidth=width)
+            elif "experts" in g.nodes[b]:  # what the gate reads to weigh its experts
+                self._edge(a, b, d["tasks"], style="dotted")
             else:
                 self._edge(a, b, d["tasks"])
 

@@ -1,0 +1,62 @@
+"""The mean gate weights of a trained mixture-of-experts model, for `viz --checkpoint`.
+
+A gate's weights depend on its input, so unlike cross-stitch α they cannot be read off
+the checkpoint: the model (with the checkpoint's weights, in eval mode) is run over the
+spec's validation split (its first `limit` samples) and each gate's softmax output is
+averaged over the samples. The gate modules are found through the fx labels (the
+call_module node of a unit that has `experts`), so this file knows no sharing type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mtlc.compiler import compile_spec
+from mtlc.spec import Spec
+
+
+def gate_units(topology: Any) -> list[str]:
+    """The topology's gate units (those that mix experts), in graph order."""
+    return [u for u, d in topology.graph.nodes(data=True) if d["kind"] == "unit" and "experts" in d]
+
+
+def mean_gate_weights(
+    spec: Spec, state: dict[str, torch.Tensor], where: str, limit: int = 2048
+) -> tuple[dict[str, list[float]], int]:
+    """{gate unit: mean weight per expert (the unit's `experts` order)} and the sample count."""
+    from mtlc.data.batches import iterate_batches
+    from mtlc.train.setup import load_model_state, load_split
+
+    compiled = compile_spec(spec)
+    units = gate_units(compiled.topology)
+    if not units:
+        return {}, 0
+    model = compiled.supervised
+    load_model_state(model, state, where)
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    handles = []
+    for node in model.graph.nodes:
+        block = node.meta.get("mtlc", {}).get("block")
+        if node.op == "call_module" and block in units:
+
+            def record(_m, _args, out, block=block):
+                sums[block] = sums.get(block, 0) + out.detach().double().sum(0)
+
+            handles.append(model.get_submodule(node.target).register_forward_hook(record))
+    data = load_split(spec, "val", frozenset())
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in iterate_batches(data, 256, shuffle=False):
+                x = batch[spec.input_name][: limit - seen]
+                model(x)
+                seen += len(x)
+                if seen >= limit:
+                    break
+    finally:
+        for h in handles:
+            h.remove()
+    return {u: (sums[u] / seen).tolist() for u in units if u in sums}, seen
