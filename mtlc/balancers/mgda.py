@@ -369,17 +369,11 @@ class MGDA(Balancer):
                 if self.batched:  # it worked before: a real error
                     raise
                 self.batched = False
-        out = torch.zeros(len(losses), sum(sizes), dtype=dtype, device=device)
         if not targets:
-            return out
-        for row, loss in enumerate(losses):
-            grads = torch.autograd.grad(loss, targets, retain_graph=True, allow_unused=True)
-            offset = 0
-            for g, size in zip(grads, sizes):
-                if g is not None:
-                    out[row, offset : offset + size] = g.reshape(-1)
-                offset += size
-        return out
+            return torch.zeros(len(losses), sum(sizes), dtype=dtype, device=device)
+        from mtlc.balancers.gradient import jacobian  # the one-by-one passes every method uses
+
+        return jacobian(losses, targets)
 
     @staticmethod
     def _batched_gradients(
