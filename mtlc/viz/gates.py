@@ -5,16 +5,26 @@ the checkpoint: the model (with the checkpoint's weights, in eval mode) is run o
 spec's validation split (its first `limit` samples) and each gate's softmax output is
 averaged over the samples. The gate modules are found through the fx labels (the
 call_module node of a unit that has `experts`), so this file knows no sharing type.
+
+The validation split is loaded with the imports the caller allowed (`--allow-import` on
+`mtlc viz`, or `with mtlc.allow_import(...)`). A split that cannot be loaded (files not on
+this machine, a `callable` not allowed) does not stop the drawing: the weights are left
+out and a :class:`GateWeightsSkipped` warning says why, once.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
 from mtlc.compiler import compile_spec
 from mtlc.spec import Spec
+
+
+class GateWeightsSkipped(UserWarning):
+    """The gates' mean weights are not drawn: the validation split could not be loaded."""
 
 
 def gate_units(topology: Any) -> list[str]:
@@ -27,6 +37,8 @@ def mean_gate_weights(
 ) -> tuple[dict[str, list[float]], int]:
     """{gate unit: mean weight per expert (the unit's `experts` order)} and the sample count."""
     from mtlc.data.batches import iterate_batches
+    from mtlc.imports import allowed_imports
+    from mtlc.train.errors import TrainError
     from mtlc.train.setup import load_model_state, load_split
 
     compiled = compile_spec(spec)
@@ -34,8 +46,13 @@ def mean_gate_weights(
     if not units:
         return {}, 0
     model = compiled.supervised
-    load_model_state(model, state, where)
+    load_model_state(model, state, where)  # a checkpoint of another model fails here
     model.eval()
+    try:
+        data = load_split(spec, "val", allowed_imports())
+    except TrainError as exc:
+        warnings.warn(f"gate weights not shown: {exc}", GateWeightsSkipped, stacklevel=2)
+        return {}, 0
     sums: dict[str, torch.Tensor] = {}
     handles = []
     for node in model.graph.nodes:
@@ -46,7 +63,6 @@ def mean_gate_weights(
                 sums[block] = sums.get(block, 0) + out.detach().double().sum(0)
 
             handles.append(model.get_submodule(node.target).register_forward_hook(record))
-    data = load_split(spec, "val", frozenset())
     seen = 0
     try:
         with torch.no_grad():
