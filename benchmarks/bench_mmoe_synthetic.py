@@ -32,7 +32,7 @@ converged.
 The MoE rows need the ``mmoe``, ``cgc`` and ``ple`` sharing points; an mtlc without them
 runs the shared-bottom row and says which rows it skipped.
 
-    python benchmarks/bench_mmoe_synthetic.py [--seeds 10] [--steps 6000] [--batch 512]
+    python benchmarks/bench_mmoe_synthetic.py [--seeds 10] [--steps 5000] [--batch 512]
         [--lr-grid 0.0001,0.001,0.01 --tune-seeds 1 | --lr 0.001] [--train 50000]
         [--val 5000] [--correlations 1.0,0.5,0.0] [--models shared_bottom,mmoe,cgc,ple]
 """
@@ -174,7 +174,7 @@ def tune(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--curve", type=int, default=4, help="validation points per run")
     parser.add_argument("--train", type=int, default=50000)
     parser.add_argument("--val", type=int, default=5000)
