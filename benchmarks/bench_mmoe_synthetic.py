@@ -40,6 +40,7 @@ runs the shared-bottom row and says which rows it skipped.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import shlex
 import statistics
 import sys
@@ -131,6 +132,19 @@ def run(spec_data: dict, steps: int, points: list[int]) -> tuple[list[float], in
     return curve, params
 
 
+def run_all(jobs: list[tuple[dict, int, list[int]]], workers: int, threads: int) -> list:
+    """``run`` over ``jobs``, in order; in ``workers`` processes of ``threads`` threads each.
+
+    The runs are independent (each seeds its own data and initialisation), so spreading
+    them over processes changes how long the study takes, not what it measures.
+    """
+    if workers <= 1:
+        return [run(*job) for job in jobs]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        return pool.starmap(run, jobs, chunksize=1)
+
+
 def spread(xs: list[float], fmt: str) -> str:
     """``mean ± std (min–max)`` of ``xs``."""
     sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
@@ -151,15 +165,19 @@ def tune(
     """Each model's learning rate from ``grid``: lowest mean final loss on the tuning seeds."""
     chosen: dict[str, float] = {}
     rows: dict[str, list[str]] = {}
+    keys = [
+        (name, lr, p, TUNE_SEED + s)
+        for name in models
+        for lr in grid
+        for s in range(args.tune_seeds)
+        for p in correlations
+    ]  # the correlations the search averages over (--tune-at, else the study's)
+    jobs = [(spec_dict(n, args, p, seed, lr), args.steps, [args.steps]) for n, lr, p, seed in keys]
+    finals: dict[tuple[str, float], list[float]] = {}
+    for (name, lr, _, _), (curve, _) in zip(keys, run_all(jobs, args.jobs, args.threads)):
+        finals.setdefault((name, lr), []).append(curve[-1])
     for name in models:
-        means = []
-        for lr in grid:
-            finals = [
-                run(spec_dict(name, args, p, TUNE_SEED + s, lr), args.steps, [args.steps])[0][-1]
-                for s in range(args.tune_seeds)
-                for p in correlations
-            ]
-            means.append(statistics.fmean(finals))
+        means = [statistics.fmean(finals[name, lr]) for lr in grid]
         chosen[name] = grid[min(range(len(grid)), key=means.__getitem__)]
         rows[name] = [f"{m:.4f}" for m in means] + [f"{chosen[name]:g}"]
     table(
@@ -185,10 +203,12 @@ def main() -> None:
         "--lr-grid", default="0.0001,0.001,0.01", help="rates to search (the paper's grid)"
     )
     parser.add_argument("--tune-seeds", type=int, default=1)
+    parser.add_argument("--tune-at", default="", help="correlations of the search (default: all)")
     parser.add_argument("--bottom", type=int, default=113, help="shared-bottom width")
     parser.add_argument("--correlations", default="1.0,0.5,0.0")
     parser.add_argument("--models", default="shared_bottom,mmoe,cgc,ple")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     correlations = [float(c) for c in args.correlations.split(",")]
@@ -206,24 +226,22 @@ def main() -> None:
     if args.lr is not None:
         lrs = dict.fromkeys(models, args.lr)
     else:
-        lrs = tune(models, args, correlations, [float(v) for v in args.lr_grid.split(",")])
+        tune_at = [float(c) for c in args.tune_at.split(",")] if args.tune_at else correlations
+        lrs = tune(models, args, tune_at, [float(v) for v in args.lr_grid.split(",")])
 
     curves: dict[str, dict[float, list[list[float]]]] = {
         m: {p: [] for p in correlations} for m in models
     }
     params: dict[str, int] = {}
-    for seed in range(args.seeds):
-        for p in correlations:
-            for name in models:
-                curve, params[name] = run(
-                    spec_dict(name, args, p, seed, lrs[name]), args.steps, points
-                )
-                curves[name][p].append(curve)
+    keys = [(name, p, seed) for seed in range(args.seeds) for p in correlations for name in models]
+    jobs = [(spec_dict(n, args, p, seed, lrs[n]), args.steps, points) for n, p, seed in keys]
+    for (name, p, _), (curve, params[name]) in zip(keys, run_all(jobs, args.jobs, args.threads)):
+        curves[name][p].append(curve)
     took = time.perf_counter() - start
     print(
         f"\ncorrelated: {args.train} train / {args.val} val samples, dim {args.dim}; "
         f"{args.steps} steps of batch {args.batch} (Adam); {args.seeds} seeds; "
-        f"{args.threads} thread(s); {took:.0f} s in all"
+        f"{args.jobs} process(es) of {args.threads} thread(s); {took:.0f} s in all"
     )
     finals = {m: {p: [c[-1] for c in cs] for p, cs in by_p.items()} for m, by_p in curves.items()}
     columns = [f"p = {p}" for p in correlations]

@@ -36,6 +36,8 @@ TOY = {
         "2",
         "--lr-grid",
         "0.001,0.01",
+        "--tune-at",
+        "0.0",
         "--train",
         "64",
         "--val",
@@ -103,4 +105,5 @@ def test_benchmark_runs(script):
             assert title in out
         # a row in the search, final and ratio tables, and one per correlation in the curve
         assert out.count("| mmoe") == 5 and out.count("| shared_bottom") == 5
+        assert "over p = [0.0] on 1 tuning seed" in out  # --tune-at
         assert "| shared_bottom, p = 0.0 |" in out and "| 1 steps | 3 steps |" in out
