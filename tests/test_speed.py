@@ -243,3 +243,38 @@ def test_bad_switch_values_are_located_errors(tiny, sets, key):
     assert result.exit_code == 2
     line = result.output.strip().splitlines()[-1]
     assert key in line and "Traceback" not in result.output
+
+
+def test_fp16_loss_scale_is_checkpointed_and_resume_continues_from_it(tiny, tmp_path, monkeypatch):
+    # fp16 autocast runs on the CPU too (only the spec check refuses it there, for speed),
+    # so the real fp16 path runs here with a scaler that changes its scale every 2 steps
+    import mtlc.train.trainer as trainer_module
+    from mtlc.train.checkpoint import load_checkpoint
+    from mtlc.train.errors import Interrupted
+
+    monkeypatch.setattr(trainer_module, "check_speed", lambda spec, device: None)
+    monkeypatch.setattr(
+        trainer_module, "LossScaler", lambda: speed.LossScaler(init=2.0**10, interval=2)
+    )
+    sets = ["train.amp=fp16", "train.epochs=2", "balancer={type: uncertainty}"]
+    train(tiny, out=tmp_path / "a", device="cpu", progress=False, overrides=sets)
+    real = Trainer._end_epoch
+
+    def end_epoch_then_stop(self, *args):
+        real(self, *args)
+        self.request_stop()
+
+    monkeypatch.setattr(Trainer, "_end_epoch", end_epoch_then_stop)
+    with pytest.raises(Interrupted):
+        train(tiny, out=tmp_path / "b", device="cpu", progress=False, overrides=sets)
+    monkeypatch.setattr(Trainer, "_end_epoch", real)
+    stopped = load_checkpoint(tmp_path / "b" / "last.pt")
+    steps = stopped["step"]  # the stop is honoured after the next step: 4
+    assert 3 < steps < 6
+    assert stopped["scaler"] == {"scale": 2.0 ** (10 + steps // 2), "good": steps % 2}
+    train(tiny, out=tmp_path / "b", device="cpu", progress=False, overrides=sets, resume=True)
+    a, b = (load_checkpoint(tmp_path / r / "last.pt") for r in "ab")
+    assert a["scaler"] == b["scaler"] == {"scale": 2.0**13, "good": 0}  # 6 steps: 3 doublings
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert runfolder.read_metrics(tmp_path / "a") == runfolder.read_metrics(tmp_path / "b")
