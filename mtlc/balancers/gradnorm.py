@@ -83,6 +83,9 @@ class GradNorm(Balancer):
         total.backward()
         return total.detach()
 
-    def weights(self) -> dict[str, float]:
-        w = self.loss_weights().detach().cpu().tolist()
-        return {t: w[i] for i, t in enumerate(self.tasks)}
+    def log_tensors(self) -> tuple[Tensor, ...]:
+        return (self.loss_weights(),)
+
+    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
+        (w,) = values
+        return {t: w[i] for i, t in enumerate(self.tasks)}, {}
