@@ -29,7 +29,6 @@ HOST_STEP = {
     "aligned_mtl": "TorchJD's Aligned-MTL reads the Gramian's rank on the host",
     "upgrad": "quadprog solves the projections on the host",
     "dualproj": "quadprog solves the projection on the host",
-    "gradnorm": "the gradient norms and loss ratios are combined on the host",
 }
 # balancers whose after_step reads on the host: DTP's KPI is a metric of the batch,
 # computed and range-checked on the host
