@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from distributed_worker import CASES
+from distributed_worker import CASES, mask_pixels
 
 from mtlc.metrics import build_metric
 from mtlc.spec import load_spec
@@ -80,9 +80,13 @@ def job(spec_file: Path, tmp_path_factory) -> Path:
     return out
 
 
-def reference(spec_file: Path, overrides: list[str], folder: Path) -> tuple[Trainer, dict]:
+def reference(
+    spec_file: Path, overrides: list[str], folder: Path, masked: bool = False
+) -> tuple[Trainer, dict]:
     torch.set_num_threads(1)
     trainer = Trainer(load_spec(spec_file, overrides), device="cpu")
+    if masked:
+        mask_pixels(trainer)
     folder.mkdir(parents=True)
     return trainer, trainer.fit(folder).summary
 
@@ -99,7 +103,9 @@ def assert_close_states(a: dict, b: dict, tol: float) -> None:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_processes_train_like_one(job: Path, spec_file: Path, tmp_path: Path, case: str):
-    one, summary = reference(spec_file, CASES[case], tmp_path / "one")
+    masked = case.startswith("masked")
+    one, summary = reference(spec_file, CASES[case], tmp_path / "one", masked)
+    tol = 1e-5 if masked else 2e-5
     r0, r1 = reports(job, case)
     # the ranks hold the very same model and balancer state (MGDA's α, uncertainty's s_t)
     for k in r0["model"]:
@@ -109,8 +115,8 @@ def test_two_processes_train_like_one(job: Path, spec_file: Path, tmp_path: Path
     assert r0["weights"] == r1["weights"]
     # ... and they equal one process with the same global batch, after 4 steps
     assert r0["step"] == one.step == 4
-    assert_close_states(r0["model"], one.model.state_dict(), 2e-5)
-    assert_close_states(r0["balancer"], one.balancer.state_dict(), 2e-5)
+    assert_close_states(r0["model"], one.model.state_dict(), tol)
+    assert_close_states(r0["balancer"], one.balancer.state_dict(), tol)
     # global validation metrics: the ranks' confusion matrices, sums and counts reduced
     two = r0["summary"]
     for t, metrics in summary["final"]["metrics"].items():
@@ -123,6 +129,33 @@ def test_two_processes_train_like_one(job: Path, spec_file: Path, tmp_path: Path
         p.name for p in (tmp_path / "one").iterdir()
     )
     assert not (job / case / "rank1").exists()
+
+
+def test_masked_cases_need_the_counts(spec_file: Path):
+    """The masked cases above can fail: the ranks' shares hold different numbers of valid
+    pixels, so weighting their means by their share of the samples (what DDP does) misses
+    one process's loss of the batch (and the masked cases then fail on the weights), while
+    weighting them by the losses' own counts of valid pixels gives it."""
+    from mtlc.losses import normaliser
+
+    trainer = Trainer(load_spec(spec_file, CASES["masked_fixed"]), device="cpu")
+    mask_pixels(trainer)
+    batch = {k: v[:8] for k, v in trainer.train_data.tensors.items()}
+    with torch.no_grad():
+        whole = trainer.forward_losses(batch, trainer.model)[2]
+        halves = [
+            trainer.forward_losses({k: v[r::2] for k, v in batch.items()}, trainer.model)[2]
+            for r in (0, 1)
+        ]
+    for k in ("seg", "depth"):
+        counts = [int(normaliser(h[k])) for h in halves]
+        assert counts[0] != counts[1], counts
+        assert int(normaliser(whole[k])) == sum(counts)
+        by_count = sum(c * h[k] for c, h in zip(counts, halves)) / sum(counts)
+        by_samples = (halves[0][k] + halves[1][k]) / 2
+        assert float(by_count) == pytest.approx(float(whole[k]), rel=1e-6), k
+        assert abs(float(by_samples) - float(whole[k])) > 1e-4, k
+    assert normaliser(trainer.losses["seg"](torch.zeros(2, 5, 4, 4), -torch.ones(2, 4, 4))) == 0
 
 
 def test_mgda_weights_are_not_trivial(job: Path):
