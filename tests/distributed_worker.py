@@ -4,8 +4,9 @@ Each case trains the spec with one balancer through ``Trainer.fit`` on the job's
 rank r trains into ``<out>/<case>/rank<r>`` (only rank 0 may write there) and reports
 what the test compares (its model, its balancer's state and weights, how the run ended)
 in ``<out>/<case>-rank<r>.pt``, a file of the test's own; the ``masked`` cases first
-ignore a different number of pixels in every sample (:func:`mask_pixels`). Then: a NaN in rank 1's loss
-alone, and a Ctrl-C on rank 1 alone followed by a resume in a shared folder.
+ignore a different number of pixels in every sample (:func:`mask_pixels`). Then: a NaN
+in rank 1's loss alone, a Ctrl-C on rank 1 alone followed by a resume in a shared folder, and the spec
+with BatchNorm on vectors (the third argument).
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ def main() -> None:
     resumed = Trainer(load_spec(spec_path), device=device, ranks=ranks)
     resumed.fit(shared, resume=True)
     report(out / f"resume-rank{r}.pt", resumed, outcome=outcome)
+
+    # BatchNorm on vectors: the last batch, 1 sample per process, is dropped on both
+    trainer = Trainer(load_spec(sys.argv[3]), device=device, ranks=ranks)
+    trainer.fit(folder(out / "batchnorm" / f"rank{r}", r))
+    report(out / f"batchnorm-rank{r}.pt", trainer, outcome="completed")
     distributed.leave()
 
 

@@ -49,6 +49,24 @@ train:
   batch_size: 8
   optimizer: {type: adam, lr: 0.01}
 """
+# BatchNorm on 1-D features: a share of one sample cannot train. 10 samples in batches of
+# 4: one process keeps the last batch of 2, two processes would get 1 each and drop it
+MLP = """\
+mtlc: 1
+name: mlp
+input: {x: [8]}
+encoder:
+  stages:
+    s1: [linear(16), bn, relu]
+tasks:
+  y1: {head: [linear(1)], loss: mse, metrics: [abs_err]}
+  y2: {head: [linear(1)], loss: mse}
+balancer: {type: fixed}
+train:
+  data: {name: correlated, train: 10, val: 4, dim: 8}
+  epochs: 2
+  batch_size: 4
+"""
 HERE = Path(__file__).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -69,11 +87,18 @@ def spec_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def job(spec_file: Path, tmp_path_factory) -> Path:
+def mlp_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("spec") / "mlp.yaml"
+    path.write_text(MLP)
+    return path
+
+
+@pytest.fixture(scope="module")
+def job(spec_file: Path, mlp_file: Path, tmp_path_factory) -> Path:
     """The torchrun job of tests/distributed_worker.py; its reports' folder."""
     out = tmp_path_factory.mktemp("job")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    cmd += [str(HERE / "distributed_worker.py"), str(out), str(spec_file)]
+    cmd += [str(HERE / "distributed_worker.py"), str(out), str(spec_file), str(mlp_file)]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     errors = [line for line in done.stderr.splitlines() if "rror" in line or "what()" in line]
     assert done.returncode == 0, "\n".join(errors[:20]) + done.stderr[-2000:]
@@ -195,6 +220,7 @@ def cli_run(spec_file: Path, tmp_path_factory) -> tuple[Path, subprocess.Complet
     out = tmp_path_factory.mktemp("cli") / "run"
     cmd = [sys.executable, "-m", "mtlc", "train", str(spec_file), "--nproc", "2"]
     cmd += ["--device", "cpu", "--out", str(out), "--set", "balancer={type: uncertainty}"]
+    cmd += ["--baselines"]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     return out, done
 
@@ -208,6 +234,33 @@ def test_train_nproc_2_end_to_end(cli_run, spec_file: Path, tmp_path: Path):
     one, _ = reference(spec_file, ["balancer={type: uncertainty}"], tmp_path / "one")
     state = torch.load(out / "last.pt", weights_only=True)
     assert_close_states(state["model"], one.model.state_dict(), 2e-5)
+
+
+def test_train_nproc_2_trains_the_baselines_on_both_processes(cli_run, spec_file: Path):
+    """--baselines with --nproc 2: each single-task baseline trains on the 2 processes,
+    one after the other, into <run>/baselines/<task>, and equals a 1-process baseline."""
+    from mtlc.train.baselines import single_task_spec
+
+    out, done = cli_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    found = {}
+    for task in ("seg", "depth"):
+        single = json.loads((out / "baselines" / task / "summary.json").read_text())
+        assert single["processes"] == 2 and single["status"] == "completed"
+        assert single["tasks"] == [task]
+        found[task] = single["final"]["metrics"][task]
+        spec = single_task_spec(load_spec(spec_file, ["balancer={type: uncertainty}"]), task)
+        torch.set_num_threads(1)
+        one = Trainer(spec, device="cpu")
+        (out.parent / f"one-{task}").mkdir()
+        alone = one.fit(out.parent / f"one-{task}").summary["final"]["metrics"][task]
+        assert found[task] == pytest.approx(alone, rel=1e-4, abs=1e-6), task
+        state = torch.load(out / "baselines" / task / "last.pt", weights_only=True)
+        assert_close_states(state["model"], one.model.state_dict(), 2e-5)
+    assert summary["baselines"] == found
+    assert summary["final"]["delta_m"] is not None
+    assert done.stdout.count("baseline 1/2: seg alone") == 1  # rank 0 alone prints
 
 
 def test_resume_with_another_number_of_processes_is_refused(cli_run, spec_file: Path):
@@ -234,7 +287,11 @@ def test_resume_with_another_number_of_processes_is_refused(cli_run, spec_file: 
         (["--nproc", "4", "--set", "train.data.train=3"], "only 3 sample(s)"),
         (["--nproc", "2", "--set", "train.sync_bn=true"], "train.sync_bn"),
         (["--nproc", "2", "--device", "cuda:1"], "cuda:LOCAL_RANK"),
-        (["--nproc", "2", "--baselines"], "--baselines"),
+        (
+            ["--nproc", "2", "--baselines", "--set", "tasks.seg.metrics=[]"]
+            + ["--set", "tasks.depth.metrics=[]"],
+            "--baselines: no output task has metrics",
+        ),
     ],
 )
 def test_bad_launch_exits_2_before_any_process(
@@ -247,6 +304,53 @@ def test_bad_launch_exits_2_before_any_process(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_batchnorm_on_vectors_drops_a_last_batch_that_leaves_a_process_one_sample(
+    job: Path, mlp_file: Path
+):
+    """The rule of one process (drop a last batch of one sample), for N: a last batch
+    whose share leaves some process fewer than 2 samples is dropped, on every rank."""
+    spec = load_spec(mlp_file)
+    assert Trainer(spec, device="cpu").batches_per_epoch == 3  # 4, 4, 2: all kept
+    assert Trainer(spec, device="cpu", processes=2).batches_per_epoch == 2  # 2 → 1 + 1
+    three = load_spec(mlp_file, ["train.data.train=12", "train.batch_size=6"])
+    assert Trainer(three, device="cpu", processes=3).batches_per_epoch == 2  # 6, 6 → 2 each
+    r0, r1 = reports(job, "batchnorm")
+    assert r0["outcome"] == r1["outcome"] == "completed"
+    assert r0["step"] == r1["step"] == 4  # 2 epochs of 2 steps: the batch of 2 dropped
+    for k in r0["model"]:
+        assert torch.equal(r0["model"][k], r1["model"][k]), k
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--set", "train.batch_size=2"],
+            "train.batch_size: BatchNorm layer 'encoder.s1.shared.bn1' normalises one value per "
+            "channel per sample and cannot train on batches of one sample: 2 processes share "
+            "train.batch_size 2, so one gets 1 sample(s): set it to 4 or more",
+        ),
+        (
+            ["--set", "train.data.train=3"],
+            "train.data: BatchNorm layer 'encoder.s1.shared.bn1' normalises one value per "
+            "channel per sample and cannot train on batches of one sample: the training split "
+            "needs 4 samples or more for 2 processes",
+        ),
+    ],
+)
+def test_batchnorm_on_vectors_with_shares_of_one_is_refused_before_any_process(
+    mlp_file: Path, tmp_path: Path, args: list[str], message: str
+):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        command.train, [str(mlp_file), "--out", str(out), "--device", "cpu", "--nproc", "2", *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
     assert not out.exists()
 
 

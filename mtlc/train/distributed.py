@@ -100,6 +100,12 @@ class Ranks:
         dist.all_gather_object(out, obj)
         return out
 
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` (picklable) on every rank."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def merge_metrics(self, metrics: dict[str, dict[str, Any]]) -> None:
         """Add the other ranks' metric totals to ``metrics`` (``{task: {name: Metric}}``)."""
         everyone = self.gather(metrics)
