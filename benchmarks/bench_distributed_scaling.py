@@ -102,7 +102,7 @@ def process_counts(args: argparse.Namespace) -> list[int]:
 
         room, what = torch.cuda.device_count(), "GPU(s)"
     else:
-        room, what = os.cpu_count() or 1, "CPU core(s)"
+        room, what = len(os.sched_getaffinity(0)), "CPU core(s)"
     kept = [n for n in asked if n <= room]
     for n in asked:
         if n > room:
@@ -114,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--procs", default=None, help="process counts (default 1,2,4 as fit)")
     parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--train", type=int, default=128, help="training scenes")
+    parser.add_argument("--train", type=int, default=256, help="training scenes")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16, help="the global batch")
     parser.add_argument("--epochs", type=int, default=1)
@@ -141,7 +141,7 @@ def main() -> None:
     print(
         f"specs/hard.yaml on {args.device}, {args.train} scenes of {args.size}x{args.size}, "
         f"global batch {args.batch}, {steps} steps per run, {args.reps} interleaved "
-        f"repetitions, {os.cpu_count()} CPU cores"
+        f"repetitions, {len(os.sched_getaffinity(0))} CPU cores"
         + (", one thread per process" if args.device == "cpu" else "")
         + f"; load average {os.getloadavg()[0]:.1f}; {wall:.0f} s in all"
     )

@@ -68,7 +68,8 @@ train:
   batch_size: 4
 """
 HERE = Path(__file__).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# faulthandler: a rank that aborts prints where (in the failure message below)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 @pytest.fixture(autouse=True)
@@ -100,8 +101,9 @@ def job(spec_file: Path, mlp_file: Path, tmp_path_factory) -> Path:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     cmd += [str(HERE / "distributed_worker.py"), str(out), str(spec_file), str(mlp_file)]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    errors = [line for line in done.stderr.splitlines() if "rror" in line or "what()" in line]
-    assert done.returncode == 0, "\n".join(errors[:20]) + done.stderr[-2000:]
+    signs = ("rror", "what()", "terminate", "Fatal", "File ")
+    errors = [line for line in done.stderr.splitlines() if any(s in line for s in signs)]
+    assert done.returncode == 0, "\n".join(errors[:60]) + done.stderr[-2000:]
     return out
 
 

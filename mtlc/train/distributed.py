@@ -246,7 +246,18 @@ def join(device: str) -> tuple[Ranks, torch.device]:
     return Ranks(rank=rank, world=world, local_rank=local_rank, device=where), where
 
 
-def leave() -> None:
-    """Leave the process group (end of the run, whatever its outcome)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def leave(together: bool = True) -> None:
+    """Leave the process group (end of the run, whatever its outcome).
+
+    ``together``: every rank ended the same way (done, or a stop they agreed on), so they
+    meet in a barrier first and tear the group down at the same moment. A rank that
+    leaves while another still works in the group (rank 0 writes the summary and plots
+    after the last collective) can abort in gloo's teardown (SIGABRT, "terminate called
+    without an active exception"), which fails the job after it succeeded. A rank that
+    fails alone skips the barrier (the others may never reach it); torchrun stops them.
+    """
+    if not dist.is_initialized():
+        return
+    if together:
+        dist.barrier()
+    dist.destroy_process_group()

@@ -10,7 +10,7 @@ from mtlc.spec import Spec, load_spec
 from mtlc.train import distributed, runfolder
 from mtlc.train.baselines import baseline_metrics, find_baselines
 from mtlc.train.checkpoint import load_checkpoint
-from mtlc.train.errors import RunResult
+from mtlc.train.errors import Diverged, Interrupted, RunResult
 from mtlc.train.launch import check_job
 from mtlc.train.setup import load_model_state
 from mtlc.train.sinks import tensorboard_available
@@ -51,8 +51,9 @@ def train(
         ranks, torch_device = distributed.join(device)
     else:
         torch_device = resolve_device(device)
+    together = False  # whether every rank ends the same way (distributed.leave)
     try:
-        return _train(
+        result = _train(
             spec,
             run_dir,
             ranks,
@@ -65,9 +66,14 @@ def train(
             console,
             progress,
         )
+        together = True
+        return result
+    except (Diverged, Interrupted):
+        together = True  # agreed by every rank in the step's all-reduce
+        raise
     finally:
         if ranks is not None:
-            distributed.leave()
+            distributed.leave(together)
 
 
 def _train(
