@@ -1,7 +1,8 @@
 """Every named thing a spec can refer to, mapped to where it lives.
 
 The tables hold import paths, not objects, so that `mtlc --help`, `mtlc schema` and
-`mtlc list` never import torch (nor the points' files). Adding a loss,
+`mtlc list` never import torch, nor any of the files they name (validating a spec
+imports the sharing points' files, which load torch only when a model is built). Adding a loss,
 metric, balancer, data set or sharing point is one file plus one line here.
 """
 

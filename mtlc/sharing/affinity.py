@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from mtlc.layers.vocab import MAX_SIZE
-from mtlc.sharing.point import DecoderPoint, lazy_attribute, torch_modules
+from mtlc.sharing.point import DecoderPoint, torch_modules
 from mtlc.spec.base import MAX_ITERATIONS, Count, DecoderBase
 from mtlc.viz.dot import COLUMN_WIDTH, CROSS_WIDTH, OWN_WIDTH, html_label
 
@@ -113,13 +113,6 @@ def modules() -> dict[str, Any]:
         "PixelAffinity": PixelAffinity,
         "Propagation": Propagation,
     }
-
-
-_TORCH = frozenset({"pixel_affinity", "PixelAffinity", "Propagation"})
-
-
-def __getattr__(name: str) -> Any:
-    return lazy_attribute(__name__, _TORCH, modules, name)
 
 
 class AffinityPoint(DecoderPoint):

@@ -46,7 +46,7 @@ from pydantic import Field
 
 from mtlc.colors import SHARED
 from mtlc.layers.vocab import MAX_CHANNELS, Shape
-from mtlc.sharing.point import StagePoint, lazy_attribute, torch_modules
+from mtlc.sharing.point import StagePoint, torch_modules
 from mtlc.spec.base import Count, StageSharing
 from mtlc.topology.stage import infer
 from mtlc.viz.dot import COLUMN_WIDTH, html_label
@@ -116,13 +116,6 @@ def modules() -> dict[str, Any]:
             super().__init__(*layers, *([nn.MaxPool2d(pool)] if pool != (1, 1) else []))
 
     return {"AttentionMask": AttentionMask, "Refine": Refine}
-
-
-_TORCH = frozenset({"AttentionMask", "Refine"})
-
-
-def __getattr__(name: str) -> Any:
-    return lazy_attribute(__name__, _TORCH, modules, name)
 
 
 class AttentionPoint(StagePoint):

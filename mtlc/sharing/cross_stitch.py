@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from mtlc.sharing.point import StagePoint, lazy_attribute, torch_modules
+from mtlc.sharing.point import StagePoint, torch_modules
 from mtlc.spec.base import Pair, StageSharing
 from mtlc.viz.dot import html_label
 
@@ -104,13 +104,6 @@ def modules() -> dict[str, Any]:
             return mixed.reshape(x.shape)
 
     return {"CrossStitchUnit": CrossStitchUnit, "FusedCrossStitch": FusedCrossStitch}
-
-
-_TORCH = frozenset({"CrossStitchUnit", "FusedCrossStitch"})
-
-
-def __getattr__(name: str) -> Any:
-    return lazy_attribute(__name__, _TORCH, modules, name)
 
 
 class CrossStitchPoint(StagePoint):

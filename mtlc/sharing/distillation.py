@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from mtlc.sharing.point import DecoderPoint, lazy_attribute, torch_modules
+from mtlc.sharing.point import DecoderPoint, torch_modules
 from mtlc.spec.base import DecoderBase
 from mtlc.viz.dot import COLUMN_WIDTH, CROSS_WIDTH, OWN_WIDTH, html_label
 
@@ -58,13 +58,6 @@ def modules() -> dict[str, Any]:
             return torch.sigmoid(self.conv(source)) * source
 
     return {"DistillationGate": DistillationGate}
-
-
-_TORCH = frozenset({"DistillationGate"})
-
-
-def __getattr__(name: str) -> Any:
-    return lazy_attribute(__name__, _TORCH, modules, name)
 
 
 class DistillationPoint(DecoderPoint):

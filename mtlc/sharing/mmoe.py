@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from mtlc.sharing.point import StagePoint, lazy_attribute, torch_modules
+from mtlc.sharing.point import StagePoint, torch_modules
 from mtlc.spec.base import LayerItem, StageSharing
 from mtlc.topology.experts import expert_stage
 from mtlc.viz.dot import COLUMN_WIDTH, CROSS_WIDTH, html_label
@@ -131,13 +131,6 @@ def modules() -> dict[str, Any]:
         return out
 
     return {"Gate": Gate, "gated_sum": gated_sum}
-
-
-_TORCH = frozenset({"Gate", "gated_sum"})
-
-
-def __getattr__(name: str) -> Any:
-    return lazy_attribute(__name__, _TORCH, modules, name)
 
 
 class MixturePoint(StagePoint):

@@ -31,6 +31,7 @@ its topology without loading any model code.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -189,10 +190,11 @@ def stage_points() -> list[StagePoint]:
 def torch_modules(module: str) -> Callable[[Callable[[], dict[str, Any]]], Callable[[], Any]]:
     """Decorator for a point file's `def modules()` that defines its torch classes.
 
-    The function imports torch and returns {name: class or function}; it runs once, and
-    each returned object is given `module` as its home so that pickling a model, the fx
-    code and `from mtlc.sharing.x import Name` find it through the file's `__getattr__`
-    (`lazy_attribute`).
+    The function imports torch and returns {name: class or function}; it runs once, on
+    first use. Each returned object is given `module` as its home, and the module a
+    `__getattr__` that finds them (PEP 562), so that pickling a model, the fx code and
+    `from mtlc.sharing.x import Name` all reach them as if defined at module level,
+    while importing the file (to validate a spec or build a topology) loads no torch.
     """
 
     def wrap(define: Callable[[], dict[str, Any]]) -> Callable[[], Any]:
@@ -204,18 +206,18 @@ def torch_modules(module: str) -> Callable[[Callable[[], dict[str, Any]]], Calla
                 obj.__qualname__ = name
             return SimpleNamespace(**found)
 
+        def attribute(name: str) -> Any:
+            if name.startswith("__"):  # dunders (`__path__`, `__wrapped__`) never load torch
+                raise AttributeError(f"module {module!r} has no attribute {name!r}")
+            try:
+                return getattr(modules(), name)
+            except AttributeError:
+                raise AttributeError(f"module {module!r} has no attribute {name!r}") from None
+
+        sys.modules[module].__getattr__ = attribute  # type: ignore[method-assign]
         return modules
 
     return wrap
-
-
-def lazy_attribute(
-    module: str, names: frozenset[str], modules: Callable[[], Any], name: str
-) -> Any:
-    """A point file's module `__getattr__`: its torch classes, defined on first use."""
-    if name in names:
-        return getattr(modules(), name)
-    raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
 
 def join_or(names: list[str]) -> str:
@@ -230,7 +232,6 @@ __all__ = [
     "StagePoint",
     "decoder_point",
     "join_or",
-    "lazy_attribute",
     "stage_point",
     "stage_points",
     "torch_modules",

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from mtlc.sharing.point import DecoderPoint, lazy_attribute, torch_modules
+from mtlc.sharing.point import DecoderPoint, torch_modules
 from mtlc.spec.base import MAX_ITERATIONS, Count, DecoderBase
 from mtlc.viz.dot import COLUMN_WIDTH, CROSS_WIDTH, OWN_WIDTH, html_label
 
@@ -89,13 +89,6 @@ def modules() -> dict[str, Any]:
             return own + self.update(x)
 
     return {"TaskAttention": TaskAttention}
-
-
-_TORCH = frozenset({"TaskAttention"})
-
-
-def __getattr__(name: str) -> Any:
-    return lazy_attribute(__name__, _TORCH, modules, name)
 
 
 class RecursivePoint(DecoderPoint):

@@ -11,7 +11,7 @@ for specs (and the JSON Schema) to accept it.
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -24,12 +24,12 @@ from pydantic import (
 )
 
 from mtlc import registry
+from mtlc.spec.balancer_options import Balancer, Fixed
 from mtlc.spec.base import (
     MAX_BATCH,
     MAX_EPOCHS,
     MAX_ITERATIONS,
     MAX_NAME_LENGTH,
-    MAX_SOLVER_ITERATIONS,
     Count,
     DecoderBase,
     LayerItem,
@@ -40,8 +40,10 @@ from mtlc.spec.base import (
 
 __all__ = [
     "MAX_ITERATIONS",
+    "Balancer",
     "Count",
     "DecoderBase",
+    "Fixed",
     "LayerItem",
     "Spec",
     "StageSharing",
@@ -97,7 +99,8 @@ class Task(Strict):
     loss: str | LossSpec
     metrics: list[str] = []
     target: str | None = Field(
-        None, description="the batch entry holding this task's labels (default: the task's name)"
+        None,
+        description="the batch entry holding this task's labels (default: the task's name)",
     )
     auxiliary: bool = Field(False, description="trained, but not an output of the final model")
 
@@ -109,171 +112,6 @@ class Task(Strict):
     def loss_options(self) -> dict[str, Any]:
         return {} if isinstance(self.loss, str) else dict(self.loss.model_extra or {})
 
-
-# -- balancers -------------------------------------------------------------------------
-
-
-class Fixed(Strict):
-    type: Literal["fixed"] = "fixed"
-    weights: dict[str, Annotated[float, Field(ge=0)]] = {}
-
-
-class Uncertainty(Strict):
-    type: Literal["uncertainty"]
-    init: float = Field(
-        0.0, ge=-30, le=30, description="initial s = log sigma^2 (exp(-s) must stay finite)"
-    )
-
-
-class DTP(Strict):
-    type: Literal["dtp"]
-    gamma: float | dict[str, float] = 1.0
-    momentum: float = Field(
-        0.9, ge=0, lt=1, description="weight of the old value in the KPI moving average"
-    )
-    kpi: dict[str, str] = Field(
-        {}, description="task -> metric used as its KPI (default: its first metric)"
-    )
-    init: float = Field(0.5, gt=0, lt=1)
-
-
-class MGDA(Strict):
-    level: ClassVar[str] = "gradient"
-    type: Literal["mgda"]
-    normalize: Literal["l2", "loss", "loss+", "none"] = "loss+"
-    mode: Literal["exact", "ub"] = "exact"
-    max_iter: Count(MAX_SOLVER_ITERATIONS) = 250
-    tol: float = Field(1e-6, gt=0)
-
-
-class GradientMethod(Strict):
-    level: ClassVar[str] = "gradient"
-    wrt: Literal["parameters", "representation"] = Field(
-        "parameters",
-        description="where the task Jacobian is taken: the shared parameters, or the shared"
-        " representation (one encoder backward, as MGDA-UB)",
-    )
-
-
-class PCGrad(GradientMethod):
-    type: Literal["pcgrad"]
-
-
-class GradDrop(GradientMethod):
-    type: Literal["graddrop"]
-    leak: float = Field(0.0, ge=0, le=1, description="share of each gradient always kept")
-
-
-class GradVac(GradientMethod):
-    type: Literal["gradvac"]
-    beta: float = Field(0.5, ge=0, le=1, description="EMA rate of the cosine targets")
-
-
-class CAGrad(GradientMethod):
-    type: Literal["cagrad"]
-    c: float = Field(0.4, ge=0, description="radius of the ball around the mean gradient")
-    rescale: Literal[0, 1, 2] = Field(
-        1, description="0: none, 1: divide by 1 + c^2 (official code), 2: by 1 + c"
-    )
-
-
-class IMTLG(GradientMethod):
-    type: Literal["imtl_g"]
-
-
-class NashMTL(GradientMethod):
-    type: Literal["nash_mtl"]
-    max_norm: float = Field(1.0, ge=0, description="clip ||d|| to this (0: no clipping)")
-    update_weights_every: Count(MAX_SOLVER_ITERATIONS) = 1
-    optim_niter: Count(MAX_SOLVER_ITERATIONS) = 20
-
-
-class AlignedMTL(GradientMethod):
-    type: Literal["aligned_mtl"]
-    scale_mode: Literal["min", "median", "rmse"] = "min"
-
-
-class UPGrad(GradientMethod):
-    type: Literal["upgrad"]
-
-
-class DualProj(GradientMethod):
-    type: Literal["dualproj"]
-
-
-class ConFIG(GradientMethod):
-    type: Literal["config"]
-
-
-class MoCo(GradientMethod):
-    type: Literal["moco"]
-    beta: float = Field(0.5, gt=0, le=1, description="tracking rate of y")
-    beta_sigma: float = Field(0.5, ge=0, description="decay exponent of beta")
-    gamma: float = Field(0.1, gt=0, description="step size of lambda")
-    gamma_sigma: float = Field(0.5, ge=0, description="decay exponent of gamma")
-    rho: float = Field(0.0, ge=0, description="l2 regularisation of lambda")
-
-
-class DBMTL(GradientMethod):
-    type: Literal["db_mtl"]
-    beta: float = Field(0.9, ge=0, lt=1, description="EMA weight of the old gradient")
-    beta_sigma: float = Field(0.0, ge=0, description="decay exponent of beta")
-
-
-class DWA(Strict):
-    type: Literal["dwa"]
-    temperature: float = Field(2.0, gt=0, description="softmax temperature T")
-
-
-class RLW(Strict):
-    type: Literal["rlw"]
-
-
-class GLS(Strict):
-    type: Literal["gls"]
-
-
-class IMTLL(Strict):
-    type: Literal["imtl_l"]
-
-
-class FAMO(Strict):
-    type: Literal["famo"]
-    w_lr: float = Field(0.025, gt=0, description="learning rate of the task logits")
-    gamma: float = Field(1e-3, ge=0, description="weight decay of the task logits")
-
-
-class GradNorm(Strict):
-    type: Literal["gradnorm"]
-    alpha: float = Field(1.5, ge=0, description="restoring force towards equal training rates")
-
-
-Balancer = Annotated[
-    Fixed
-    | Uncertainty
-    | DTP
-    | MGDA
-    | PCGrad
-    | GradDrop
-    | GradVac
-    | CAGrad
-    | IMTLG
-    | NashMTL
-    | AlignedMTL
-    | UPGrad
-    | DualProj
-    | ConFIG
-    | MoCo
-    | DBMTL
-    | DWA
-    | RLW
-    | GLS
-    | IMTLL
-    | FAMO
-    | GradNorm,
-    Field(discriminator="type"),
-    BeforeValidator(typed("fixed")),
-]
 
 # -- training --------------------------------------------------------------------------
 
@@ -325,11 +163,13 @@ class Train(Strict):
         "(exact; the state dict is unchanged)",
     )
     amp: Literal["off", "bf16", "fp16"] = Field(
-        "off", description="mixed precision: autocast to bf16, or fp16 with loss scaling (CUDA)"
+        "off",
+        description="mixed precision: autocast to bf16, or fp16 with loss scaling (CUDA)",
     )
     channels_last: bool = Field(False, description="NHWC memory layout for weights and images")
     compile: CompileOptions | bool = Field(
-        False, description="torch.compile the model's training forward (true or {mode: ...})"
+        False,
+        description="torch.compile the model's training forward (true or {mode: ...})",
     )
     log_every: int = Field(
         20,
@@ -391,7 +231,8 @@ class BackboneSpec(Strict):
 
 class Encoder(Strict):
     backbone: BackboneSpec | None = Field(
-        None, description="a named backbone; stages then name its parts (stem, layer1, layer3.2)"
+        None,
+        description="a named backbone; stages then name its parts (stem, layer1, layer3.2)",
     )
     stages: dict[str, list[LayerItem] | str] = Field(
         min_length=1,
