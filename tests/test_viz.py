@@ -21,20 +21,14 @@ from click.testing import CliRunner
 
 from mtlc import registry
 from mtlc.cli import main
+from mtlc.colors import SHARED_FILL, task_colours, tint
 from mtlc.sharing.point import StagePoint
 from mtlc.spec import load_spec
 from mtlc.spec.base import StageSharing
 from mtlc.topology import build_topology
 from mtlc.viz import dot_source, draw
-from mtlc.viz.topology_view import (
-    COLUMN_WIDTH,
-    NODESEP,
-    SHARED_FILL,
-    Notes,
-    task_colours,
-    tint,
-    topology_dot,
-)
+from mtlc.viz.dot import COLUMN_WIDTH, NODESEP
+from mtlc.viz.topology_view import Notes, topology_dot
 
 # svg, png, pdf and html need graphviz's `dot`; CI installs it where it can.
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz 'dot' not installed")

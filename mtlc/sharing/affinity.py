@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from torch import fx
 
     from mtlc.compiler.emitter import Emitter
-    from mtlc.viz.topology_view import Drawer
+    from mtlc.viz.drawing import DrawingKit as Drawer
 
 
 class Affinity(DecoderBase):

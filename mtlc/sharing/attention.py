@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
     from mtlc.compiler.emitter import Emitter
     from mtlc.topology.stage import StageBuild
-    from mtlc.viz.topology_view import Drawer
+    from mtlc.viz.drawing import DrawingKit as Drawer
 
 
 class Attention(StageSharing):

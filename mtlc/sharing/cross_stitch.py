@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from torch import fx
 
     from mtlc.compiler.emitter import Emitter
+    from mtlc.viz.drawing import DrawingKit as Drawer
     from mtlc.viz.learned import Readout
-    from mtlc.viz.topology_view import Drawer
 
 
 class CrossStitch(StageSharing):

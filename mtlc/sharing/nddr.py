@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from mtlc.compiler.emitter import Emitter
     from mtlc.layers.vocab import Shape
     from mtlc.topology.stage import StageBuild
+    from mtlc.viz.drawing import DrawingKit as Drawer
     from mtlc.viz.learned import Readout
-    from mtlc.viz.topology_view import Drawer
 
 
 class NDDR(StageSharing):

@@ -47,8 +47,8 @@ if TYPE_CHECKING:
     from mtlc.spec.schema import Spec
     from mtlc.spec.yaml_source import Source
     from mtlc.topology.stage import StageBuild
+    from mtlc.viz.drawing import DrawingKit as Drawer
     from mtlc.viz.learned import Readout
-    from mtlc.viz.topology_view import Drawer
 
 DECODER_STAGE = "decoder"
 
@@ -78,7 +78,7 @@ class Point:
         """
         raise NotImplementedError(f"sharing point '{self.name}' adds no units")
 
-    # -- drawing (`d` is the topology drawer, mtlc.viz.topology_view.Drawer) -----------
+    # -- drawing (`d`: mtlc.viz.drawing.DrawingKit) -----------
     def draw(self, d: Drawer, unit: str) -> dict[str, str] | None:
         """Draw the unit's node(s); return per task its topmost part, when drawn as parts.
 

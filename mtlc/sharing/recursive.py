@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from mtlc.compiler.emitter import Emitter
     from mtlc.spec.schema import Spec
     from mtlc.spec.yaml_source import Source
-    from mtlc.viz.topology_view import Drawer
+    from mtlc.viz.drawing import DrawingKit as Drawer
 
 
 class Recursive(DecoderBase):
