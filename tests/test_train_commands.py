@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from test_train import TINY, one_thread  # noqa: F401 - one_thread is an autouse fixture
 
 from mtlc import losses
-from mtlc.train import command, runfolder, sweep
+from mtlc.train import command, runfolder, sweep, sweep_results
 from mtlc.train.checkpoint import load_checkpoint
 from mtlc.train.compare import compare_runs
 
@@ -221,9 +221,9 @@ def test_grid_values_split_on_top_level_commas():
     assert sweep.split_values("{type: mgda, mode: ub},fixed") == ["{type: mgda, mode: ub}", "fixed"]
 
 
-def _row(name: str, miou: float, acc: float, err: float) -> sweep.SweepRow:
+def _row(name: str, miou: float, acc: float, err: float) -> sweep_results.SweepRow:
     metrics = {"seg": {"miou": miou, "pixel_acc": acc}, "depth": {"abs_err": err}}
-    return sweep.SweepRow(name, Path(name), {}, metrics)
+    return sweep_results.SweepRow(name, Path(name), {}, metrics)
 
 
 def test_mean_rank_and_pareto_front_on_made_up_points():
@@ -237,10 +237,10 @@ def test_mean_rank_and_pareto_front_on_made_up_points():
     # seg ranks (both metrics alike): b 1, a 2, c and d tie for 3rd and 4th → 3.5 each
     # depth ranks (abs_err, lower is better): c 1, a 2, d 3, b 4
     # mean rank = (seg + depth) / 2: a 2, b 2.5, c 2.25, d 3.25 → a is best
-    assert sweep.mean_ranks(rows, cols) == [2.0, 2.5, 2.25, 3.25]
-    assert sweep.pareto_front(rows, cols) == [True, True, True, False]
-    assert sweep.ranks([1.0, float("nan"), 3.0], higher_is_better=True) == [2.0, 3.0, 1.0]
-    sweep._mark(rows, cols, by_delta=False)
+    assert sweep_results.mean_ranks(rows, cols) == [2.0, 2.5, 2.25, 3.25]
+    assert sweep_results.pareto_front(rows, cols) == [True, True, True, False]
+    assert sweep_results.ranks([1.0, float("nan"), 3.0], higher_is_better=True) == [2.0, 3.0, 1.0]
+    sweep_results.mark_best(rows, cols, by_delta=False)
     assert [r.best for r in rows] == [True, False, False, False]
 
 

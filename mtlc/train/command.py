@@ -318,7 +318,7 @@ def sweep(
     """Train SPEC once per point of a grid and rank the points (best *, Pareto-optimal P)."""
     from mtlc.train.errors import Diverged, Interrupted
     from mtlc.train.sweep import sweep as run
-    from mtlc.train.sweep import sweep_table
+    from mtlc.train.sweep_results import sweep_table
 
     out_console = console()
     try:

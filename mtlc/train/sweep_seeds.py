@@ -23,7 +23,7 @@ from mtlc.atomic import write_bytes
 from mtlc.errors import Location, SpecError
 
 if TYPE_CHECKING:
-    from mtlc.train.sweep import SweepRow
+    from mtlc.train.sweep_results import SweepRow
 
 SEED_KEY = "train.seed"
 
