@@ -8,6 +8,11 @@ rotates every round) on the same batch; the figure is the median step time and t
 speed-up over fp32, with the 10th–90th percentile of the per-round ratios.
 
     python benchmarks/bench_amp.py [--device cpu|cuda] [--reps 15] [--batch 32] [--spec PATH]
+        [--set KEY=VALUE ...]
+
+`--set` overrides the spec as `mtlc train --set` does; the ResNet-50 spec trains on
+generated scenes with `--spec specs/nyuv2_resnet50_hps.yaml --set "train.data={name:
+shapes}" --size 96` (its own data set is not needed to time a step).
 """
 
 from __future__ import annotations
@@ -60,12 +65,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=0, help="data size (0: the spec's)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--spec", type=Path, default=None)
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     spec_path = args.spec or largest_spec()
     data = [
+        *args.sets,
         f"train.batch_size={args.batch}",
         f"train.data.train={args.batch}",
         f"train.data.val={args.batch}",

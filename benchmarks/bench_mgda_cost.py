@@ -3,7 +3,8 @@
 The step is the trainer's own (``Trainer.train_step``: forward, per-task losses, the
 balancer's backward, optimizer step) on specs/hard.yaml, with T = 2, 3 and 4 tasks
 (seg, depth, normal, edge; the first T). The three balancers are timed in rounds on the
-same batch, interleaved, and the median step time is reported. MGDA-UB should cost at
+same batch, interleaved, and the median step time is reported, with the spread of the
+per-round ratios (10th–90th percentile, over ``--steps`` rounds). MGDA-UB should cost at
 most 1.3× a fixed-weight step (T head backwards to the shared representation plus one
 full backward); ``exact`` adds T backward passes through the shared encoder, reported as
 its extra cost per task: (exact − fixed) / T.
@@ -61,7 +62,8 @@ def main() -> None:
     print(f"device {name}, torch threads {torch.get_num_threads()}, {args.size}x{args.size}")
     print(f"batch {args.batch}, median of {args.steps} interleaved steps\n")
     print(
-        "| T | fixed ms | ub ms | ub / fixed | exact ms | exact / fixed | exact extra per task ms |"
+        "| T | fixed ms | ub ms | ub / fixed (p10–p90) | exact ms | exact / fixed (p10–p90) |"
+        " exact extra per task ms |"
     )
     print("|---|---|---|---|---|---|---|")
     for tasks in (2, 3, 4):
@@ -85,9 +87,19 @@ def main() -> None:
                     times[key].append(time.perf_counter() - start)
         fixed, ub, exact = (statistics.median(times[k]) * 1000 for k in BALANCERS)
         print(
-            f"| {tasks} | {fixed:.1f} | {ub:.1f} | {ub / fixed:.2f} | {exact:.1f} |"
-            f" {exact / fixed:.2f} | {(exact - fixed) / tasks:.1f} |"
+            f"| {tasks} | {fixed:.1f} | {ub:.1f} | {ub / fixed:.2f} ({ratio_spread(times, 'ub')})"
+            f" | {exact:.1f} | {exact / fixed:.2f} ({ratio_spread(times, 'exact')}) |"
+            f" {(exact - fixed) / tasks:.1f} |"
         )
+
+
+def ratio_spread(times: dict[str, list[float]], key: str) -> str:
+    """The 10th–90th percentile of the per-round ratios key / fixed (the range below 10)."""
+    ratios = [a / b for a, b in zip(times[key], times["fixed"], strict=True)]
+    if len(ratios) < 10:
+        return f"{min(ratios):.2f}–{max(ratios):.2f}"
+    deciles = statistics.quantiles(ratios, n=10)
+    return f"{deciles[0]:.2f}–{deciles[-1]:.2f}"
 
 
 if __name__ == "__main__":

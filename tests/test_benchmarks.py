@@ -75,11 +75,64 @@ TOY = {
 
 def test_every_benchmark_has_a_toy_run():
     # bench_startup_compile.py times fresh processes only; test_cli_build covers what it checks;
-    # bench_distributed_scaling.py runs `mtlc train --nproc`, which test_distributed runs
+    # bench_distributed_scaling.py runs `mtlc train --nproc`, which test_distributed runs;
+    # gpu_check.py runs the others on a GPU (its CPU run is tested below)
     assert {p.name for p in (ROOT / "benchmarks").glob("*.py")} - set(TOY) == {
         "bench_startup_compile.py",
         "bench_distributed_scaling.py",
+        "gpu_check.py",
     }
+
+
+def test_gpu_check_without_cuda_runs_nothing_and_says_so(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine would run the whole check")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    assert "no CUDA device: nothing was run" in summary
+    for script in ("test_gpu.py", "bench_fusion.py", "bench_trainer_overhead.py", "bench_amp.py"):
+        assert script in summary
+    assert sorted(p.name for p in out.iterdir()) == ["summary.md"]
+
+
+def test_gpu_check_reads_each_benchmark_s_figures_against_its_target():
+    """The summary's parser on the benchmarks' own output lines (as printed on a GPU)."""
+    import importlib.util
+
+    loaded = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks/gpu_check.py")
+    check = importlib.util.module_from_spec(loaded)
+    sys.modules["gpu_check"] = check  # its dataclass looks its module up there
+    loaded.loader.exec_module(check)
+    fusion = check.judge(
+        "fusion",
+        "  fused / unfused: median 0.500 (p10 0.450, p90 0.550)\n"
+        "  fused / hand: median 0.900 (p10 0.800, p90 1.000)\n",
+    )
+    assert [(r[1].split()[0], r[2]) for r in fusion] == [("0.500", True), ("0.900", False)]
+    trainer = check.judge(
+        "trainer",
+        "trainer / hand = 0.960 (ratio of medians; per-round ratios: median 0.950 "
+        "(p10 0.900, p90 0.990))",
+    )
+    assert trainer == [
+        ("trainer / hand samples/s (target ≥ 0.95)", "0.960 (p10 0.900, p90 0.990)", True)
+    ]
+    mgda = check.judge(
+        "mgda", "| 3 | 10.0 | 14.0 | 1.40 (1.30–1.50) | 20.0 | 2.00 (1.9–2.1) | 3.3 |"
+    )
+    assert mgda == [("MGDA ub / fixed, T=3 (target ≤ 1.3×)", "1.40 (1.30–1.50)", False)]
+    tests = check.judge("tests", "....\n12 passed, 3 skipped in 40.0s\n")
+    assert tests[0][2] is True
+    assert check.judge("amp", "garbage")[0][2] is False  # no figure is a miss, not a pass
 
 
 @pytest.mark.slow

@@ -115,3 +115,32 @@ def test_mgda_step_never_waits_for_the_host_on_cuda():
         finally:
             torch.cuda.set_sync_debug_mode(0)
         assert balancer.batched is True
+
+
+@pytest.mark.parametrize("balancer", ["fixed", "uncertainty", "mgda", "dwa", "gls", "rlw"])
+def test_a_trainer_step_never_waits_for_the_device_on_cuda(balancer):
+    """launch_step (forward, balancer, its log, optimizer) queues work and returns: no
+    host sync, whatever the balancer keeps on the device; the read-back comes later."""
+    import warnings
+
+    from mtlc.data.batches import iterate_batches
+    from mtlc.spec import load_spec
+    from mtlc.train.trainer import Trainer
+
+    extra = [f"balancer={{type: {balancer}}}", "train.data.train=32", "train.batch_size=16"]
+    tr = Trainer(load_spec(SPECS[0].parent / "cross_stitch.yaml", extra), device="cuda")
+    batch = tr._to_device(next(iterate_batches(tr.train_data, 16, shuffle=False)))
+    tr.train_step(batch)  # warm-up: allocator, cuDNN plans, the pinned buffers
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            launched = [tr.launch_step(batch) for _ in range(3)]
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+    assert syncs == [], syncs
+    records = list(tr.finish_steps(launched))
+    assert [r["step"] for r in records] == [2, 3, 4]
+    assert set(records[-1]["weights"]) == set(tr.tasks)

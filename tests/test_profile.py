@@ -409,3 +409,42 @@ def test_a_csv_that_cannot_be_written_is_a_one_line_error(small_spec: Path, tmp_
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: {target}: cannot be created: "), result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_latency_times_the_graph_mtlc_train_runs(files, monkeypatch):
+    """--latency times the fused graph (train's), or the unfused one with --no-fuse or
+    train.fuse: false, and says which; fusion is for the timing device."""
+    import mtlc.compiler
+
+    calls = []
+    real = mtlc.compiler.compile_spec
+
+    def spy(spec, overrides=(), *, fuse=False, device=None):
+        calls.append((fuse, device))
+        # lowered as for a GPU so that fusion changes the graph (on the CPU the pass
+        # merges only copies computing one value); the grouped ops run on the CPU too
+        return real(spec, overrides, fuse=fuse, device="cuda")
+
+    monkeypatch.setattr(mtlc.compiler, "compile_spec", spy)
+    cross = files[1]
+    args = ("--latency", "--device", "cpu", "--iters", "2", "--batch", "2", "--json")
+    fused = json.loads(run(cross, *args).output)["latency"]["graph"]
+    assert calls[-1] == (True, "cpu")
+    timed = compile_spec(cross, fuse=True, device="cuda")
+    assert fused == {
+        "fused": True,
+        "nodes": len(timed.supervised.graph.nodes),
+        "unfused_nodes": len(timed.unfused[1].graph.nodes),
+        "why": "as mtlc train",
+    }
+    assert fused["nodes"] < fused["unfused_nodes"]  # the mix ran as one einsum
+    plain = json.loads(run(cross, *args, "--no-fuse").output)["latency"]["graph"]
+    assert calls[-1][0] is False
+    assert plain == {"fused": False, "nodes": fused["unfused_nodes"]} | {
+        "unfused_nodes": fused["unfused_nodes"],
+        "why": "--no-fuse",
+    }
+    off = json.loads(run(cross, *args, "--set", "train.fuse=false").output)["latency"]["graph"]
+    assert off["fused"] is False and off["why"] == "train.fuse is false"
+    text = run(cross, *args[:-1]).output
+    assert "fused graph mtlc train runs" in " ".join(text.split())

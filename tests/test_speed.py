@@ -16,6 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from mtlc.balancers.base import Balancer
 from mtlc.cli import main
 from mtlc.data.batches import iterate_batches
 from mtlc.spec import load_spec
@@ -186,9 +187,14 @@ def test_loss_scaler_skips_an_overflowing_step_and_halves_the_scale(tiny):
     assert tr.scaler.scale == 8.0  # grows after `interval` clean steps
 
 
-def test_read_backs_happen_once_per_log_interval_with_every_step_logged(tmp_path, tiny):
+@pytest.mark.parametrize("balancer", ["uncertainty", "mgda", "rlw"])
+def test_read_backs_happen_once_per_log_interval_with_every_step_logged(
+    tmp_path, tiny, monkeypatch, balancer
+):
+    # uncertainty's s_t and MGDA's α are tensors: the log takes copies at each step and
+    # reads them with the losses; RLW draws its weights on the host: read there, no wait
     spec = TINY.replace("train: 24", "train: 56").replace("epochs: 1", "epochs: 2")
-    spec = spec.replace("{type: fixed}", "{type: mgda}")
+    spec = spec.replace("{type: fixed}", f"{{type: {balancer}}}")
     path = tmp_path / "s.yaml"
     path.write_text(spec)
     sizes: list[int] = []
@@ -198,27 +204,33 @@ def test_read_backs_happen_once_per_log_interval_with_every_step_logged(tmp_path
         sizes.append(len(pending))
         return real(self, pending)
 
+    monkeypatch.setattr(Trainer, "finish_steps", counting)
+    cls = type(trainer(path).balancer)
+    now: list[str] = []  # reads of the balancer's values at once (a wait on a device)
+    for name in ("weights", "extra_state_for_log"):
+        method = getattr(cls, name)
+        monkeypatch.setattr(cls, name, lambda self, m=method, n=name: now.append(n) or m(self))
     runs = {}
     for every in (1, 3):
         sizes.clear()
-        Trainer.finish_steps = counting
-        try:
-            out = tmp_path / f"run{every}"
-            train(
-                path, out=out, device="cpu", progress=False, overrides=[f"train.log_every={every}"]
-            )
-        finally:
-            Trainer.finish_steps = real
-        runs[every] = ([s for s in sizes if s], runfolder.read_metrics(out))
+        now.clear()
+        out = tmp_path / f"run{every}"
+        train(path, out=out, device="cpu", progress=False, overrides=[f"train.log_every={every}"])
+        runs[every] = ([s for s in sizes if s], runfolder.read_metrics(out), list(now))
     assert runs[1][0] == [1] * 14
     assert runs[3][0] == [3, 3, 1] * 2  # 7 steps per epoch: 3 + 3 + the rest
-    steps = {e: [r for r in m if r["type"] == "step"] for e, (_, m) in runs.items()}
-    assert [r["step"] for r in steps[3]] == list(range(1, 15))
-    # the same records, MGDA's per-step α included, whatever the interval
-    for a, b in zip(steps[1], steps[3], strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
-        assert a["weights"] == pytest.approx(b["weights"], rel=1e-6)
-    assert len({json.dumps(r["weights"]) for r in steps[3]}) > 1  # α changes per step
+    host = cls.log_tensors is Balancer.log_tensors  # weights() are host numbers
+    for every in (1, 3):
+        # device-held values are read only at the epochs' ends (their summary lines)
+        assert runs[every][2].count("weights") == (14 + 2 if host else 2)
+    # the same records, byte for byte, whatever the interval: the balancer's values of
+    # every step (MGDA's α, uncertainty's s_t and σ_t, RLW's draw) included
+    assert runs[1][1] == runs[3][1]
+    steps = [r for r in runs[3][1] if r["type"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 15))
+    assert len({json.dumps(r["weights"]) for r in steps}) > 1  # they change per step
+    if balancer == "uncertainty":
+        assert {f"s_{t}" for t in ("seg", "depth")} <= set(steps[0]["balancer"])
 
 
 def test_data_lives_on_the_device_only_when_it_fits(tiny):
@@ -243,3 +255,38 @@ def test_bad_switch_values_are_located_errors(tiny, sets, key):
     assert result.exit_code == 2
     line = result.output.strip().splitlines()[-1]
     assert key in line and "Traceback" not in result.output
+
+
+def test_fp16_loss_scale_is_checkpointed_and_resume_continues_from_it(tiny, tmp_path, monkeypatch):
+    # fp16 autocast runs on the CPU too (only the spec check refuses it there, for speed),
+    # so the real fp16 path runs here with a scaler that changes its scale every 2 steps
+    import mtlc.train.trainer as trainer_module
+    from mtlc.train.checkpoint import load_checkpoint
+    from mtlc.train.errors import Interrupted
+
+    monkeypatch.setattr(trainer_module, "check_speed", lambda spec, device: None)
+    monkeypatch.setattr(
+        trainer_module, "LossScaler", lambda: speed.LossScaler(init=2.0**10, interval=2)
+    )
+    sets = ["train.amp=fp16", "train.epochs=2", "balancer={type: uncertainty}"]
+    train(tiny, out=tmp_path / "a", device="cpu", progress=False, overrides=sets)
+    real = Trainer._end_epoch
+
+    def end_epoch_then_stop(self, *args):
+        real(self, *args)
+        self.request_stop()
+
+    monkeypatch.setattr(Trainer, "_end_epoch", end_epoch_then_stop)
+    with pytest.raises(Interrupted):
+        train(tiny, out=tmp_path / "b", device="cpu", progress=False, overrides=sets)
+    monkeypatch.setattr(Trainer, "_end_epoch", real)
+    stopped = load_checkpoint(tmp_path / "b" / "last.pt")
+    steps = stopped["step"]  # the stop is honoured after the next step: 4
+    assert 3 < steps < 6
+    assert stopped["scaler"] == {"scale": 2.0 ** (10 + steps // 2), "good": steps % 2}
+    train(tiny, out=tmp_path / "b", device="cpu", progress=False, overrides=sets, resume=True)
+    a, b = (load_checkpoint(tmp_path / r / "last.pt") for r in "ab")
+    assert a["scaler"] == b["scaler"] == {"scale": 2.0**13, "good": 0}  # 6 steps: 3 doublings
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert runfolder.read_metrics(tmp_path / "a") == runfolder.read_metrics(tmp_path / "b")

@@ -10,6 +10,13 @@ Learned quantities (uncertainty's ``s_t``) are ``nn.Parameter``s and
 non-learned state that must survive a resume (DTP's moving averages, MGDA's
 last α) are registered buffers: the trainer optimises ``balancer.parameters()``
 and checkpoints ``balancer.state_dict()`` like any other module.
+
+Logging never makes the host wait for the device per step. Each step the trainer takes
+:meth:`Balancer.step_log`, the step's weights and extra values: host floats for a balancer
+that has them on the host (fixed weights, a host draw, a host solver's result), else
+copies of the tensors they are computed from (:meth:`Balancer.log_tensors`, still on the
+device), which the trainer reads back together with the step's losses, once per
+``train.log_every`` steps, and turns into numbers with :meth:`Balancer.log_values`.
 """
 
 from __future__ import annotations
@@ -68,6 +75,23 @@ def did_you_mean(name: str, choices: Sequence[str]) -> str:
 def is_number(value: Any) -> bool:
     """YAML gives ints where floats are meant; bools are ints in Python, but never numbers here."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class StepLog:
+    """One step's balancer values for the log, possibly still on their way from the device.
+
+    ``tensors`` are detached copies taken at the step (later steps cannot change them);
+    ``read`` turns their host values (``tensor.tolist()`` each, in order) into
+    ``(weights, extra)``: the step record's ``weights`` and ``balancer`` entries.
+    """
+
+    tensors: tuple[Tensor, ...]
+    read: Callable[[list[Any]], tuple[dict[str, float], dict[str, float]]]
+
+    def now(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Read the values at once (one host wait when the tensors are on a device)."""
+        return self.read([t.tolist() for t in self.tensors])
 
 
 @dataclass
@@ -201,7 +225,32 @@ class Balancer(torch.nn.Module):
         return total.detach()
 
     def weights(self) -> dict[str, float]:
+        """The current weight of each task (what the log shows)."""
+        if self.log_tensors() is None:
+            raise NotImplementedError
+        return self.step_log().now()[0]
+
+    # A balancer whose logged values are computed from tensors (parameters, buffers on the
+    # device) implements log_tensors() and log_values() instead of weights() and
+    # extra_state_for_log(): then logging them costs the host no wait per step.
+
+    def log_tensors(self) -> tuple[Tensor, ...] | None:
+        """The tensors this step's logged values are computed from, or ``None`` (the
+        default) when :meth:`weights` and :meth:`extra_state_for_log` are host values."""
+        return None
+
+    def log_values(self, values: list[Any]) -> tuple[dict[str, float], dict[str, float]]:
+        """``(weights, extra)`` from the host values of :meth:`log_tensors` (``tolist()``
+        each). It runs later, so it may read only what never changes (tasks, options)."""
         raise NotImplementedError
+
+    def step_log(self) -> StepLog:
+        """This step's values for the log, taken after the backward, before the update."""
+        tensors = self.log_tensors()
+        if tensors is None:
+            weights, extra = self.weights(), self.extra_state_for_log()
+            return StepLog((), lambda _: (weights, extra))
+        return StepLog(tuple(t.detach().clone() for t in tensors), self.log_values)
 
     def observe(self, kpis: Mapping[str, float]) -> None:
         """New per-task KPIs in [0, 1] after a step; only DTP uses them."""
@@ -221,4 +270,7 @@ class Balancer(torch.nn.Module):
         """Called at the end of each training epoch (DWA's loss ratios are per epoch)."""
 
     def extra_state_for_log(self) -> dict[str, float]:
-        return {}
+        """Extra per-step values for the log (uncertainty's ``s_t`` and ``σ_t``...)."""
+        if self.log_tensors() is None:
+            return {}
+        return self.step_log().now()[1]

@@ -42,12 +42,14 @@ class DBMTL(GradientBalancer):
         self.beta, self.beta_sigma = float(beta), float(beta_sigma)
         self.register_buffer("buffer", torch.zeros(len(self.tasks), 0))
         self.register_buffer("db_step", torch.zeros((), dtype=torch.float64))
+        self._steps = 0  # the host copy of `db_step`: k is needed on the host, unread
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         saved = state_dict.get(prefix + "buffer")
         if saved is not None and saved.shape != self.buffer.shape:
             self.buffer = torch.zeros_like(saved, device=self.buffer.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._steps = int(self.db_step)
 
     def head_weights(self, losses: Tensor) -> Tensor:
         return 1.0 / (losses + EPS)
@@ -60,12 +62,13 @@ class DBMTL(GradientBalancer):
             self.buffer = torch.zeros_like(J)
         with torch.no_grad():
             self.db_step += 1
-            k = float(self.db_step)
+            self._steps += 1
+            k = float(self._steps)
             log_grads = J / (losses.reshape(-1, 1).to(J.dtype) + EPS)
             beta = self.beta / k**self.beta_sigma
             buf = log_grads + beta * (self.buffer.to(J.dtype) - log_grads)
             self.buffer = buf
             norms = buf.norm(dim=1)
             alpha = norms.max() / (norms + EPS)
-            self._step_weights = alpha.detach().cpu()
+            self._step_weights = alpha.detach()
             return alpha @ buf

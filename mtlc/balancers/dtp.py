@@ -15,6 +15,9 @@ badly get more weight. There is no public code; the choices below are ours.
   training for good).
 * The weights are constants for the backward pass (they depend on KPIs, not on
   the parameters), as in the paper.
+* κ̄ is kept on the host too (the buffer, for checkpoints, follows it): the KPIs are
+  read on the host after each step (:meth:`DTP.after_step`: one wait per step, the only
+  one DTP has), so the weights and the log need no further read.
 """
 
 from __future__ import annotations
@@ -77,6 +80,11 @@ class DTP(Balancer):
         self.register_buffer(
             "kpi_avg", torch.full((len(self.tasks),), float(init), dtype=torch.float64)
         )
+        self._kpi = [float(init)] * len(self.tasks)  # the host copy of kpi_avg
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._kpi = self.kpi_avg.tolist()
 
     def observe(self, kpis: Mapping[str, float]) -> None:
         """Fold one step's KPIs into κ̄; a NaN KPI (e.g. mIoU of a batch with no class) is skipped."""
@@ -88,8 +96,8 @@ class DTP(Balancer):
             if not 0.0 <= value <= 1.0:
                 raise BalancerError(f"the KPI of task {task!r} must be in [0, 1], got {value}")
             i = self.index(task)
-            old = float(self.kpi_avg[i])
-            self.kpi_avg[i] = self.momentum * old + (1.0 - self.momentum) * value
+            self._kpi[i] = self.momentum * self._kpi[i] + (1.0 - self.momentum) * value
+            self.kpi_avg[i] = self._kpi[i]  # a fill on the device: nothing waits
 
     def after_step(self, view: StepView) -> None:
         """This step's KPIs: each task's KPI metric (``kpi``, else its first metric) on the
@@ -119,7 +127,7 @@ class DTP(Balancer):
     def weights(self) -> dict[str, float]:
         out = {}
         for i, t in enumerate(self.tasks):
-            k = min(max(float(self.kpi_avg[i]), KPI_CLAMP), 1.0 - KPI_CLAMP)
+            k = min(max(self._kpi[i], KPI_CLAMP), 1.0 - KPI_CLAMP)
             out[t] = -((1.0 - k) ** self.gamma[t]) * math.log(k)
         return out
 
@@ -129,4 +137,4 @@ class DTP(Balancer):
         return sum(w[t] * losses[t].reshape(()) for t in names)
 
     def extra_state_for_log(self) -> dict[str, float]:
-        return {f"kpi_avg_{t}": float(self.kpi_avg[i]) for i, t in enumerate(self.tasks)}
+        return {f"kpi_avg_{t}": self._kpi[i] for i, t in enumerate(self.tasks)}

@@ -35,21 +35,24 @@ class DWA(Balancer):
         self.register_buffer("epochs", torch.zeros((), dtype=torch.float64))
 
     def current(self) -> Tensor:
+        """The weights, on the buffers' device (computed there: nothing is read back)."""
         n = len(self.tasks)
-        if float(self.epochs) < 2:
-            return torch.ones(n, dtype=torch.float64)
         ratio = self.history[1] / self.history[0].clamp(min=1e-12)
-        return n * torch.softmax(ratio / self.temperature, dim=0)
+        weighted = n * torch.softmax(ratio / self.temperature, dim=0)
+        return torch.where(self.epochs < 2, torch.ones_like(weighted), weighted)
 
     def combine(self, losses: Mapping[str, Tensor]) -> Tensor:
         names = self.present(losses)
-        w = self.current().tolist()
+        w = self.current()
         with torch.no_grad():
             for t in names:
                 i = self.index(t)
-                self.epoch_sum[i] += float(losses[t].detach())
+                self.epoch_sum[i] += losses[t].detach().reshape(()).to(self.epoch_sum.device)
                 self.epoch_count[i] += 1
-        return sum(w[self.index(t)] * losses[t].reshape(()) for t in names)
+        return sum(
+            w[self.index(t)].to(losses[t].device, losses[t].dtype) * losses[t].reshape(())
+            for t in names
+        )
 
     def end_epoch(self) -> None:
         with torch.no_grad():
@@ -64,6 +67,9 @@ class DWA(Balancer):
             self.epoch_sum.zero_()
             self.epoch_count.zero_()
 
-    def weights(self) -> dict[str, float]:
-        w = self.current().tolist()
-        return {t: w[i] for i, t in enumerate(self.tasks)}
+    def log_tensors(self) -> tuple[Tensor, ...]:
+        return (self.current(),)
+
+    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
+        (w,) = values
+        return {t: w[i] for i, t in enumerate(self.tasks)}, {}

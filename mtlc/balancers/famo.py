@@ -13,7 +13,9 @@ weights), ξ takes one Adam step along ``J_softmax(ξ)ᵀ δ`` (lr ``w_lr``, wei
 
 mtlc's trainer gives the "after" losses through :meth:`after_step` (one extra forward
 without gradients, as in the official code). ξ and its Adam moments are buffers, and the
-"before" losses too, so resume is exact.
+"before" losses too, so resume is exact. All of it stays on the device: the Adam step
+count and whether the step had every task's loss are mirrored on the host, so a step
+never waits for the device.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ class FAMO(Balancer):
             self.register_buffer(name, torch.zeros(n, dtype=torch.float64))
         self.register_buffer("adam_step", torch.zeros((), dtype=torch.float64))
         self.register_buffer("pending", torch.zeros((), dtype=torch.bool))
+        self._pending, self._steps = False, 0  # host copies of `pending` and `adam_step`
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._pending, self._steps = bool(self.pending), int(self.adam_step)
 
     def z(self) -> Tensor:
         return torch.softmax(self.logits, dim=0)
@@ -55,37 +62,50 @@ class FAMO(Balancer):
     def combine(self, losses: Mapping[str, Tensor]) -> Tensor:
         names = self.present(losses)
         idx = [self.index(t) for t in names]
+        full = len(names) == len(self.tasks)
         stacked = torch.stack([losses[t].reshape(()) for t in names])
-        z = self.z()[idx].to(stacked.device, stacked.dtype)
+        z = self.z()
+        z = (z if full else torch.stack([z[i] for i in idx])).to(stacked.device, stacked.dtype)
         d = stacked - 0.0 + EPS
         c = (z / d).sum().detach()
-        with torch.no_grad():
-            self.before.zero_()
-            self.before[idx] = stacked.detach().double().cpu().to(self.before.device)
-            self.pending.fill_(len(names) == len(self.tasks))
+        with torch.no_grad():  # device to device, no index tensor sent: nothing waits
+            before = stacked.detach().double().to(self.before.device)
+            if full:
+                self.before.copy_(before)
+            else:
+                self.before.zero_()
+                for j, i in enumerate(idx):
+                    self.before[i] = before[j]
+            self.pending.fill_(full)
+            self._pending = full
         return (torch.log(d) * z / c).sum()
 
     def after_step(self, view: StepView) -> None:
-        if not bool(self.pending):  # a step without every task's loss: no rate to compare
+        if not self._pending:  # a step without every task's loss: no rate to compare
             return
         after = view.recompute()
         with torch.no_grad():
-            now = torch.tensor([float(after[t]) for t in self.tasks], dtype=torch.float64)
+            now = torch.stack([after[t].detach().reshape(()).double() for t in self.tasks])
             now = now.to(self.before.device)
             delta = torch.log(self.before + EPS) - torch.log(now + EPS)
             z = self.z()
             grad = z * (delta - (z * delta).sum())  # J_softmax(ξ)ᵀ δ
             grad = grad + self.gamma * self.logits  # Adam's L2 weight decay, as torch.optim.Adam
             self.adam_step += 1
-            k = float(self.adam_step)
+            self._steps += 1
+            k = float(self._steps)
             self.adam_m.mul_(BETAS[0]).add_((1 - BETAS[0]) * grad)
             self.adam_v.mul_(BETAS[1]).add_((1 - BETAS[1]) * grad * grad)
             m_hat = self.adam_m / (1 - BETAS[0] ** k)
             v_hat = self.adam_v / (1 - BETAS[1] ** k)
             self.logits -= self.w_lr * m_hat / (v_hat.sqrt() + ADAM_EPS)
             self.pending.fill_(False)
+            self._pending = False
 
-    def weights(self) -> dict[str, float]:
+    def log_tensors(self) -> tuple[Tensor, ...]:
+        return (self.z(),)
+
+    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
         """The task weights z_t (the effective weight of L_t also has 1/(c·L_t))."""
-        z = self.z().tolist()
-        return {t: z[i] for i, t in enumerate(self.tasks)}
+        (z,) = values
+        return {t: z[i] for i, t in enumerate(self.tasks)}, {}

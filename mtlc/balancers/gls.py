@@ -26,14 +26,28 @@ class GLS(Balancer):
         names = self.present(losses)
         stacked = torch.stack([losses[t].reshape(()) for t in names])
         total = torch.exp(torch.log(stacked.clamp(min=FLOOR)).mean())
-        with torch.no_grad():
-            self._last = {
-                t: float(total / (len(names) * stacked[i].clamp(min=FLOOR)))
-                for i, t in enumerate(names)
-            }
+        with torch.no_grad():  # on the device: the log reads it later (Balancer.step_log)
+            n = len(self.tasks)
+            last = torch.full((n,), 1.0 / n, dtype=torch.float64, device=stacked.device)
+            derivative = (total / (len(names) * stacked.clamp(min=FLOOR))).double()
+            if len(names) == n:
+                last.copy_(derivative)
+            else:
+                for i, t in enumerate(names):
+                    last[self.index(t)] = derivative[i]
+            self._last = last
         return total
 
-    def weights(self) -> dict[str, float]:
-        """``∂L/∂L_t = L/(T·L_t)`` at the last step (1/T before the first)."""
-        last = getattr(self, "_last", {})
-        return {t: last.get(t, 1.0 / len(self.tasks)) for t in self.tasks}
+    def log_tensors(self) -> tuple[Tensor, ...]:
+        last = getattr(self, "_last", None)
+        return (
+            last
+            if last is not None
+            else torch.full((len(self.tasks),), 1.0 / len(self.tasks), dtype=torch.float64),
+        )
+
+    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
+        """``∂L/∂L_t = L/(T·L_t)`` at the last step (1/T before the first, and for a task
+        without a loss in it)."""
+        (w,) = values
+        return {t: w[i] for i, t in enumerate(self.tasks)}, {}

@@ -172,8 +172,8 @@ class GradientBalancer(Balancer):
             return task_losses[0].detach()
         targets = self.targets(shared_params, shared_repr)
         values = torch.stack([x.detach().float() for x in task_losses])
-        heads = self.head_weights(values).detach()
-        total = sum(c * x for c, x in zip(heads.tolist(), task_losses))
+        heads = self.head_weights(values).detach()  # on the losses' device: no read
+        total = sum(c * x for c, x in zip(heads.unbind(0), task_losses))
         if not targets:
             total.backward()
             return total.detach()
@@ -210,14 +210,22 @@ class GradientBalancer(Balancer):
                 weights = torch.where(
                     norms > 0, proj / norms.clamp(min=1e-30), torch.ones_like(proj)
                 )
-            self.last_weights.zero_()
-            for w, t in zip(weights.detach().double().cpu().tolist(), names):
-                self.last_weights[self.index(t)] = w
+            weights = weights.detach().to(self.last_weights.device, torch.float64)
+            if list(names) == list(self.tasks):
+                self.last_weights.copy_(weights)  # device to device: nothing waits
+            else:
+                self.last_weights.zero_()
+                for j, t in enumerate(names):
+                    self.last_weights[self.index(t)] = weights[j]
         self._step_weights = None
 
-    def weights(self) -> dict[str, float]:
+    def log_tensors(self) -> tuple[Tensor, ...]:
+        return (self.last_weights,)
+
+    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
         """The last step's weight on each task's gradient (1 before the first step)."""
-        return {t: float(self.last_weights[i]) for i, t in enumerate(self.tasks)}
+        (w,) = values
+        return {t: w[i] for i, t in enumerate(self.tasks)}, {}
 
 
 def needs_jacobian_locally(balancer: GradientBalancer) -> None:
@@ -250,7 +258,7 @@ class GramianMethod(GradientBalancer):
         if ranks is not None and self.wrt == "representation":
             gram = ranks.sample_gramian(gram)  # the global Gramian of the per-sample rows
         w = self.gramian_weights(gram, losses).to(torch.float64)
-        self._step_weights = w.to("cpu")
+        self._step_weights = w
         return (w.to(J64.device) @ J64).to(J.dtype)
 
 

@@ -60,21 +60,22 @@ class GradNorm(Balancer):
                 ("type",),
             )
         last = layer[-1]
+        # all on the device, no index tensor sent: the step never waits for the host
+        device = task_losses[0].device
         with torch.no_grad():
-            values = torch.stack([x.detach().double().cpu() for x in task_losses])
-            first = self.initial[idx] == 0
-            if bool(first.any()):
-                fill = self.initial[idx]
-                fill[first] = values.to(fill.device)[first]
-                self.initial[idx] = fill
+            values = torch.stack([x.detach().double() for x in task_losses])
+            initial = torch.stack([self.initial[i] for i in idx]).to(device)
+            initial = torch.where(initial == 0, values, initial)  # L_t(0): the first step's
+            for j, i in enumerate(idx):
+                self.initial[i] = initial[j]
         norms = []
         for x in task_losses:
             (g,) = torch.autograd.grad(x, last, retain_graph=True, allow_unused=True)
-            norms.append(torch.zeros(()) if g is None else g.detach().norm().cpu())
+            norms.append(torch.zeros((), device=device) if g is None else g.detach().norm())
         if len(names) > 1:
-            wi = w[idx].cpu()
+            wi = torch.stack([w[i] for i in idx]).to(device)
             G = wi * torch.stack(norms).to(wi.dtype)
-            ratio = (values / self.initial[idx].cpu().clamp(min=1e-12)).to(wi.dtype)
+            ratio = (values / initial.clamp(min=1e-12)).to(wi.dtype)
             r = ratio / ratio.mean()
             target = (G.mean() * r**self.alpha).detach()
             (G - target).abs().sum().backward()
@@ -83,6 +84,9 @@ class GradNorm(Balancer):
         total.backward()
         return total.detach()
 
-    def weights(self) -> dict[str, float]:
-        w = self.loss_weights().detach().cpu().tolist()
-        return {t: w[i] for i, t in enumerate(self.tasks)}
+    def log_tensors(self) -> tuple[Tensor, ...]:
+        return (self.loss_weights(),)
+
+    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
+        (w,) = values
+        return {t: w[i] for i, t in enumerate(self.tasks)}, {}

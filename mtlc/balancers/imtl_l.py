@@ -33,6 +33,9 @@ class IMTLL(Balancer):
             total = total + torch.exp(s) * loss - s
         return total
 
-    def weights(self) -> dict[str, float]:
-        s = self.scales.detach().cpu().tolist()
-        return {t: math.exp(s[i]) for i, t in enumerate(self.tasks)}
+    def log_tensors(self) -> tuple[Tensor, ...]:
+        return (self.scales,)
+
+    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
+        (s,) = values
+        return {t: math.exp(s[i]) for i, t in enumerate(self.tasks)}, {}

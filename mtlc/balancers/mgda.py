@@ -454,6 +454,10 @@ class MGDA(Balancer):
         alpha = mgda_weights(J, losses, self.normalize, max_iter=self.max_iter, tol=self.tol)
         return alpha @ J
 
-    def weights(self) -> dict[str, float]:
+    def log_tensors(self) -> tuple[Tensor, ...]:
+        return (self.alpha,)
+
+    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
         """The last α (tasks absent from the last step have 0; 1/T before the first step)."""
-        return {t: float(self.alpha[i]) for i, t in enumerate(self.tasks)}
+        (alpha,) = values
+        return {t: alpha[i] for i, t in enumerate(self.tasks)}, {}

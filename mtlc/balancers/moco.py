@@ -47,6 +47,7 @@ class MoCo(GradientBalancer):
         self.register_buffer("y", torch.zeros(n, 0))
         self.register_buffer("lambd", torch.full((n,), 1.0 / n, dtype=torch.float64))
         self.register_buffer("moco_step", torch.zeros((), dtype=torch.float64))
+        self._steps = 0  # the host copy of `moco_step`: k is needed on the host, unread
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         # y is created at the first step with the target's size; take the saved one's shape.
@@ -54,6 +55,7 @@ class MoCo(GradientBalancer):
         if saved is not None and saved.shape != self.y.shape:
             self.y = torch.zeros_like(saved, device=self.y.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._steps = int(self.moco_step)
 
     def aggregate(self, J: Tensor, losses: Tensor | None) -> Tensor:
         losses = needs_losses("moco", losses)
@@ -64,7 +66,8 @@ class MoCo(GradientBalancer):
             self.y = torch.zeros_like(J)
         with torch.no_grad():
             self.moco_step += 1
-            k = float(self.moco_step)
+            self._steps += 1
+            k = float(self._steps)
             norms = J.norm(dim=1, keepdim=True)
             grads = J / (norms + 1e-8) * losses.reshape(-1, 1).to(J.dtype)
             y = self.y.to(J.dtype)
@@ -74,5 +77,5 @@ class MoCo(GradientBalancer):
             reg = y @ y.T + self.rho * torch.eye(n, dtype=J.dtype, device=J.device)
             lam = torch.softmax(lam - (self.gamma / k**self.gamma_sigma) * (reg @ lam), dim=-1)
             self.lambd.copy_(lam.to(self.lambd.dtype))
-            self._step_weights = lam.detach().cpu()
+            self._step_weights = lam.detach()
             return y.T @ lam

@@ -23,15 +23,22 @@ class RLW(Balancer):
         super().__init__(tasks, kinds)
         n = len(self.tasks)
         self.register_buffer("last", torch.full((n,), 1.0 / n, dtype=torch.float64))
+        self._last = [1.0 / n] * n  # the host copy of `last`: drawn on the host, read there
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._last = self.last.tolist()
 
     def combine(self, losses: Mapping[str, Tensor]) -> Tensor:
         names = self.present(losses)
         w = torch.softmax(torch.randn(len(names)), dim=0)
         with torch.no_grad():
-            self.last.zero_()
+            self._last = [0.0] * len(self.tasks)
             for t, v in zip(names, w.tolist()):
-                self.last[self.index(t)] = v
+                self._last[self.index(t)] = v
+            for i, v in enumerate(self._last):
+                self.last[i] = v  # fills on the device: nothing waits
         return sum(float(v) * losses[t].reshape(()) for t, v in zip(names, w))
 
     def weights(self) -> dict[str, float]:
-        return {t: float(self.last[i]) for i, t in enumerate(self.tasks)}
+        return {t: self._last[i] for i, t in enumerate(self.tasks)}

@@ -49,21 +49,22 @@ class Uncertainty(Balancer):
             total = total + self._c[t] * torch.exp(-s) * loss + s / 2
         return total
 
-    def weights(self) -> dict[str, float]:
-        """The effective weight ``c_t·exp(−s_t)`` of each loss."""
-        s = self.log_vars.detach().cpu().tolist()
-        return {t: self._c[t] * _exp(-s[i]) for i, t in enumerate(self.tasks)}
+    def log_tensors(self) -> tuple[Tensor, ...]:
+        return (self.log_vars,)
+
+    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
+        """Weights: the effective weight ``c_t·exp(−s_t)`` of each loss; extra: the
+        ``s_t`` and ``σ_t = exp(s_t / 2)``, the learned task noise."""
+        (s,) = values
+        weights = {t: self._c[t] * _exp(-s[i]) for i, t in enumerate(self.tasks)}
+        extra = {f"s_{t}": s[i] for i, t in enumerate(self.tasks)}
+        extra.update({f"sigma_{t}": _exp(s[i] / 2) for i, t in enumerate(self.tasks)})
+        return weights, extra
 
     def sigmas(self) -> dict[str, float]:
         """σ_t = exp(s_t / 2), the learned task noise."""
         s = self.log_vars.detach().cpu().tolist()
         return {t: _exp(s[i] / 2) for i, t in enumerate(self.tasks)}
-
-    def extra_state_for_log(self) -> dict[str, float]:
-        s = self.log_vars.detach().cpu().tolist()
-        out = {f"s_{t}": s[i] for i, t in enumerate(self.tasks)}
-        out.update({f"sigma_{t}": v for t, v in self.sigmas().items()})
-        return out
 
 
 def _exp(x: float) -> float:

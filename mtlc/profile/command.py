@@ -72,6 +72,12 @@ def _baseline_index(specs: list[str], baseline: str | None) -> int | None:
     help="Timed iterations per measurement for --latency (after 3 warm-up ones).",
 )
 @click.option(
+    "--no-fuse",
+    "no_fuse",
+    is_flag=True,
+    help="Time the unfused graph for --latency (as `mtlc train --no-fuse`).",
+)
+@click.option(
     "--baseline",
     type=click.Path(dir_okay=False),
     help="The spec the comparison's ratios are to (default: the first SPEC; "
@@ -88,6 +94,7 @@ def profile(
     latency: bool,
     device: str,
     iters: int,
+    no_fuse: bool,
     baseline: str | None,
     overrides: tuple[str, ...],
 ) -> None:
@@ -102,6 +109,7 @@ def profile(
     from mtlc.profile.latency import measure
     from mtlc.profile.report import (
         CONVENTION,
+        graph_words,
         profile_spec,
         summary_lines,
         table,
@@ -122,7 +130,9 @@ def profile(
     profiles = [profile_spec(p, batch=batch, overrides=overrides) for p in paths]
     if latency:
         for path, p in zip(paths, profiles):
-            p.latency = measure(path, batch=batch, device=device, overrides=overrides, iters=iters)
+            p.latency = measure(
+                path, batch=batch, device=device, overrides=overrides, iters=iters, fuse=not no_fuse
+            )
 
     out = console()
     if csv_path:
@@ -144,7 +154,8 @@ def profile(
     if latency:
         lat = profiles[0].latency
         out.print(
-            f"latency on {lat['device']}: median of {lat['iterations']} after {lat['warmup']} "
+            f"latency on {lat['device']} of the {graph_words(lat)}: median of "
+            f"{lat['iterations']} after {lat['warmup']} "
             "warm-up iterations (--json gives the spread)"
         )
     out.print(CONVENTION + ".")

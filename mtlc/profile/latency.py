@@ -1,7 +1,11 @@
 """Wall-clock latency of a spec's model on a real device (`mtlc profile --latency`).
 
 Counting runs on meta tensors; timing cannot, so this compiles the spec for real
-(weights initialised as for training) on the chosen device. Forward is the final model
+(weights initialised as for training) on the chosen device, as `mtlc train` does: with
+column fusion for that device (`mtlc.compiler.fuse`) unless the spec's `train.fuse` is
+false or `--no-fuse` is given, and the result says which graph it timed (``graph``:
+fused or unfused, with its node count). Counting, in contrast, reads the labelled
+unfused graph, whose FLOPs are the same math. Forward is the final model
 in eval mode without autograd (what serving runs); forward+backward is the supervised
 graph in train mode with every prediction in the loss (the shared representation
 `@shared` aside, which no loss reads) (what a training step runs,
@@ -49,14 +53,18 @@ def measure(
     overrides: list[str] | tuple[str, ...] = (),
     warmup: int = 3,
     iters: int = 10,
+    fuse: bool = True,
 ) -> dict[str, Any]:
-    """Median and spread (ms) of forward and of forward+backward at this batch size."""
+    """Median and spread (ms) of forward and of forward+backward at this batch size.
+
+    ``fuse=False`` (`--no-fuse`) times the unfused graph, as `mtlc train --no-fuse` runs.
+    """
     import torch
 
     from mtlc.compiler import SHARED_KEY, compile_spec
 
     dev = resolve_device(device)
-    compiled = compile_spec(spec, overrides)
+    compiled = compile_spec(spec, overrides, fuse=fuse, device=dev.type)
     compiled.supervised.to(dev)  # the final model shares these modules
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
@@ -91,6 +99,17 @@ def measure(
         "batch": batch,
         "warmup": warmup,
         "iterations": iters,
+        "graph": _which_graph(compiled, fuse),
         "forward_ms": fwd,
         "forward_backward_ms": both,
     }
+
+
+def _which_graph(compiled: Any, fuse: bool) -> dict[str, Any]:
+    """Which training graph was timed: fused or not, why, and its node count."""
+    nodes = len(compiled.supervised.graph.nodes)
+    if compiled.unfused is not None:
+        plain = len(compiled.unfused[1].graph.nodes)
+        return {"fused": True, "nodes": nodes, "unfused_nodes": plain, "why": "as mtlc train"}
+    why = "--no-fuse" if not fuse else "train.fuse is false"
+    return {"fused": False, "nodes": nodes, "unfused_nodes": nodes, "why": why}

@@ -316,10 +316,23 @@ def latency_line(lat: dict[str, Any]) -> str:
         return f"{ms(s['median'])} (min {ms(s['min'])}, max {ms(s['max'])}, IQR {ms(s['iqr'])})"
 
     return (
-        f"latency on {lat['device']}, batch {lat['batch']}, median of {lat['iterations']} "
-        f"after {lat['warmup']} warm-up: forward {one('forward_ms')} · "
+        f"latency on {lat['device']} of the {graph_words(lat)}, batch {lat['batch']}, "
+        f"median of {lat['iterations']} after {lat['warmup']} warm-up: "
+        f"forward {one('forward_ms')} · "
         f"forward+backward {one('forward_backward_ms')}"
     )
+
+
+def graph_words(lat: dict[str, Any]) -> str:
+    """Which graph a latency timed, in words ("fused graph (41 → 35 nodes)")."""
+    g = lat.get("graph")
+    if g is None:
+        return "model"
+    if g["fused"] and g["nodes"] == g["unfused_nodes"]:
+        return f"graph mtlc train runs (nothing to fuse here: {g['nodes']} nodes)"
+    if g["fused"]:
+        return f"fused graph mtlc train runs ({g['unfused_nodes']} → {g['nodes']} nodes)"
+    return f"unfused graph ({g['why']})"
 
 
 def write_csv(path: str | Path, profiles: list[Profile], by: str) -> None:

@@ -1,7 +1,9 @@
 """A run's checkpoint state: what last.pt holds, how a run is restored from it, and
 whether a stopped run may be resumed with the spec given now.
 
-A checkpoint holds the torch RNG state (every rank's, with several processes), the shuffling generator's state at the start of
+A checkpoint holds fp16's loss scale (``scaler``: the scale and the clean steps since
+it last changed, so a resumed run goes on from the scale it had reached rather than from
+2^16, which would skip steps again as it fell back), the torch RNG state (every rank's, with several processes), the shuffling generator's state at the start of
 the epoch and the number of batches done, so ``--resume`` replays the same permutation,
 skips the batches already seen and continues bit for bit: on the CPU, stopping and
 resuming gives the same weights as an uninterrupted run.
@@ -53,6 +55,7 @@ class Checkpointing:
             "balancer": self.balancer.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": self.epoch,
             "step": self.step,
             "batch": self.batch,
@@ -78,6 +81,8 @@ class Checkpointing:
             raise TrainError(f"the checkpoint does not fit this spec's balancer: {first}") from None
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):  # older checkpoints have none
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.batch = state["epoch"], state["step"], state["batch"]
         rng = state["rng"]
         self._set_rng_state(rng)

@@ -8,8 +8,11 @@ MGDA-UB differentiates against. Task t's loss for the balancer is its final loss
 balanced together with the task it belongs to.
 
 The host reads the steps' losses back only once per ``train.log_every`` steps
-(:meth:`Stepping.finish_steps`), so logging never makes a GPU wait more often. A non-finite task loss
-stops the run with :class:`~mtlc.train.errors.Diverged` naming the task and the step.
+(:meth:`Stepping.finish_steps`), together with the balancer's values of each step
+(:meth:`~mtlc.balancers.base.Balancer.step_log`: copies of its tensors taken at the step,
+or host numbers where the balancer has them there), so logging never makes a GPU wait
+more often. A non-finite task loss or balancer weight stops the run with
+:class:`~mtlc.train.errors.Diverged` naming the task and the step.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtlc.balancers.base import StepLog
 from mtlc.compiler import SHARED_KEY
 from mtlc.train.errors import Diverged
 from mtlc.train.speed import autocast
@@ -30,7 +34,8 @@ from mtlc.train.speed import autocast
 
 @dataclass
 class Launched:
-    """A step taken whose losses (``values``: per task, intermediates, total) are being read."""
+    """A step taken whose losses (``values``: per task, intermediates, total) and balancer
+    values (``logged``, turned into numbers by ``balancer.read``) are being read."""
 
     epoch: int
     step: int
@@ -38,9 +43,9 @@ class Launched:
     tasks: list[str]
     intermediate: list[str]
     values: torch.Tensor
+    logged: list[torch.Tensor]
+    balancer: StepLog
     ready: Any  # a torch.cuda.Event on a GPU, None on the CPU
-    weights: dict[str, float]
-    extra: dict[str, float]
     lr: float
 
 
@@ -117,9 +122,10 @@ class Stepping:
         self.optimizer.zero_grad(set_to_none=True)
         total = self.balance(out, per_task)
         intermediate = [k for k in parts if ":" in k]
-        values, ready = _read_later([*per_task.values(), *(parts[k] for k in intermediate), total])
-        weights = self.balancer.weights()
-        extra = self.balancer.extra_state_for_log()
+        logged = self.balancer.step_log()  # before the update, like the losses
+        values, copies, ready = _read_later(
+            [*per_task.values(), *(parts[k] for k in intermediate), total], logged.tensors
+        )
         finite = self.scaler is None or self.scaler.unscale(list(self.model.parameters()))
         lr = self._optimizer_step(finite)
         self.balancer.after_step(self._step_view(out, batch, share))
@@ -131,9 +137,9 @@ class Stepping:
             tasks=list(per_task),
             intermediate=intermediate,
             values=values,
+            logged=copies,
+            balancer=logged,
             ready=ready,
-            weights=weights,
-            extra=extra,
             lr=lr,
         )
 
@@ -179,9 +185,8 @@ class Stepping:
         A generator: the records of the steps before a non-finite one are yielded (and
         logged) before :class:`Diverged` is raised for it.
 
-        The balancer's weights are read when a step is launched (the balancers keep
-        Python state too, so a later read would be wrong); for tensor-state balancers
-        (uncertainty, MGDA's α) that read still waits for the device once per step.
+        The balancer's values were taken when each step was launched: host numbers, or
+        copies of its tensors that are read here with the losses, in the same wait.
         """
         if not pending:
             return
@@ -207,7 +212,7 @@ class Stepping:
                     step=launched.step,
                     run_dir=Path("."),
                 )
-        weights = launched.weights
+        weights, extra = launched.balancer.read([t.tolist() for t in launched.logged])
         for task, value in weights.items():
             if not math.isfinite(value):
                 raise Diverged(
@@ -228,8 +233,8 @@ class Stepping:
         }
         if launched.intermediate:
             record["parts"] = dict(zip(launched.intermediate, values[len(losses) : -1]))
-        if launched.extra:
-            record["balancer"] = launched.extra
+        if extra:
+            record["balancer"] = extra
         return record
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -261,13 +266,24 @@ class Stepping:
         return StepView(out, targets, self.task_metrics, recompute, merge)
 
 
-def _read_later(read: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
-    """The scalars stacked; on a GPU copied to pinned memory without waiting, plus its event."""
+def _read_later(
+    read: list[torch.Tensor], also: tuple[torch.Tensor, ...] = ()
+) -> tuple[torch.Tensor, list[torch.Tensor], Any]:
+    """The scalars stacked, and ``also`` as they are (the balancer's tensors, whatever their
+    dtype); on a GPU copied to pinned memory without waiting, plus one event for all."""
     values = torch.stack([v.detach().float().reshape(()) for v in read])
+    also = [t.detach() for t in also]
     ready = None
-    if values.is_cuda:
-        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-        values = host.copy_(values, non_blocking=True)
+    if values.is_cuda or any(t.is_cuda for t in also):
+        values, *also = [_to_pinned(t) for t in (values, *also)]
         ready = torch.cuda.Event()
-        ready.record()
-    return values, ready
+        ready.record()  # stream order: every copy above is done when it is
+    return values, also, ready
+
+
+def _to_pinned(t: torch.Tensor) -> torch.Tensor:
+    """A host copy of ``t`` in pinned memory, made without waiting (a CPU tensor: itself)."""
+    if not t.is_cuda:
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t, non_blocking=True)

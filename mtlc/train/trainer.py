@@ -13,9 +13,10 @@ Choices worth knowing:
   by their own ``train.data.seed`` (0 by default), so runs with different training seeds
   see the same scenes. ``--resume`` continues bit for bit (:mod:`mtlc.train.state`).
 * **Speed.** Batches are slices of pre-built tensors, kept on the GPU when they fit
-  (:func:`~mtlc.train.setup.keep_on_device`); the host reads the steps' losses back
-  once per ``train.log_every`` steps (:meth:`Trainer.launch_step`),
-  so the host never waits for the device more often than that. ``train.amp``,
+  (:func:`~mtlc.train.setup.keep_on_device`); the host reads the steps' losses back,
+  with each step's balancer values (:meth:`~mtlc.balancers.base.Balancer.step_log`),
+  once per ``train.log_every`` steps (:meth:`Trainer.launch_step`), so the host never
+  waits for the device more often than that. ``train.amp``,
   ``channels_last`` and ``compile`` are in :mod:`mtlc.train.speed`.
 * **Shared parameters** (what MGDA ``mode: exact`` differentiates) are the parameters of
   modules whose graph nodes serve two or more tasks
