@@ -35,6 +35,7 @@ runs the shared-bottom row and says which rows it skipped.
     python benchmarks/bench_mmoe_synthetic.py [--seeds 10] [--steps 5000] [--batch 512]
         [--lr-grid 0.0001,0.001,0.01 --tune-seeds 1 | --lr 0.001] [--train 50000]
         [--val 5000] [--correlations 1.0,0.5,0.0] [--models shared_bottom,mmoe,cgc,ple]
+        [--scale 1] [--sines 10] [--noise 0.1]
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ def spec_dict(
                 "val": args.val,
                 "dim": args.dim,
                 "correlation": correlation,
+                "scale": args.scale,
+                "sines": args.sines,
+                "noise": args.noise,
                 "seed": seed,
             },
             "epochs": 1,  # unused: run() counts steps
@@ -108,10 +112,18 @@ def spec_dict(
     }
 
 
-def run(spec_data: dict, steps: int, points: list[int]) -> tuple[list[float], int]:
-    """Train ``steps`` steps; the validation loss (mean over tasks) after each of ``points``."""
+TRAIN_WINDOW = 100  # the training loss reported: mean over this many last steps
+
+
+def run(spec_data: dict, steps: int, points: list[int]) -> tuple[list[float], int, float]:
+    """Train ``steps`` steps; the validation loss (mean over tasks) after each of ``points``.
+
+    Also returns the training loss (mean over tasks) averaged over the last
+    ``TRAIN_WINDOW`` steps: the paper's figures plot training loss.
+    """
     trainer = Trainer(load_spec(spec_data), device="cpu")
     curve: list[float] = []
+    recent: list[float] = []
     step = 0
     while step < steps:
         for batch in iterate_batches(
@@ -121,15 +133,17 @@ def run(spec_data: dict, steps: int, points: list[int]) -> tuple[list[float], in
             generator=trainer.generator,
             drop_last=trainer.drop_last,
         ):
-            trainer.train_step(batch)
+            record = trainer.train_step(batch)
             step += 1
+            if step > steps - TRAIN_WINDOW:
+                recent.append(statistics.fmean(record["loss"].values()))
             if step in points:
                 curve.append(statistics.fmean(trainer.validate()[0].values()))
                 trainer.model.train()
             if step == steps:
                 break
     params = sum(p.numel() for p in trainer.model.parameters())
-    return curve, params
+    return curve, params, statistics.fmean(recent)
 
 
 def run_all(jobs: list[tuple[dict, int, list[int]]], workers: int, threads: int) -> list:
@@ -146,9 +160,10 @@ def run_all(jobs: list[tuple[dict, int, list[int]]], workers: int, threads: int)
 
 
 def spread(xs: list[float], fmt: str) -> str:
-    """``mean ± std (min–max)`` of ``xs``."""
+    """``mean ± std, median (min–max)`` of ``xs``: a few runs stuck on a plateau pull the mean."""
     sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.fmean(xs):{fmt}} ± {sd:{fmt}} ({min(xs):{fmt}}–{max(xs):{fmt}})"
+    mean, med = statistics.fmean(xs), statistics.median(xs)
+    return f"{mean:{fmt}} ± {sd:{fmt}}, median {med:{fmt}} ({min(xs):{fmt}}–{max(xs):{fmt}})"
 
 
 def table(title: str, rows: dict[str, list[str]], columns: list[str]) -> None:
@@ -174,7 +189,7 @@ def tune(
     ]  # the correlations the search averages over (--tune-at, else the study's)
     jobs = [(spec_dict(n, args, p, seed, lr), args.steps, [args.steps]) for n, lr, p, seed in keys]
     finals: dict[tuple[str, float], list[float]] = {}
-    for (name, lr, _, _), (curve, _) in zip(keys, run_all(jobs, args.jobs, args.threads)):
+    for (name, lr, _, _), (curve, _, _) in zip(keys, run_all(jobs, args.jobs, args.threads)):
         finals.setdefault((name, lr), []).append(curve[-1])
     for name in models:
         means = [statistics.fmean(finals[name, lr]) for lr in grid]
@@ -204,6 +219,9 @@ def main() -> None:
     )
     parser.add_argument("--tune-seeds", type=int, default=1)
     parser.add_argument("--tune-at", default="", help="correlations of the search (default: all)")
+    parser.add_argument("--scale", type=float, default=1.0, help="the data's c = |w_t|")
+    parser.add_argument("--sines", type=int, default=10, help="the data's m (sine terms)")
+    parser.add_argument("--noise", type=float, default=0.1, help="the data's noise std")
     parser.add_argument("--bottom", type=int, default=113, help="shared-bottom width")
     parser.add_argument("--correlations", default="1.0,0.5,0.0")
     parser.add_argument("--models", default="shared_bottom,mmoe,cgc,ple")
@@ -233,20 +251,24 @@ def main() -> None:
         m: {p: [] for p in correlations} for m in models
     }
     params: dict[str, int] = {}
+    trains: dict[str, dict[float, list[float]]] = {m: {p: [] for p in correlations} for m in models}
     keys = [(name, p, seed) for seed in range(args.seeds) for p in correlations for name in models]
     jobs = [(spec_dict(n, args, p, seed, lrs[n]), args.steps, points) for n, p, seed in keys]
-    for (name, p, _), (curve, params[name]) in zip(keys, run_all(jobs, args.jobs, args.threads)):
+    results = run_all(jobs, args.jobs, args.threads)
+    for (name, p, _), (curve, params[name], train_loss) in zip(keys, results):
         curves[name][p].append(curve)
+        trains[name][p].append(train_loss)
     took = time.perf_counter() - start
     print(
-        f"\ncorrelated: {args.train} train / {args.val} val samples, dim {args.dim}; "
+        f"\ncorrelated: {args.train} train / {args.val} val samples, dim {args.dim}, "
+        f"c {args.scale:g}, m {args.sines}, noise std {args.noise:g}; "
         f"{args.steps} steps of batch {args.batch} (Adam); {args.seeds} seeds; "
         f"{args.jobs} process(es) of {args.threads} thread(s); {took:.0f} s in all"
     )
     finals = {m: {p: [c[-1] for c in cs] for p, cs in by_p.items()} for m, by_p in curves.items()}
     columns = [f"p = {p}" for p in correlations]
     table(
-        "final validation MSE (mean of the two tasks): mean ± std (min–max) over the seeds",
+        "final validation MSE (mean of the two tasks): mean ± std, median (min–max) over the seeds",
         {
             f"{m} ({params[m]} parameters, lr {lrs[m]:g})": [
                 spread(finals[m][p], ".4f") for p in correlations
@@ -255,9 +277,16 @@ def main() -> None:
         },
         columns,
     )
+    table(
+        f"training MSE (mean of the two tasks and the last {TRAIN_WINDOW} steps): "
+        "mean ± std, median (min–max) over the seeds",
+        {m: [spread(trains[m][p], ".4f") for p in correlations] for m in models},
+        columns,
+    )
     ref = correlations[0]
     table(
-        f"paired ratio: loss at p / loss at p = {ref}, same seed: mean ± std (min–max)",
+        f"paired ratio: validation loss at p / at p = {ref}, same seed: "
+        "mean ± std, median (min–max)",
         {
             m: [
                 spread([x / r for x, r in zip(finals[m][p], finals[m][ref])], ".2f")
