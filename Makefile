@@ -45,6 +45,7 @@ gallery: install
 	@for s in specs/*.yaml; do $(PYTHON) -m mtlc.cli viz $$s -o docs/gallery/$$(basename $$s .yaml).png || exit 1; done
 
 # the packaged JSON Schema that `mtlc schema` prints, regenerated from mtlc/spec/schema.py
+# and the option models of the sharing points registered in mtlc/registry.py
 schema: install
 	$(PYTHON) -c "from mtlc.commands import SCHEMA_FILE, schema_text; SCHEMA_FILE.write_text(schema_text())"
 

@@ -1,17 +1,30 @@
-"""Scaling of `mtlc train --nproc N` on the CPU: samples/s of 1, 2, ... processes (gloo).
+"""Scaling of `mtlc train --nproc N`: samples/s of a plain run, --nproc 1, 2 (and 4).
 
-Each run is the real command (`python -m mtlc train specs/hard.yaml --nproc N --device
-cpu`, one thread per process) with the same global batch, and its speed is the samples/s
-it reports in summary.json (the time of the per-batch loop on rank 0: slicing, the step
-with DDP's all-reduce and the loss all-reduce, logging; start-up, validation and
-checkpoints excluded). "plain" is the same run without torchrun (one process, no process
-group), the reference the others are compared with. Runs are interleaved, the order
-rotating each repetition, so a noisy neighbour slows every configuration alike; the
-speed-up of N processes is the median over repetitions of its samples/s divided by the
-plain run's of the same repetition.
+Configurations, all training specs/hard.yaml on the same data with the same global batch:
 
-    python benchmarks/bench_distributed_scaling.py [--procs 1,2] [--reps 15]
-        [--train 512] [--size 32] [--batch 32] [--epochs 1]
+* **plain**: :func:`mtlc.train.run.train` called in this process (no torchrun, no process
+  group, one thread on the CPU): the reference every ratio is taken against.
+* **--nproc N**: the real command, ``python -m mtlc train ... --nproc N`` (torchrun's
+  launcher; gloo and one thread per process on the CPU, NCCL and one GPU per process
+  with ``--device cuda``). ``--nproc 1`` is the cost of the distributed machinery alone
+  (DDP's all-reduce and the loss all-reduce with a world of one).
+
+A run's speed is the samples/s it reports in summary.json: the time of rank 0's
+per-batch loop (slicing, the step with its all-reduces, logging); start-up, validation
+and checkpoints are excluded, so a short run measures the steady loop. The
+configurations are interleaved (the order rotating each repetition, so a noisy
+neighbour slows all alike); reported: the median samples/s with its p10–p90 spread, and
+the median of the per-repetition ratio to plain with its p10–p90.
+
+CPU (default ``--procs 1,2``, plus 4 where the machine has 4 cores; a count above the
+cores is skipped with a note)::
+
+    python benchmarks/bench_distributed_scaling.py --reps 15
+
+GPU (``--device cuda``: plain on cuda:0 against ``--nproc 1``, NCCL with a world size of
+one, and more processes where the GPUs exist; without CUDA it says so and exits 0)::
+
+    python benchmarks/bench_distributed_scaling.py --device cuda --reps 15 --size 64 --batch 64
 """
 
 from __future__ import annotations
@@ -23,25 +36,49 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "hard.yaml"
 
 
-def run(nproc: int | None, out: Path, args: argparse.Namespace) -> float:
-    """One training run; its samples/s (rank 0's loop)."""
-    cmd = [sys.executable, "-m", "mtlc", "train", str(SPEC), "--device", "cpu", "--force"]
-    cmd += ["--out", str(out), "--epochs", str(args.epochs)]
-    for setting in (
+def settings(args: argparse.Namespace) -> list[str]:
+    """The spec's overrides: a small data set, the given global batch, few log reads."""
+    return [
         f"train.data.train={args.train}",
         f"train.data.val={args.batch}",
         f"train.data.size={args.size}",
         f"input.image=[3, {args.size}, {args.size}]",
         f"train.batch_size={args.batch}",
-    ):
+        f"train.epochs={args.epochs}",
+    ]
+
+
+def run_plain(out: Path, args: argparse.Namespace) -> float:
+    """The plain run, in this process; its samples/s."""
+    import torch
+
+    from mtlc.train.run import train
+
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    result = train(
+        SPEC,
+        overrides=settings(args),
+        out=out,
+        device=args.device,
+        console=None,
+        progress=False,
+    )
+    return result.summary["train_samples_per_s"]
+
+
+def run_nproc(nproc: int, out: Path, args: argparse.Namespace) -> float:
+    """``mtlc train --nproc N`` in fresh processes; rank 0's samples/s."""
+    cmd = [sys.executable, "-m", "mtlc", "train", str(SPEC), "--device", args.device]
+    cmd += ["--out", str(out), "--nproc", str(nproc)]
+    for setting in settings(args):
         cmd += ["--set", setting]
-    if nproc is not None:
-        cmd += ["--nproc", str(nproc)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -49,37 +86,74 @@ def run(nproc: int | None, out: Path, args: argparse.Namespace) -> float:
     return json.loads((out / "summary.json").read_text())["train_samples_per_s"]
 
 
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(median, p10, p90); with fewer than 2 values the one value thrice."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    deciles = statistics.quantiles(values, n=10, method="inclusive")
+    return statistics.median(values), deciles[0], deciles[-1]
+
+
+def process_counts(args: argparse.Namespace) -> list[int]:
+    """The --nproc counts to run: those asked for that this machine can hold."""
+    asked = [1, 2, 4] if args.procs is None else [int(p) for p in args.procs.split(",")]
+    if args.device == "cuda":
+        import torch
+
+        room, what = torch.cuda.device_count(), "GPU(s)"
+    else:
+        room, what = len(os.sched_getaffinity(0)), "CPU core(s)"
+    kept = [n for n in asked if n <= room]
+    for n in asked:
+        if n > room:
+            print(f"--nproc {n} skipped: this machine has {room} {what}, one per process")
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--procs", default="1,2", help="process counts, e.g. 1,2,4")
+    parser.add_argument("--procs", default=None, help="process counts (default 1,2,4 as fit)")
     parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--train", type=int, default=512)
+    parser.add_argument("--train", type=int, default=256, help="training scenes")
     parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16, help="the global batch")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
-    configs: list[int | None] = [None, *(int(p) for p in args.procs.split(","))]
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("--device cuda: no CUDA device here; the GPU comparison was not run")
+            return
+    counts = process_counts(args)
+    configs: list[int | None] = [None, *counts]
     speed: dict[int | None, list[float]] = {c: [] for c in configs}
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
             order = configs[rep % len(configs) :] + configs[: rep % len(configs)]
             for c in order:
-                speed[c].append(run(c, Path(tmp) / f"run-{c}", args))
+                out = Path(tmp) / f"rep{rep}-{'plain' if c is None else c}"
+                speed[c].append(run_plain(out, args) if c is None else run_nproc(c, out, args))
+    wall = time.perf_counter() - start
+    steps = -(-args.train // args.batch) * args.epochs
     print(
-        f"specs/hard.yaml, {args.train} scenes of {args.size}x{args.size}, global batch "
-        f"{args.batch}, {args.epochs} epoch(s), {args.reps} interleaved repetitions, "
-        f"{os.cpu_count()} CPU cores, one thread per process"
+        f"specs/hard.yaml on {args.device}, {args.train} scenes of {args.size}x{args.size}, "
+        f"global batch {args.batch}, {steps} steps per run, {args.reps} interleaved "
+        f"repetitions, {len(os.sched_getaffinity(0))} CPU cores"
+        + (", one thread per process" if args.device == "cpu" else "")
+        + f"; load average {os.getloadavg()[0]:.1f}; {wall:.0f} s in all"
     )
     plain = speed[None]
+    print(f"{'run':>22}  samples/s median (p10-p90)   vs plain: median (p10-p90)")
     for c in configs:
         values = speed[c]
-        name = "plain (no torchrun)" if c is None else f"--nproc {c}"
+        name = "plain (in-process)" if c is None else f"--nproc {c}"
         ratios = [v / p for v, p in zip(values, plain)]
-        print(
-            f"{name:>20}: median {statistics.median(values):7.1f} samples/s "
-            f"(min {min(values):.1f}, max {max(values):.1f}); vs plain: median "
-            f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f})"
-        )
+        m, lo, hi = spread(values)
+        rm, rlo, rhi = spread(ratios)
+        print(f"{name:>22}  {m:8.1f} ({lo:.1f}-{hi:.1f})   {rm:.2f}x ({rlo:.2f}-{rhi:.2f})")
 
 
 if __name__ == "__main__":

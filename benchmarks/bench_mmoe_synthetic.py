@@ -1,36 +1,49 @@
 """The MMoE paper's synthetic study: how sharing copes as the tasks' correlation falls.
 
 Ma et al., "Modeling Task Relationships in Multi-task Learning with Multi-gate
-Mixture-of-Experts", KDD 2018, section 3 (figure 4): two regression tasks on the
-``correlated`` data (mtlc/data/correlated.py, the paper's construction: targets
-``y_t = w_tᵀx + Σ_j sin(α_j w_tᵀx + β_j) + ε`` with cos(w_1, w_2) = p), trained at task
-correlations p = 1.0, 0.5 and 0.0. The paper's finding: the shared-bottom model gets
-clearly worse as p falls, while MMoE loses much less (its gates can give the tasks
-different mixtures of the experts).
+Mixture-of-Experts", KDD 2018, sections 3.2, 3.3 and 5.1 (figures 3 and 4): two regression
+tasks on the ``correlated`` data (mtlc/data/correlated.py, the paper's construction:
+``y_t = w_tᵀx + Σ_j sin(α_j w_tᵀx + β_j) + ε_t`` with cos(w_1, w_2) = p), trained at
+task correlations p = 1.0, 0.5 and 0.0. The paper's finding: the shared-bottom model gets
+clearly worse as p falls, while MMoE loses much less (its per-task gates can give the
+tasks different mixtures of the experts).
 
-The models follow the paper's sizes: 100 inputs; MMoE with 8 experts of one ReLU layer of
-16 units and a softmax gate per task; the shared bottom one ReLU layer wide enough to have
-about MMoE's parameter count (``--bottom``); every task a tower of one ReLU layer of 8
-units and a linear output. CGC splits the 8 experts into 4 shared and 2 of each task's
-own (Tang et al. 2020), and PLE stacks two such levels (4+2+2 then 2+1+1). Each run draws
-its own data set and initialisation from its seed; every model of a seed sees the same
-data. The figure is the final validation loss (MSE, mean over the two tasks) after
-``--epochs`` epochs with Adam at lr 1e-3: mean ± standard deviation over the seeds, and
-the (min–max) range; then each model's loss at every correlation divided by its loss at
-the first correlation for the same seed (the same sines and directions: only the angle
-between the tasks changes), which takes out how hard each seed's draw happens to be.
+The models are the paper's (section 5.1): 100 inputs; MMoE with 8 experts of one ReLU
+layer of 16 units and a softmax gate per task reading the input; every task a tower of
+one ReLU layer of 8 units and a linear output; the shared bottom one ReLU layer of
+13056 / (100 + 8·2) ≈ 113 units, the paper's match of MMoE's expert + tower weights
+(``--bottom``). CGC splits the 8 experts into 4 shared and 2 of each task's own (Tang et
+al. 2020), PLE stacks two such levels (4+2+2 then 2+1+1). All train with Adam, as the
+paper; its learning rate was "grid searched from [0.0001, 0.001, 0.01]": with ``--lr-grid``
+this script does the same, per model, on seeds of their own (``--tune-seeds``, numbered
+from 1000, never among the study's seeds), and picks the rate with the lowest mean final
+validation loss over the correlations. The paper gives no batch size, step count or data
+size; they are options here.
+
+Each run draws its own task (directions, sines), data and initialisation from its seed;
+every model and correlation of a seed sees the same draw but for the angle between w_1
+and w_2. Reported: the final validation MSE (mean over the two tasks) per model and
+correlation, mean ± standard deviation (min–max) over the seeds; each model's loss at p
+divided by its loss at the first correlation for the same seed (the paired ratio, which
+takes out how hard each seed's draw is), mean ± standard deviation (min–max); and the
+mean validation loss at ``--curve`` points of training, to show whether the runs have
+converged.
 
 The MoE rows need the ``mmoe``, ``cgc`` and ``ple`` sharing points; an mtlc without them
 runs the shared-bottom row and says which rows it skipped.
 
-    python benchmarks/bench_mmoe_synthetic.py [--seeds 3] [--epochs 10] [--train 8000]
-        [--val 2000] [--correlations 1.0,0.5,0.0] [--models shared_bottom,mmoe,cgc,ple]
+    python benchmarks/bench_mmoe_synthetic.py [--seeds 10] [--steps 5000] [--batch 512]
+        [--lr-grid 0.0001,0.001,0.01 --tune-seeds 1 | --lr 0.001] [--train 50000]
+        [--val 5000] [--correlations 1.0,0.5,0.0] [--models shared_bottom,mmoe,cgc,ple]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import shlex
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -43,6 +56,7 @@ from mtlc.train.trainer import Trainer
 
 TOWER = ["linear(8)", "relu", "linear(1)"]
 EXPERT = ["linear(16)", "relu"]
+TUNE_SEED = 1000  # tuning seeds start here, so they never repeat a study seed
 
 
 def model_parts(name: str, bottom: int) -> dict[str, Any]:
@@ -68,7 +82,9 @@ def model_parts(name: str, bottom: int) -> dict[str, Any]:
     raise SystemExit(f"unknown model {name!r}; choose shared_bottom, mmoe, cgc or ple")
 
 
-def spec_dict(name: str, args: argparse.Namespace, correlation: float, seed: int) -> dict:
+def spec_dict(
+    name: str, args: argparse.Namespace, correlation: float, seed: int, lr: float
+) -> dict:
     return {
         "mtlc": 1,
         "name": f"mmoe-study-{name}",
@@ -84,18 +100,20 @@ def spec_dict(name: str, args: argparse.Namespace, correlation: float, seed: int
                 "correlation": correlation,
                 "seed": seed,
             },
-            "epochs": args.epochs,
+            "epochs": 1,  # unused: run() counts steps
             "batch_size": args.batch,
-            "optimizer": {"type": "adam", "lr": args.lr},
+            "optimizer": {"type": "adam", "lr": lr},
             "seed": seed,
         },
     }
 
 
-def run(spec_data: dict, epochs: int) -> tuple[float, int]:
-    """Train ``epochs`` epochs; the final validation loss (mean over tasks) and parameters."""
+def run(spec_data: dict, steps: int, points: list[int]) -> tuple[list[float], int]:
+    """Train ``steps`` steps; the validation loss (mean over tasks) after each of ``points``."""
     trainer = Trainer(load_spec(spec_data), device="cpu")
-    for _ in range(epochs):
+    curve: list[float] = []
+    step = 0
+    while step < steps:
         for batch in iterate_batches(
             trainer.train_data,
             trainer.spec.train.batch_size,
@@ -104,73 +122,162 @@ def run(spec_data: dict, epochs: int) -> tuple[float, int]:
             drop_last=trainer.drop_last,
         ):
             trainer.train_step(batch)
-    val_loss, _ = trainer.validate()
+            step += 1
+            if step in points:
+                curve.append(statistics.fmean(trainer.validate()[0].values()))
+                trainer.model.train()
+            if step == steps:
+                break
     params = sum(p.numel() for p in trainer.model.parameters())
-    return statistics.fmean(val_loss.values()), params
+    return curve, params
+
+
+def run_all(jobs: list[tuple[dict, int, list[int]]], workers: int, threads: int) -> list:
+    """``run`` over ``jobs``, in order; in ``workers`` processes of ``threads`` threads each.
+
+    The runs are independent (each seeds its own data and initialisation), so spreading
+    them over processes changes how long the study takes, not what it measures.
+    """
+    if workers <= 1:
+        return [run(*job) for job in jobs]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        return pool.starmap(run, jobs, chunksize=1)
+
+
+def spread(xs: list[float], fmt: str) -> str:
+    """``mean ± std (min–max)`` of ``xs``."""
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.fmean(xs):{fmt}} ± {sd:{fmt}} ({min(xs):{fmt}}–{max(xs):{fmt}})"
+
+
+def table(title: str, rows: dict[str, list[str]], columns: list[str]) -> None:
+    print(f"\n{title}")
+    print("| model | " + " | ".join(columns) + " |")
+    print("|" + "---|" * (1 + len(columns)))
+    for name, cells in rows.items():
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def tune(
+    models: list[str], args: argparse.Namespace, correlations: list[float], grid: list[float]
+) -> dict[str, float]:
+    """Each model's learning rate from ``grid``: lowest mean final loss on the tuning seeds."""
+    chosen: dict[str, float] = {}
+    rows: dict[str, list[str]] = {}
+    keys = [
+        (name, lr, p, TUNE_SEED + s)
+        for name in models
+        for lr in grid
+        for s in range(args.tune_seeds)
+        for p in correlations
+    ]  # the correlations the search averages over (--tune-at, else the study's)
+    jobs = [(spec_dict(n, args, p, seed, lr), args.steps, [args.steps]) for n, lr, p, seed in keys]
+    finals: dict[tuple[str, float], list[float]] = {}
+    for (name, lr, _, _), (curve, _) in zip(keys, run_all(jobs, args.jobs, args.threads)):
+        finals.setdefault((name, lr), []).append(curve[-1])
+    for name in models:
+        means = [statistics.fmean(finals[name, lr]) for lr in grid]
+        chosen[name] = grid[min(range(len(grid)), key=means.__getitem__)]
+        rows[name] = [f"{m:.4f}" for m in means] + [f"{chosen[name]:g}"]
+    table(
+        f"learning-rate search: mean final validation MSE over p = {correlations} on "
+        f"{args.tune_seeds} tuning seed(s) from {TUNE_SEED}",
+        rows,
+        [f"lr {lr:g}" for lr in grid] + ["chosen"],
+    )
+    return chosen
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--train", type=int, default=8000)
-    parser.add_argument("--val", type=int, default=2000)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--curve", type=int, default=4, help="validation points per run")
+    parser.add_argument("--train", type=int, default=50000)
+    parser.add_argument("--val", type=int, default=5000)
     parser.add_argument("--dim", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--bottom", type=int, default=128, help="shared-bottom width")
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--lr", type=float, help="one rate for every model (no search)")
+    parser.add_argument(
+        "--lr-grid", default="0.0001,0.001,0.01", help="rates to search (the paper's grid)"
+    )
+    parser.add_argument("--tune-seeds", type=int, default=1)
+    parser.add_argument("--tune-at", default="", help="correlations of the search (default: all)")
+    parser.add_argument("--bottom", type=int, default=113, help="shared-bottom width")
     parser.add_argument("--correlations", default="1.0,0.5,0.0")
     parser.add_argument("--models", default="shared_bottom,mmoe,cgc,ple")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     correlations = [float(c) for c in args.correlations.split(",")]
-    models = args.models.split(",")
+    points = sorted({max(1, args.steps * (i + 1) // args.curve) for i in range(args.curve)})
     start = time.perf_counter()
-    losses: dict[str, dict[float, list[float]]] = {}
-    params: dict[str, int] = {}
-    for name in models:
+    print("command: python " + shlex.join(["benchmarks/bench_mmoe_synthetic.py", *sys.argv[1:]]))
+    models = []
+    for name in args.models.split(","):
         try:
-            load_spec(spec_dict(name, args, correlations[0], 0))
+            load_spec(spec_dict(name, args, correlations[0], 0, 1e-3))
         except SpecError as exc:
             print(f"{name}: skipped, this mtlc cannot build it ({str(exc).splitlines()[0]})")
             continue
-        losses[name] = {p: [] for p in correlations}
-    for seed in range(args.seeds):
-        for p in correlations:
-            for name in losses:
-                loss, params[name] = run(spec_dict(name, args, p, seed), args.epochs)
-                losses[name][p].append(loss)
+        models.append(name)
+    if args.lr is not None:
+        lrs = dict.fromkeys(models, args.lr)
+    else:
+        tune_at = [float(c) for c in args.tune_at.split(",")] if args.tune_at else correlations
+        lrs = tune(models, args, tune_at, [float(v) for v in args.lr_grid.split(",")])
+
+    curves: dict[str, dict[float, list[list[float]]]] = {
+        m: {p: [] for p in correlations} for m in models
+    }
+    params: dict[str, int] = {}
+    keys = [(name, p, seed) for seed in range(args.seeds) for p in correlations for name in models]
+    jobs = [(spec_dict(n, args, p, seed, lrs[n]), args.steps, points) for n, p, seed in keys]
+    for (name, p, _), (curve, params[name]) in zip(keys, run_all(jobs, args.jobs, args.threads)):
+        curves[name][p].append(curve)
     took = time.perf_counter() - start
     print(
-        f"correlated: {args.train} train / {args.val} val samples, dim {args.dim}; "
-        f"{args.epochs} epochs, batch {args.batch}, Adam lr {args.lr}; {args.seeds} seeds; "
-        f"{args.threads} thread(s); {took:.0f} s in all"
+        f"\ncorrelated: {args.train} train / {args.val} val samples, dim {args.dim}; "
+        f"{args.steps} steps of batch {args.batch} (Adam); {args.seeds} seeds; "
+        f"{args.jobs} process(es) of {args.threads} thread(s); {took:.0f} s in all"
     )
-    print("final validation MSE (mean of the two tasks): mean ± std (min–max) over the seeds")
-    header = "| model | parameters | " + " | ".join(f"p = {p}" for p in correlations) + " |"
-    print(header)
-    print("|" + "---|" * (2 + len(correlations)))
-    for name, by_p in losses.items():
-        cells = []
-        for p in correlations:
-            xs = by_p[p]
-            spread = statistics.stdev(xs) if len(xs) > 1 else 0.0
-            cells.append(f"{statistics.fmean(xs):.4f} ± {spread:.4f} ({min(xs):.4f}–{max(xs):.4f})")
-        print(f"| {name} | {params[name]} | " + " | ".join(cells) + " |")
-    # A seed fixes the task's sines (α, β) and its directions, so the same seed at another
-    # correlation is the same problem but for cos(w_1, w_2): the paired ratio removes the
-    # seeds' difference in difficulty, which dominates the spread above.
+    finals = {m: {p: [c[-1] for c in cs] for p, cs in by_p.items()} for m, by_p in curves.items()}
+    columns = [f"p = {p}" for p in correlations]
+    table(
+        "final validation MSE (mean of the two tasks): mean ± std (min–max) over the seeds",
+        {
+            f"{m} ({params[m]} parameters, lr {lrs[m]:g})": [
+                spread(finals[m][p], ".4f") for p in correlations
+            ]
+            for m in models
+        },
+        columns,
+    )
     ref = correlations[0]
-    print(f"\nloss at p / loss at p = {ref}, same seed: median (min–max) over the seeds")
-    print(header)
-    print("|" + "---|" * (2 + len(correlations)))
-    for name, by_p in losses.items():
-        cells = []
-        for p in correlations:
-            ratios = [x / r for x, r in zip(by_p[p], by_p[ref])]
-            cells.append(f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})")
-        print(f"| {name} | {params[name]} | " + " | ".join(cells) + " |")
+    table(
+        f"paired ratio: loss at p / loss at p = {ref}, same seed: mean ± std (min–max)",
+        {
+            m: [
+                spread([x / r for x, r in zip(finals[m][p], finals[m][ref])], ".2f")
+                for p in correlations
+            ]
+            for m in models
+        },
+        columns,
+    )
+    table(
+        "convergence: mean validation MSE over the seeds after each number of steps",
+        {
+            f"{m}, p = {p}": [
+                f"{statistics.fmean(c[i] for c in curves[m][p]):.4f}" for i in range(len(points))
+            ]
+            for m in models
+            for p in correlations
+        },
+        [f"{s} steps" for s in points],
+    )
 
 
 if __name__ == "__main__":

@@ -230,9 +230,9 @@ def schema_document() -> dict:
     copy kept in the package (`make schema` regenerates it; a test keeps it in step),
     since building the models takes pydantic longer than a command should.
     """
-    from mtlc.spec.schema import Spec
+    from mtlc.spec.schema import spec_model
 
-    doc = Spec.model_json_schema()
+    doc = spec_model().model_json_schema()
     doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     doc["title"] = "mtlc spec, format 1"
 
@@ -290,8 +290,8 @@ def names() -> dict[str, list[str]]:
 
     return {
         "layers": list(LAYERS),
-        "sharing": types(s.Sharing),
-        "decoders": types(s.Decoder),
+        "sharing": list(registry.SHARING),
+        "decoders": list(registry.DECODERS),
         "losses": list(registry.LOSSES),
         "metrics": list(registry.METRICS),
         "balancers": types(s.Balancer),

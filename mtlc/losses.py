@@ -5,6 +5,14 @@ element at all the loss is zero but still connected to the graph (like ``pred.su
 so a backward pass (and a gradient-level balancer) sees a zero gradient instead of NaN.
 The masked means are computed as ``sum / max(count, 1)``, without a host-device sync.
 
+A loss that averages over only some elements (ignored pixels) returns
+:func:`masked_mean`, which carries its ``count`` along as the mean's *normaliser*. Means
+of different batches (or of the processes' shares of one batch) then combine exactly,
+``Σ count·mean / Σ count``: that is how N processes get the loss of the global batch, and
+validation the loss of the whole split. A loss that returns a plain mean (every element
+counts) is weighted by its number of samples. A new loss stays one function and one line
+in :mod:`mtlc.registry`; if it masks, it returns ``masked_mean(total, count)``.
+
 Conventions shared with :mod:`mtlc.metrics`:
 
 - segmentation ignores targets equal to ``ignore_index`` (default -1, the MTAN release);
@@ -21,7 +29,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bce", "cosine", "cross_entropy", "l1", "mse", "smooth_l1"]
+__all__ = ["bce", "cosine", "cross_entropy", "l1", "masked_mean", "mse", "normaliser", "smooth_l1"]
+
+
+def masked_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``total / max(count, 1)``: the mean over ``count`` valid elements, which it carries.
+
+    The returned tensor's ``normaliser`` attribute is ``count`` (the number of elements
+    the mean is over, a tensor on the loss's device: reading it needs no sync).
+    """
+    mean = total / count.clamp_min(1)
+    mean.normaliser = count  # type: ignore[attr-defined]
+    return mean
+
+
+def normaliser(loss: torch.Tensor) -> torch.Tensor | None:
+    """The count a loss's mean is over (:func:`masked_mean`), or None for a plain mean."""
+    return getattr(loss, "normaliser", None)
 
 
 def _zero(pred: torch.Tensor) -> torch.Tensor:
@@ -65,11 +89,11 @@ def cross_entropy(
             f"loss 'cross_entropy': logits {tuple(pred.shape)} need targets of shape "
             f"{tuple(pred.shape[:1] + pred.shape[2:])}, got {tuple(target.shape)}."
         )
-    count = (target != ignore_index).sum().clamp_min(1)
+    count = (target != ignore_index).sum()
     total = F.cross_entropy(
         pred, target, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="sum"
     )
-    return total / count
+    return masked_mean(total, count)
 
 
 def bce(
@@ -97,7 +121,7 @@ def _regression(
         return elementwise(pred, target).mean()
     mask = _valid_pixels(target)
     per = torch.where(mask, elementwise(pred, target), pred.new_zeros(()))
-    return per.sum() / mask.sum().clamp_min(1)
+    return masked_mean(per.sum(), mask.sum())
 
 
 def l1(pred: torch.Tensor, target: torch.Tensor, *, ignore_zero: bool = False) -> torch.Tensor:
@@ -137,4 +161,4 @@ def cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     valid = target.norm(dim=1) > 0
     cos = (F.normalize(pred, dim=1) * F.normalize(target, dim=1)).sum(dim=1)
     per = torch.where(valid, 1.0 - cos, pred.new_zeros(()))
-    return per.sum() / valid.sum().clamp_min(1)
+    return masked_mean(per.sum(), valid.sum())

@@ -1,7 +1,8 @@
 """Every named thing a spec can refer to, mapped to where it lives.
 
-The tables hold import paths, not objects, so that validating a spec (and
-`mtlc --help`, `mtlc schema`, `mtlc list`) never imports torch. Adding a loss,
+The tables hold import paths, not objects, so that `mtlc --help`, `mtlc schema` and
+`mtlc list` never import torch, nor any of the files they name (validating a spec
+imports the sharing points' files, which load torch only when a model is built). Adding a loss,
 metric, balancer, data set or sharing point is one file plus one line here.
 """
 
@@ -68,22 +69,27 @@ DATASETS: dict[str, str] = {
     "callable": "mtlc.data.user:load",
 }
 
-# Encoder sharing points that add a unit after the stage's copies (`hard` and
-# `separate` add none: the topology makes their copies).
+# Sharing points: each entry is the point's class (mtlc.sharing.point), which holds its
+# option model, topology, fx emission, drawing and learned-value readout, all in one file.
+# The spec format's unions and the JSON Schema (`make schema`) are built from these tables.
 SHARING: dict[str, str] = {
-    "cross_stitch": "mtlc.sharing.cross_stitch:emit",
-    "nddr": "mtlc.sharing.nddr:emit",
-    "attention": "mtlc.sharing.attention:emit",
-    "mmoe": "mtlc.sharing.mmoe:emit",
-    "cgc": "mtlc.sharing.cgc:emit",
-    "ple": "mtlc.sharing.ple:emit",
+    "hard": "mtlc.sharing.hard:HardPoint",
+    "separate": "mtlc.sharing.separate:SeparatePoint",
+    "cross_stitch": "mtlc.sharing.cross_stitch:CrossStitchPoint",
+    "nddr": "mtlc.sharing.nddr:NDDRPoint",
+    "attention": "mtlc.sharing.attention:AttentionPoint",
+    "mmoe": "mtlc.sharing.mmoe:MMoEPoint",
+    "cgc": "mtlc.sharing.cgc:CGCPoint",
+    "ple": "mtlc.sharing.ple:PLEPoint",
 }
+# the point of a stage the spec's `encoder.sharing` does not list
+DEFAULT_SHARING = "hard"
 
 # Decoder-focused interaction, set under `decoder.type`.
 DECODERS: dict[str, str] = {
-    "distillation": "mtlc.sharing.distillation:emit",
-    "affinity": "mtlc.sharing.affinity:emit",
-    "recursive": "mtlc.sharing.recursive:emit",
+    "distillation": "mtlc.sharing.distillation:DistillationPoint",
+    "affinity": "mtlc.sharing.affinity:AffinityPoint",
+    "recursive": "mtlc.sharing.recursive:RecursivePoint",
 }
 
 # Losses that treat the head's output as class scores (Kendall's c_i = 1, DTP KPIs).

@@ -3,8 +3,10 @@
 Each case trains the spec with one balancer through ``Trainer.fit`` on the job's ranks;
 rank r trains into ``<out>/<case>/rank<r>`` (only rank 0 may write there) and reports
 what the test compares (its model, its balancer's state and weights, how the run ended)
-in ``<out>/<case>-rank<r>.pt``, a file of the test's own. Then: a NaN in rank 1's loss
-alone, and a Ctrl-C on rank 1 alone followed by a resume in a shared folder.
+in ``<out>/<case>-rank<r>.pt``, a file of the test's own; the ``masked`` cases first
+ignore a different number of pixels in every sample (:func:`mask_pixels`). Then: a NaN
+in rank 1's loss alone, a Ctrl-C on rank 1 alone followed by a resume in a shared folder, and the spec
+with BatchNorm on vectors (the third argument).
 """
 
 from __future__ import annotations
@@ -22,13 +24,30 @@ from mtlc.train import distributed
 from mtlc.train.errors import Diverged, Interrupted
 from mtlc.train.trainer import Trainer
 
+MASKED = ["tasks.depth.loss={type: l1, ignore_zero: true}"]
 CASES = {
     "fixed": ["balancer={type: fixed, weights: {seg: 1.0, depth: 0.5}}"],
     "uncertainty": ["balancer={type: uncertainty}"],
     "mgda_exact": ["balancer={type: mgda, mode: exact}"],
     "mgda_ub": ["balancer={type: mgda, mode: ub}"],
     "dtp": ["balancer={type: dtp}"],
+    # ignored pixels, a different number in every sample (mask_pixels)
+    "masked_fixed": ["balancer={type: fixed, weights: {seg: 1.0, depth: 0.5}}", *MASKED],
+    "masked_mgda_exact": ["balancer={type: mgda, mode: exact}", *MASKED],
 }
+
+
+def mask_pixels(trainer: Trainer) -> None:
+    """Ignore a different number of pixels in every sample: sample i loses its first
+    (5i mod 16) rows of segmentation (label -1) and first (7i mod 16) columns of depth
+    (0 = no measurement); sample 3 has no valid segmentation pixel at all. Every rank
+    (and the 1-process reference) holds the same data, so all mask it alike."""
+    for data in (trainer.train_data, trainer.val_data):
+        seg, depth = data.tensors["seg"], data.tensors["depth"]
+        for i in range(seg.shape[0]):
+            seg[i, : (5 * i) % 16] = -1
+            depth[i, :, :, : (7 * i) % 16] = 0.0
+        seg[3] = -1
 
 
 def report(path: Path, trainer: Trainer, **extra: object) -> None:
@@ -58,6 +77,8 @@ def main() -> None:
     r = ranks.rank
     for case, overrides in CASES.items():
         trainer = Trainer(load_spec(spec_path, overrides), device=device, ranks=ranks)
+        if case.startswith("masked"):
+            mask_pixels(trainer)
         result = trainer.fit(folder(out / case / f"rank{r}", r))
         report(out / f"{case}-rank{r}.pt", trainer, summary=result.summary)
 
@@ -94,6 +115,11 @@ def main() -> None:
     resumed = Trainer(load_spec(spec_path), device=device, ranks=ranks)
     resumed.fit(shared, resume=True)
     report(out / f"resume-rank{r}.pt", resumed, outcome=outcome)
+
+    # BatchNorm on vectors: the last batch, 1 sample per process, is dropped on both
+    trainer = Trainer(load_spec(sys.argv[3]), device=device, ranks=ranks)
+    trainer.fit(folder(out / "batchnorm" / f"rank{r}", r))
+    report(out / f"batchnorm-rank{r}.pt", trainer, outcome="completed")
     distributed.leave()
 
 

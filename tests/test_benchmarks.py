@@ -30,8 +30,14 @@ TOY = {
     "bench_mmoe_synthetic.py": [
         "--seeds",
         "2",
-        "--epochs",
-        "1",
+        "--steps",
+        "3",
+        "--curve",
+        "2",
+        "--lr-grid",
+        "0.001,0.01",
+        "--tune-at",
+        "0.0",
         "--train",
         "64",
         "--val",
@@ -145,3 +151,12 @@ def test_benchmark_runs(script):
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if script == "bench_mmoe_synthetic.py":  # every table, a row per model, the command
+        out = proc.stdout
+        assert out.startswith("command: python benchmarks/bench_mmoe_synthetic.py --seeds 2")
+        for title in ("learning-rate search", "final validation MSE", "paired ratio", "after"):
+            assert title in out
+        # a row in the search, final and ratio tables, and one per correlation in the curve
+        assert out.count("| mmoe") == 5 and out.count("| shared_bottom") == 5
+        assert "over p = [0.0] on 1 tuning seed" in out  # --tune-at
+        assert "| shared_bottom, p = 0.0 |" in out and "| 1 steps | 3 steps |" in out

@@ -189,6 +189,19 @@ def test_correlated_targets_follow_the_formula():
     assert torch.allclose(d["y2"][:, 0].double(), y[:, 1], atol=1e-4)
 
 
+def test_correlated_noise_is_the_papers_variance_001_by_default():
+    # the paper's ε ~ N(0, 0.01): standard deviation 0.1 around the noiseless formula
+    for options, std in [({}, 0.1), ({"noise": 0.3}, 0.3)]:
+        d = correlated.load("train", train=20000, dim=10, **options)
+        w, a, b = (d.info[k].double() for k in ("task_weights", "alphas", "betas"))
+        lin = d["x"].double() @ w.T
+        clean = lin + torch.sin(lin.unsqueeze(-1) * a + b).sum(-1)
+        residual = torch.cat([d["y1"], d["y2"]], 1).double() - clean
+        assert abs(float(residual.mean())) < 0.01
+        assert abs(float(residual.std()) / std - 1) < 0.03
+        assert abs(_pearson(residual[:, 0], residual[:, 1])) < 0.03  # independent per task
+
+
 def test_correlated_splits_share_the_task_but_not_the_samples():
     tr = correlated.load("train", train=50, dim=10)
     va = correlated.load("val", val=50, dim=10)

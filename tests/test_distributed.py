@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from distributed_worker import CASES
+from distributed_worker import CASES, mask_pixels
 
 from mtlc.metrics import build_metric
 from mtlc.spec import load_spec
@@ -49,8 +49,27 @@ train:
   batch_size: 8
   optimizer: {type: adam, lr: 0.01}
 """
+# BatchNorm on 1-D features: a share of one sample cannot train. 10 samples in batches of
+# 4: one process keeps the last batch of 2, two processes would get 1 each and drop it
+MLP = """\
+mtlc: 1
+name: mlp
+input: {x: [8]}
+encoder:
+  stages:
+    s1: [linear(16), bn, relu]
+tasks:
+  y1: {head: [linear(1)], loss: mse, metrics: [abs_err]}
+  y2: {head: [linear(1)], loss: mse}
+balancer: {type: fixed}
+train:
+  data: {name: correlated, train: 10, val: 4, dim: 8}
+  epochs: 2
+  batch_size: 4
+"""
 HERE = Path(__file__).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# faulthandler: a rank that aborts prints where (in the failure message below)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 @pytest.fixture(autouse=True)
@@ -69,20 +88,32 @@ def spec_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def job(spec_file: Path, tmp_path_factory) -> Path:
+def mlp_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("spec") / "mlp.yaml"
+    path.write_text(MLP)
+    return path
+
+
+@pytest.fixture(scope="module")
+def job(spec_file: Path, mlp_file: Path, tmp_path_factory) -> Path:
     """The torchrun job of tests/distributed_worker.py; its reports' folder."""
     out = tmp_path_factory.mktemp("job")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    cmd += [str(HERE / "distributed_worker.py"), str(out), str(spec_file)]
+    cmd += [str(HERE / "distributed_worker.py"), str(out), str(spec_file), str(mlp_file)]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    errors = [line for line in done.stderr.splitlines() if "rror" in line or "what()" in line]
-    assert done.returncode == 0, "\n".join(errors[:20]) + done.stderr[-2000:]
+    signs = ("rror", "what()", "terminate", "Fatal", "File ")
+    errors = [line for line in done.stderr.splitlines() if any(s in line for s in signs)]
+    assert done.returncode == 0, "\n".join(errors[:60]) + done.stderr[-2000:]
     return out
 
 
-def reference(spec_file: Path, overrides: list[str], folder: Path) -> tuple[Trainer, dict]:
+def reference(
+    spec_file: Path, overrides: list[str], folder: Path, masked: bool = False
+) -> tuple[Trainer, dict]:
     torch.set_num_threads(1)
     trainer = Trainer(load_spec(spec_file, overrides), device="cpu")
+    if masked:
+        mask_pixels(trainer)
     folder.mkdir(parents=True)
     return trainer, trainer.fit(folder).summary
 
@@ -99,7 +130,9 @@ def assert_close_states(a: dict, b: dict, tol: float) -> None:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_processes_train_like_one(job: Path, spec_file: Path, tmp_path: Path, case: str):
-    one, summary = reference(spec_file, CASES[case], tmp_path / "one")
+    masked = case.startswith("masked")
+    one, summary = reference(spec_file, CASES[case], tmp_path / "one", masked)
+    tol = 1e-5 if masked else 2e-5
     r0, r1 = reports(job, case)
     # the ranks hold the very same model and balancer state (MGDA's α, uncertainty's s_t)
     for k in r0["model"]:
@@ -109,8 +142,8 @@ def test_two_processes_train_like_one(job: Path, spec_file: Path, tmp_path: Path
     assert r0["weights"] == r1["weights"]
     # ... and they equal one process with the same global batch, after 4 steps
     assert r0["step"] == one.step == 4
-    assert_close_states(r0["model"], one.model.state_dict(), 2e-5)
-    assert_close_states(r0["balancer"], one.balancer.state_dict(), 2e-5)
+    assert_close_states(r0["model"], one.model.state_dict(), tol)
+    assert_close_states(r0["balancer"], one.balancer.state_dict(), tol)
     # global validation metrics: the ranks' confusion matrices, sums and counts reduced
     two = r0["summary"]
     for t, metrics in summary["final"]["metrics"].items():
@@ -123,6 +156,33 @@ def test_two_processes_train_like_one(job: Path, spec_file: Path, tmp_path: Path
         p.name for p in (tmp_path / "one").iterdir()
     )
     assert not (job / case / "rank1").exists()
+
+
+def test_masked_cases_need_the_counts(spec_file: Path):
+    """The masked cases above can fail: the ranks' shares hold different numbers of valid
+    pixels, so weighting their means by their share of the samples (what DDP does) misses
+    one process's loss of the batch (and the masked cases then fail on the weights), while
+    weighting them by the losses' own counts of valid pixels gives it."""
+    from mtlc.losses import normaliser
+
+    trainer = Trainer(load_spec(spec_file, CASES["masked_fixed"]), device="cpu")
+    mask_pixels(trainer)
+    batch = {k: v[:8] for k, v in trainer.train_data.tensors.items()}
+    with torch.no_grad():
+        whole = trainer.forward_losses(batch, trainer.model)[2]
+        halves = [
+            trainer.forward_losses({k: v[r::2] for k, v in batch.items()}, trainer.model)[2]
+            for r in (0, 1)
+        ]
+    for k in ("seg", "depth"):
+        counts = [int(normaliser(h[k])) for h in halves]
+        assert counts[0] != counts[1], counts
+        assert int(normaliser(whole[k])) == sum(counts)
+        by_count = sum(c * h[k] for c, h in zip(counts, halves)) / sum(counts)
+        by_samples = (halves[0][k] + halves[1][k]) / 2
+        assert float(by_count) == pytest.approx(float(whole[k]), rel=1e-6), k
+        assert abs(float(by_samples) - float(whole[k])) > 1e-4, k
+    assert normaliser(trainer.losses["seg"](torch.zeros(2, 5, 4, 4), -torch.ones(2, 4, 4))) == 0
 
 
 def test_mgda_weights_are_not_trivial(job: Path):
@@ -162,6 +222,7 @@ def cli_run(spec_file: Path, tmp_path_factory) -> tuple[Path, subprocess.Complet
     out = tmp_path_factory.mktemp("cli") / "run"
     cmd = [sys.executable, "-m", "mtlc", "train", str(spec_file), "--nproc", "2"]
     cmd += ["--device", "cpu", "--out", str(out), "--set", "balancer={type: uncertainty}"]
+    cmd += ["--baselines"]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     return out, done
 
@@ -175,6 +236,33 @@ def test_train_nproc_2_end_to_end(cli_run, spec_file: Path, tmp_path: Path):
     one, _ = reference(spec_file, ["balancer={type: uncertainty}"], tmp_path / "one")
     state = torch.load(out / "last.pt", weights_only=True)
     assert_close_states(state["model"], one.model.state_dict(), 2e-5)
+
+
+def test_train_nproc_2_trains_the_baselines_on_both_processes(cli_run, spec_file: Path):
+    """--baselines with --nproc 2: each single-task baseline trains on the 2 processes,
+    one after the other, into <run>/baselines/<task>, and equals a 1-process baseline."""
+    from mtlc.train.baselines import single_task_spec
+
+    out, done = cli_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    found = {}
+    for task in ("seg", "depth"):
+        single = json.loads((out / "baselines" / task / "summary.json").read_text())
+        assert single["processes"] == 2 and single["status"] == "completed"
+        assert single["tasks"] == [task]
+        found[task] = single["final"]["metrics"][task]
+        spec = single_task_spec(load_spec(spec_file, ["balancer={type: uncertainty}"]), task)
+        torch.set_num_threads(1)
+        one = Trainer(spec, device="cpu")
+        (out.parent / f"one-{task}").mkdir()
+        alone = one.fit(out.parent / f"one-{task}").summary["final"]["metrics"][task]
+        assert found[task] == pytest.approx(alone, rel=1e-4, abs=1e-6), task
+        state = torch.load(out / "baselines" / task / "last.pt", weights_only=True)
+        assert_close_states(state["model"], one.model.state_dict(), 2e-5)
+    assert summary["baselines"] == found
+    assert summary["final"]["delta_m"] is not None
+    assert done.stdout.count("baseline 1/2: seg alone") == 1  # rank 0 alone prints
 
 
 def test_resume_with_another_number_of_processes_is_refused(cli_run, spec_file: Path):
@@ -201,7 +289,11 @@ def test_resume_with_another_number_of_processes_is_refused(cli_run, spec_file: 
         (["--nproc", "4", "--set", "train.data.train=3"], "only 3 sample(s)"),
         (["--nproc", "2", "--set", "train.sync_bn=true"], "train.sync_bn"),
         (["--nproc", "2", "--device", "cuda:1"], "cuda:LOCAL_RANK"),
-        (["--nproc", "2", "--baselines"], "--baselines"),
+        (
+            ["--nproc", "2", "--baselines", "--set", "tasks.seg.metrics=[]"]
+            + ["--set", "tasks.depth.metrics=[]"],
+            "--baselines: no output task has metrics",
+        ),
     ],
 )
 def test_bad_launch_exits_2_before_any_process(
@@ -214,6 +306,53 @@ def test_bad_launch_exits_2_before_any_process(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_batchnorm_on_vectors_drops_a_last_batch_that_leaves_a_process_one_sample(
+    job: Path, mlp_file: Path
+):
+    """The rule of one process (drop a last batch of one sample), for N: a last batch
+    whose share leaves some process fewer than 2 samples is dropped, on every rank."""
+    spec = load_spec(mlp_file)
+    assert Trainer(spec, device="cpu").batches_per_epoch == 3  # 4, 4, 2: all kept
+    assert Trainer(spec, device="cpu", processes=2).batches_per_epoch == 2  # 2 → 1 + 1
+    three = load_spec(mlp_file, ["train.data.train=12", "train.batch_size=6"])
+    assert Trainer(three, device="cpu", processes=3).batches_per_epoch == 2  # 6, 6 → 2 each
+    r0, r1 = reports(job, "batchnorm")
+    assert r0["outcome"] == r1["outcome"] == "completed"
+    assert r0["step"] == r1["step"] == 4  # 2 epochs of 2 steps: the batch of 2 dropped
+    for k in r0["model"]:
+        assert torch.equal(r0["model"][k], r1["model"][k]), k
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--set", "train.batch_size=2"],
+            "train.batch_size: BatchNorm layer 'encoder.s1.shared.bn1' normalises one value per "
+            "channel per sample and cannot train on batches of one sample: 2 processes share "
+            "train.batch_size 2, so one gets 1 sample(s): set it to 4 or more",
+        ),
+        (
+            ["--set", "train.data.train=3"],
+            "train.data: BatchNorm layer 'encoder.s1.shared.bn1' normalises one value per "
+            "channel per sample and cannot train on batches of one sample: the training split "
+            "needs 4 samples or more for 2 processes",
+        ),
+    ],
+)
+def test_batchnorm_on_vectors_with_shares_of_one_is_refused_before_any_process(
+    mlp_file: Path, tmp_path: Path, args: list[str], message: str
+):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        command.train, [str(mlp_file), "--out", str(out), "--device", "cpu", "--nproc", "2", *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
     assert not out.exists()
 
 

@@ -13,24 +13,22 @@ import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from mtlc import registry
 from mtlc.cli import main
+from mtlc.colors import SHARED_FILL, task_colours, tint
+from mtlc.sharing.point import StagePoint
 from mtlc.spec import load_spec
+from mtlc.spec.base import StageSharing
 from mtlc.topology import build_topology
 from mtlc.viz import dot_source, draw
-from mtlc.viz.topology_view import (
-    COLUMN_WIDTH,
-    NODESEP,
-    SHARED_FILL,
-    Notes,
-    task_colours,
-    tint,
-    topology_dot,
-)
+from mtlc.viz.dot import COLUMN_WIDTH, NODESEP
+from mtlc.viz.topology_view import Notes, topology_dot
 
 # svg, png, pdf and html need graphviz's `dot`; CI installs it where it can.
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz 'dot' not installed")
@@ -452,9 +450,20 @@ def test_a_stage_may_share_a_name_with_a_fixed_row(write_spec):
     assert dot.row_of("head/seg") == ["~row/heads", "head/seg", "head/depth"]
 
 
-def test_a_sharing_type_without_a_drawing_of_its_own_is_still_drawn(write_spec):
+class FutureUnit(StageSharing):
+    type: Literal["future_unit"]
+
+
+class FuturePoint(StagePoint):
+    """A registered point that draws nothing of its own (the interface's defaults)."""
+
+    Options = FutureUnit
+
+
+def test_a_sharing_type_without_a_drawing_of_its_own_is_still_drawn(write_spec, monkeypatch):
     """A new sharing point (one file + one registry entry) must not break viz."""
     topo = build_topology(load_spec(write_spec(TINY)))
+    monkeypatch.setitem(registry.SHARING, "future_unit", f"{__name__}:FuturePoint")
     topo.graph.nodes["s2/cross_stitch"]["type"] = "future_unit"
     dot = Dot(topology_dot(topo))
     assert dot.nodes["s2/cross_stitch"]["shape"] == "hexagon"

@@ -21,11 +21,11 @@ from typing import Any
 import networkx as nx
 from torch import fx
 
-from mtlc import registry
 from mtlc.compiler.columns import freeze_stages, load_task_inits
 from mtlc.compiler.emitter import Emitter, module_prefix
 from mtlc.compiler.labels import SHARED_KEY, task_sets
 from mtlc.compiler.weights import load_backbone_weights
+from mtlc.sharing.point import unit_point
 from mtlc.spec import Spec, load_spec
 from mtlc.spec.load import spec_error
 from mtlc.topology import Topology, build_topology
@@ -72,8 +72,7 @@ def _emit_block(em: Emitter, block: str) -> None:
     if kind in ("output", "loss"):
         return
     if kind == "unit":
-        table = registry.DECODERS if attrs["stage"] == "decoder" else registry.SHARING
-        em.values[block] = registry.resolve(table, attrs["type"])(em, block)
+        em.values[block] = unit_point(attrs).emit(em, block)
         return
     (src,) = list(g.predecessors(block))
     members = attrs["tasks"]

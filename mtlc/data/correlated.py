@@ -7,9 +7,13 @@ Mixture-of-Experts", KDD 2018, section 3.2:
 2. task weights ``w_1 = c·u_1`` and ``w_2 = c·(p·u_1 + sqrt(1 − p²)·u_2)``, so that
    cos(w_1, w_2) = p, the task correlation;
 3. inputs ``x ~ N(0, I_dim)``;
-4. targets ``y_t = w_tᵀx + Σ_{j=1..m} sin(α_j·w_tᵀx + β_j) + ε_t``, with the α_j, β_j drawn
-   once from N(0, 1) and shared by the tasks (the paper says "a normal distribution") and
-   ``ε_t ~ N(0, noise²)`` (``noise`` is a standard deviation).
+4. targets ``y_t = w_tᵀx + Σ_{j=1..m} sin(α_j·w_tᵀx + β_j) + ε_t``, with α_j, β_j shared
+   by the tasks and ``ε_t ~ N(0, 0.01)`` i.i.d.
+
+The paper calls c, m, α and β "given parameters" and does not give their values; mtlc's
+choices are c = 1, m = 10 and α_j, β_j drawn once per seed from N(0, 1). The paper writes
+the noise as N(0, 0.01), read here in the usual N(μ, σ²) notation: variance 0.01, so the
+option ``noise`` (a standard deviation) defaults to 0.1.
 
 The linear parts ``w_tᵀx`` of two tasks then have Pearson correlation exactly p in
 expectation. **More than two tasks** (``tasks: T``): u_1…u_T orthonormal and
@@ -18,7 +22,8 @@ correlation p, and two tasks t, s ≥ 2 have correlation p² (they are related t
 only). For T = 2 this is exactly the paper's construction.
 
 Options: ``train`` (8000), ``val`` (2000), ``dim`` (100), ``tasks`` (2), ``correlation`` p
-(0.5, in [−1, 1]), ``scale`` c (1.0), ``sines`` m (10), ``noise`` (0.01).
+(0.5, in [−1, 1]), ``scale`` c (1.0), ``sines`` m (10), ``noise`` (0.1, the standard
+deviation of ε).
 
 Tensors: ``x`` float32 [N, dim] and ``y1``, ``y2``, … float32 [N, 1]. The task (the u's,
 α, β) depends on ``seed`` only, so train and val share it; the samples x and ε of each
@@ -51,7 +56,7 @@ SCHEMA = {
     "correlation": (float, 0.5),
     "scale": (float, 1.0),
     "sines": (int, 10),
-    "noise": (float, 0.01),
+    "noise": (float, 0.1),
 }
 
 

@@ -13,6 +13,25 @@ MMoE's (mtlc.sharing.mmoe); the topology lists which experts a gate mixes.
 
 from __future__ import annotations
 
-from mtlc.sharing.mmoe import emit
+from typing import Literal
 
-__all__ = ["emit"]
+from pydantic import Field, field_validator
+
+from mtlc.sharing.mmoe import EXPERTS_HELP, Experts, MixtureOfExperts, MixturePoint, check_experts
+
+
+class CGC(MixtureOfExperts):
+    """Tang et al. 2020: shared experts plus each task's own, a gate per task over both."""
+
+    type: Literal["cgc"]
+    shared_experts: Experts = Field(1, description=EXPERTS_HELP)
+    task_experts: Experts = Field(1, description="each task's own experts; " + EXPERTS_HELP)
+
+    _check = field_validator("shared_experts", "task_experts")(check_experts)
+
+    def expert_sets(self) -> tuple[Experts, Experts]:
+        return self.shared_experts, self.task_experts
+
+
+class CGCPoint(MixturePoint):
+    Options = CGC

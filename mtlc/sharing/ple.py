@@ -15,6 +15,20 @@ MMoE's (mtlc.sharing.mmoe); the topology says which experts each gate mixes.
 
 from __future__ import annotations
 
-from mtlc.sharing.mmoe import emit
+from typing import ClassVar, Literal
 
-__all__ = ["emit"]
+from mtlc.sharing.cgc import CGC
+from mtlc.sharing.mmoe import MixturePoint
+
+
+class PLE(CGC):
+    """Tang et al. 2020: consecutive `ple` stages are stacked CGC levels; every level but
+    the last also has a shared gate over all its experts, feeding the next level's shared
+    experts (progressive layered extraction)."""
+
+    chains: ClassVar[bool] = True
+    type: Literal["ple"]  # type: ignore[assignment]
+
+
+class PLEPoint(MixturePoint):
+    Options = PLE

@@ -22,7 +22,7 @@ from mtlc.errors import Location, SpecError, did_you_mean, unknown
 from mtlc.layers.vocab import MAX_ELEMENTS, MAX_SIZE
 from mtlc.spec.names import name_problem
 from mtlc.spec.overrides import apply_overrides
-from mtlc.spec.schema import LOSS_OPTIONS, Spec
+from mtlc.spec.schema import LOSS_OPTIONS, Spec, spec_model
 from mtlc.spec.yaml_source import Positions, dotted, parse_yaml, read_yaml, set_location
 
 
@@ -82,7 +82,7 @@ def _validate(data: Any, positions: Positions, overrides: list[str] | tuple[str,
         )
     src = Source(positions, apply_overrides(data, list(overrides)))
     try:
-        spec = Spec.model_validate(data)
+        spec = spec_model().model_validate(data)
     except ValidationError as exc:
         raise _translate(exc, data, src) from None
     spec._source = src
@@ -144,7 +144,7 @@ def _models_in(annotation: Any, value: Any) -> list[type[BaseModel]]:
 
 def _fields_at(path: tuple, data: Any) -> list[str]:
     """Names allowed at `path` of the spec, for did-you-mean."""
-    annotation: Any = Spec
+    annotation: Any = spec_model()
     node = data
     for part in path:
         models = _models_in(annotation, node)
@@ -337,22 +337,14 @@ def _check_names(spec: Spec, src: Source) -> None:
                 ("balancer", "kpi", t),
                 f"task '{t}' has no metric '{metric}'{did_you_mean(metric, spec.tasks[t].metrics)}",
             )
-    if spec.decoder is not None and getattr(spec.decoder, "order", None) is not None:
-        order = spec.decoder.order
-        for i, t in enumerate(order):
-            if t not in spec.tasks:
-                raise src.error(("decoder", "order", i), unknown("task", t, tasks))
-        if len(set(order)) != len(order):
-            raise src.error(("decoder", "order"), "a task appears twice")
-        if len(order) < 2:
-            raise src.error(
-                ("decoder", "order"), "the recursion needs at least two tasks to take turns"
-            )
-        if all(spec.tasks[t].auxiliary for t in order):
-            raise src.error(
-                ("decoder", "order"),
-                "the recursion needs at least one non-auxiliary task to take turns",
-            )
+    if spec.decoder is not None:
+        from mtlc.sharing.point import decoder_point
+
+        decoder_point(spec.decoder.type).check(spec, src)
+    for stage in spec.encoder.stages:
+        from mtlc.sharing.point import stage_point
+
+        stage_point(spec.sharing_of(stage).type).check(spec, src)
 
 
 def _check_loss_options(name: str, options: dict, path: tuple, src: Source) -> None:

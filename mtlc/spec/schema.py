@@ -2,258 +2,56 @@
 
 This module is the single definition of what a spec may contain: validation, the
 JSON Schema (`mtlc schema`) and the did-you-mean hints all come from it. It imports no
-torch. Option models of sharing points and balancers live here, beside the rest of the
-format, so that the format can be checked and published without loading any model code.
+torch. The option model of each sharing point lives in that point's file
+(mtlc.sharing); `spec_model()` assembles the format from the points registered in
+`mtlc.registry` when a spec is first validated, so registering a point is all it takes
+for specs (and the JSON Schema) to accept it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Literal
+import functools
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
-
-from mtlc import registry
-from mtlc.layers.vocab import MAX_CHANNELS, MAX_SIZE
-
-# numbers too: a plain YAML reader splits the flow list `[conv(64, 3, bias=false)]` at its
-# commas into "conv(64", 3, "bias=false)"; mtlc mends that while parsing, and the published
-# schema must accept what an editor's YAML reader sees (the layer parser refuses a lone number)
-LayerItem = str | dict[str, Any] | int | float
-
-# -- bounds ----------------------------------------------------------------------------
-# Every count in the format has a maximum, so that no value can make validation (or the
-# model it describes) loop or allocate without end; far above any real use. Other
-# sections reuse `Count` for their own counts.
-MAX_EPOCHS = 100_000
-MAX_BATCH = 1 << 20
-MAX_ITERATIONS = 1_000  # per-forward loops (affinity propagation, recursion steps)
-MAX_SOLVER_ITERATIONS = 100_000  # per-step solver loops (MGDA's Frank–Wolfe)
-MAX_NAME_LENGTH = 100  # the spec's name, which names the run folder
-
-
-def Count(maximum: int, minimum: int = 1) -> Any:
-    """An integer in [minimum, maximum]: `steps: Count(MAX_ITERATIONS) = 2`."""
-    return Annotated[int, Field(ge=minimum, le=maximum)]
-
-
-class Strict(BaseModel):
-    # NaN and ±inf are refused in every float field (`.nan`, `1.0e400`): a NaN weight or
-    # momentum trains to "completed" with NaN losses
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
-
-
-def _typed(default: str | None) -> Callable[[Any], Any]:
-    """`s1: hard` is short for `s1: {type: hard}`; a mapping without `type` has the default.
-
-    The decoder has no default type (no decoder at all is the default), so a mapping
-    without `type` stays as written and validation asks for the key.
-    """
-
-    def normalise(value: Any) -> Any:
-        if isinstance(value, str):
-            return {"type": value}
-        if isinstance(value, dict) and "type" not in value and default is not None:
-            return {"type": default, **value}
-        return value
-
-    return normalise
-
-
-Pair = Annotated[tuple[float, float], Field(description="[own-task weight, other-task weight]")]
-Groups = list[list[str]]
-
-
-# -- encoder sharing points ------------------------------------------------------------
-
-
-class StageSharing(Strict):
-    """Options common to the sharing points of an encoder stage.
-
-    `layout` tells the topology how many copies of the stage exist: one shared by all
-    tasks (or per group), one per task, or a shared trunk with per-task attention.
-    """
-
-    layout: ClassVar[Literal["shared", "per_task", "trunk", "experts"]] = "shared"
-    groups: Groups | None = Field(
-        None, description="task groups; sharing happens within a group only"
-    )
-
-
-class Hard(StageSharing):
-    """One copy of the stage per group (one in all by default)."""
-
-    type: Literal["hard"] = "hard"
-
-
-class Separate(StageSharing):
-    """Every task its own copy of the stage, no exchange."""
-
-    layout: ClassVar = "per_task"
-    type: Literal["separate"]
-    groups: None = None
-
-
-class CrossStitch(StageSharing):
-    """Misra et al. 2016: own copy per task, then a learned linear mix of the columns."""
-
-    layout: ClassVar = "per_task"
-    type: Literal["cross_stitch"]
-    init: Pair = (0.9, 0.1)
-    granularity: Literal["channel", "scalar"] = "channel"
-    lr_mult: float = Field(1.0, gt=0, description="learning-rate multiplier for the mixing weights")
-
-
-class NDDR(StageSharing):
-    """Gao et al. 2019: own copy per task, then concat + 1x1 conv + BN + ReLU per task."""
-
-    layout: ClassVar = "per_task"
-    type: Literal["nddr"]
-    init: Pair = (0.9, 0.1)
-    bn_momentum: float = Field(0.05, gt=0, le=1)
-    lr_mult: float = Field(1.0, gt=0)
-
-
-class Attention(StageSharing):
-    """Liu et al. 2019 (MTAN): shared trunk, a task-specific attention mask per stage."""
-
-    layout: ClassVar = "trunk"
-    type: Literal["attention"]
-    groups: None = None
-    hidden: Count(MAX_CHANNELS) | None = Field(
-        None,
-        description="channels inside the attention module (default: the stage's)",
-    )
-    split: bool | None = Field(
-        None,
-        description="MTAN on a ResNet: the masks read the stage's blocks but the last (u_b) and "
-        "gate the last block's output (u_t); default: on for stages of a named backbone",
-    )
-
-
-Experts = int | list[list[LayerItem]]
-EXPERTS_HELP = (
-    "how many copies of the stage's layers, or a list of layer lists (one per expert; "
-    "the stage then lists no layers)"
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    create_model,
+    field_validator,
 )
 
+from mtlc import registry
+from mtlc.spec.balancer_options import Balancer, Fixed
+from mtlc.spec.base import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_ITERATIONS,
+    MAX_NAME_LENGTH,
+    Count,
+    DecoderBase,
+    LayerItem,
+    StageSharing,
+    Strict,
+    typed,
+)
 
-MAX_EXPERTS = 1024  # a node per expert per stage: a typo like 10**9 must not hang the build
-
-
-def _experts(value: Experts) -> Experts:
-    count = value if isinstance(value, int) else len(value)
-    if count < 1:
-        raise ValueError("a mixture needs at least one expert")
-    if count > MAX_EXPERTS:
-        raise ValueError(f"{count} experts is more than the {MAX_EXPERTS} mtlc allows")
-    return value
-
-
-class MixtureOfExperts(StageSharing):
-    """Gated experts (mtlc.sharing.mmoe): every task gets a softmax-gated sum of experts.
-
-    `shared` experts read the stage input all tasks share; `own` experts are one set per
-    task. `chains` (PLE) hands a shared gate's output to the next stage of the same type.
-    """
-
-    layout: ClassVar = "experts"
-    chains: ClassVar[bool] = False
-    expert_keys: ClassVar[tuple[str, str]] = ("shared_experts", "task_experts")
-    groups: None = None
-    top_k: int | None = Field(
-        None,
-        ge=1,
-        description="sparse gating: keep each gate's k largest logits, softmax over those",
-    )
-
-    def expert_sets(self) -> tuple[Experts, Experts]:
-        """(shared experts, each task's own experts): a count or the layer lists."""
-        raise NotImplementedError
-
-
-class MMoE(MixtureOfExperts):
-    """Ma et al. 2018: E shared experts, one softmax gate per task over them."""
-
-    expert_keys: ClassVar = ("experts", "task_experts")
-    type: Literal["mmoe"]
-    experts: Experts = Field(4, description=EXPERTS_HELP)
-
-    _check = field_validator("experts")(_experts)
-
-    def expert_sets(self) -> tuple[Experts, Experts]:
-        return self.experts, 0
-
-
-class CGC(MixtureOfExperts):
-    """Tang et al. 2020: shared experts plus each task's own, a gate per task over both."""
-
-    type: Literal["cgc"]
-    shared_experts: Experts = Field(1, description=EXPERTS_HELP)
-    task_experts: Experts = Field(1, description="each task's own experts; " + EXPERTS_HELP)
-
-    _check = field_validator("shared_experts", "task_experts")(_experts)
-
-    def expert_sets(self) -> tuple[Experts, Experts]:
-        return self.shared_experts, self.task_experts
-
-
-class PLE(CGC):
-    """Tang et al. 2020: consecutive `ple` stages are stacked CGC levels; every level but
-    the last also has a shared gate over all its experts, feeding the next level's shared
-    experts (progressive layered extraction)."""
-
-    chains: ClassVar[bool] = True
-    type: Literal["ple"]  # type: ignore[assignment]
-
-
-Sharing = Annotated[
-    Hard | Separate | CrossStitch | NDDR | Attention | MMoE | CGC | PLE,
-    Field(discriminator="type"),
-    BeforeValidator(_typed("hard")),
+__all__ = [
+    "MAX_ITERATIONS",
+    "Balancer",
+    "Count",
+    "DecoderBase",
+    "Fixed",
+    "LayerItem",
+    "Spec",
+    "StageSharing",
+    "Strict",
+    "spec_model",
 ]
 
-# -- decoder-focused interaction -----------------------------------------------------
-
-
-class DecoderBase(Strict):
-    features: Count(MAX_CHANNELS) = Field(
-        64, description="channels of the per-task initial features"
-    )
-    supervision: float = Field(1.0, ge=0, description="loss weight of the intermediate predictions")
-
-
-class Distillation(DecoderBase):
-    """Xu et al. 2018 (PAD-Net): multi-modal distillation between initial task features."""
-
-    type: Literal["distillation"]
-
-
-class Affinity(DecoderBase):
-    """Zhang et al. 2019 (PAP-Net): pattern-affinitive propagation across tasks."""
-
-    type: Literal["affinity"]
-    downsample: Count(MAX_SIZE) = Field(
-        2, description="the affinity is computed at 1/downsample resolution"
-    )
-    iterations: Count(MAX_ITERATIONS) = 3
-    beta: float = Field(0.05, gt=0, lt=1)
-    learn_beta: bool = False
-
-
-class Recursive(DecoderBase):
-    """Zhang et al. 2018 (JTRL): tasks refine each other in turns."""
-
-    type: Literal["recursive"]
-    order: list[str] | None = Field(
-        None, description="the order tasks take turns in (default: spec order)"
-    )
-    steps: Count(MAX_ITERATIONS) = Field(2, description="rounds of turns")
-
-
-Decoder = Annotated[
-    Distillation | Affinity | Recursive, Field(discriminator="type"), BeforeValidator(_typed(None))
-]
+SHARING_HELP = "per stage; a stage not listed is hard-shared"
 
 # -- tasks -----------------------------------------------------------------------------
 
@@ -301,7 +99,8 @@ class Task(Strict):
     loss: str | LossSpec
     metrics: list[str] = []
     target: str | None = Field(
-        None, description="the batch entry holding this task's labels (default: the task's name)"
+        None,
+        description="the batch entry holding this task's labels (default: the task's name)",
     )
     auxiliary: bool = Field(False, description="trained, but not an output of the final model")
 
@@ -313,171 +112,6 @@ class Task(Strict):
     def loss_options(self) -> dict[str, Any]:
         return {} if isinstance(self.loss, str) else dict(self.loss.model_extra or {})
 
-
-# -- balancers -------------------------------------------------------------------------
-
-
-class Fixed(Strict):
-    type: Literal["fixed"] = "fixed"
-    weights: dict[str, Annotated[float, Field(ge=0)]] = {}
-
-
-class Uncertainty(Strict):
-    type: Literal["uncertainty"]
-    init: float = Field(
-        0.0, ge=-30, le=30, description="initial s = log sigma^2 (exp(-s) must stay finite)"
-    )
-
-
-class DTP(Strict):
-    type: Literal["dtp"]
-    gamma: float | dict[str, float] = 1.0
-    momentum: float = Field(
-        0.9, ge=0, lt=1, description="weight of the old value in the KPI moving average"
-    )
-    kpi: dict[str, str] = Field(
-        {}, description="task -> metric used as its KPI (default: its first metric)"
-    )
-    init: float = Field(0.5, gt=0, lt=1)
-
-
-class MGDA(Strict):
-    level: ClassVar[str] = "gradient"
-    type: Literal["mgda"]
-    normalize: Literal["l2", "loss", "loss+", "none"] = "loss+"
-    mode: Literal["exact", "ub"] = "exact"
-    max_iter: Count(MAX_SOLVER_ITERATIONS) = 250
-    tol: float = Field(1e-6, gt=0)
-
-
-class GradientMethod(Strict):
-    level: ClassVar[str] = "gradient"
-    wrt: Literal["parameters", "representation"] = Field(
-        "parameters",
-        description="where the task Jacobian is taken: the shared parameters, or the shared"
-        " representation (one encoder backward, as MGDA-UB)",
-    )
-
-
-class PCGrad(GradientMethod):
-    type: Literal["pcgrad"]
-
-
-class GradDrop(GradientMethod):
-    type: Literal["graddrop"]
-    leak: float = Field(0.0, ge=0, le=1, description="share of each gradient always kept")
-
-
-class GradVac(GradientMethod):
-    type: Literal["gradvac"]
-    beta: float = Field(0.5, ge=0, le=1, description="EMA rate of the cosine targets")
-
-
-class CAGrad(GradientMethod):
-    type: Literal["cagrad"]
-    c: float = Field(0.4, ge=0, description="radius of the ball around the mean gradient")
-    rescale: Literal[0, 1, 2] = Field(
-        1, description="0: none, 1: divide by 1 + c^2 (official code), 2: by 1 + c"
-    )
-
-
-class IMTLG(GradientMethod):
-    type: Literal["imtl_g"]
-
-
-class NashMTL(GradientMethod):
-    type: Literal["nash_mtl"]
-    max_norm: float = Field(1.0, ge=0, description="clip ||d|| to this (0: no clipping)")
-    update_weights_every: Count(MAX_SOLVER_ITERATIONS) = 1
-    optim_niter: Count(MAX_SOLVER_ITERATIONS) = 20
-
-
-class AlignedMTL(GradientMethod):
-    type: Literal["aligned_mtl"]
-    scale_mode: Literal["min", "median", "rmse"] = "min"
-
-
-class UPGrad(GradientMethod):
-    type: Literal["upgrad"]
-
-
-class DualProj(GradientMethod):
-    type: Literal["dualproj"]
-
-
-class ConFIG(GradientMethod):
-    type: Literal["config"]
-
-
-class MoCo(GradientMethod):
-    type: Literal["moco"]
-    beta: float = Field(0.5, gt=0, le=1, description="tracking rate of y")
-    beta_sigma: float = Field(0.5, ge=0, description="decay exponent of beta")
-    gamma: float = Field(0.1, gt=0, description="step size of lambda")
-    gamma_sigma: float = Field(0.5, ge=0, description="decay exponent of gamma")
-    rho: float = Field(0.0, ge=0, description="l2 regularisation of lambda")
-
-
-class DBMTL(GradientMethod):
-    type: Literal["db_mtl"]
-    beta: float = Field(0.9, ge=0, lt=1, description="EMA weight of the old gradient")
-    beta_sigma: float = Field(0.0, ge=0, description="decay exponent of beta")
-
-
-class DWA(Strict):
-    type: Literal["dwa"]
-    temperature: float = Field(2.0, gt=0, description="softmax temperature T")
-
-
-class RLW(Strict):
-    type: Literal["rlw"]
-
-
-class GLS(Strict):
-    type: Literal["gls"]
-
-
-class IMTLL(Strict):
-    type: Literal["imtl_l"]
-
-
-class FAMO(Strict):
-    type: Literal["famo"]
-    w_lr: float = Field(0.025, gt=0, description="learning rate of the task logits")
-    gamma: float = Field(1e-3, ge=0, description="weight decay of the task logits")
-
-
-class GradNorm(Strict):
-    type: Literal["gradnorm"]
-    alpha: float = Field(1.5, ge=0, description="restoring force towards equal training rates")
-
-
-Balancer = Annotated[
-    Fixed
-    | Uncertainty
-    | DTP
-    | MGDA
-    | PCGrad
-    | GradDrop
-    | GradVac
-    | CAGrad
-    | IMTLG
-    | NashMTL
-    | AlignedMTL
-    | UPGrad
-    | DualProj
-    | ConFIG
-    | MoCo
-    | DBMTL
-    | DWA
-    | RLW
-    | GLS
-    | IMTLL
-    | FAMO
-    | GradNorm,
-    Field(discriminator="type"),
-    BeforeValidator(_typed("fixed")),
-]
 
 # -- training --------------------------------------------------------------------------
 
@@ -529,11 +163,13 @@ class Train(Strict):
         "(exact; the state dict is unchanged)",
     )
     amp: Literal["off", "bf16", "fp16"] = Field(
-        "off", description="mixed precision: autocast to bf16, or fp16 with loss scaling (CUDA)"
+        "off",
+        description="mixed precision: autocast to bf16, or fp16 with loss scaling (CUDA)",
     )
     channels_last: bool = Field(False, description="NHWC memory layout for weights and images")
     compile: CompileOptions | bool = Field(
-        False, description="torch.compile the model's training forward (true or {mode: ...})"
+        False,
+        description="torch.compile the model's training forward (true or {mode: ...})",
     )
     log_every: int = Field(
         20,
@@ -595,15 +231,15 @@ class BackboneSpec(Strict):
 
 class Encoder(Strict):
     backbone: BackboneSpec | None = Field(
-        None, description="a named backbone; stages then name its parts (stem, layer1, layer3.2)"
+        None,
+        description="a named backbone; stages then name its parts (stem, layer1, layer3.2)",
     )
     stages: dict[str, list[LayerItem] | str] = Field(
         min_length=1,
         description="ordered stages, each a list of layers (or, with a backbone, of its parts)",
     )
-    sharing: dict[str, Sharing] = Field(
-        {}, description="per stage; a stage not listed is hard-shared"
-    )
+    # the registered points' union replaces StageSharing in `spec_model()`
+    sharing: dict[str, StageSharing] = Field({}, description=SHARING_HELP)
     init: dict[str, str] = Field(
         {},
         description="task -> checkpoint of a single-task run of this spec (e.g. a baseline's best.pt): "
@@ -621,7 +257,7 @@ class Spec(Strict):
     input: dict[str, list[int]] = Field(min_length=1, max_length=1)
     encoder: Encoder
     tasks: dict[str, Task] = Field(min_length=1)
-    decoder: Decoder | None = None
+    decoder: DecoderBase | None = None  # the registered decoders' union in `spec_model()`
     balancer: Balancer = Fixed()
     train: Train = Train()
 
@@ -642,4 +278,57 @@ class Spec(Strict):
         return [t for t, task in self.tasks.items() if not task.auxiliary]
 
     def sharing_of(self, stage: str) -> StageSharing:
-        return self.encoder.sharing.get(stage) or Hard()
+        """The stage's sharing options; a stage not listed has the default point's."""
+        found = self.encoder.sharing.get(stage)
+        if found is None:
+            found = _default_sharing(tuple(registry.SHARING.items()))
+        return found
+
+
+def _options(table: tuple[tuple[str, str], ...]) -> list[type[BaseModel]]:
+    """The option model of every point in a registry table, in registry order."""
+    return [registry.resolve(dict(table), name).Options for name, _ in table]
+
+
+@functools.cache
+def _default_sharing(table: tuple[tuple[str, str], ...]) -> StageSharing:
+    return registry.resolve(dict(table), registry.DEFAULT_SHARING).Options()
+
+
+def spec_model() -> type[Spec]:
+    """The `Spec` model for the points registered now (built once per registry content).
+
+    Its `encoder.sharing` values and `decoder` are discriminated unions (on `type`) of the
+    registered points' option models, so a point registered at run time (a test, a
+    plugin) is accepted by the very next validation and appears in the JSON Schema.
+    """
+    return _spec_model(tuple(registry.SHARING.items()), tuple(registry.DECODERS.items()))
+
+
+@functools.lru_cache(maxsize=8)
+def _spec_model(
+    sharing: tuple[tuple[str, str], ...], decoders: tuple[tuple[str, str], ...]
+) -> type[Spec]:
+    stage_union = Annotated[
+        Union[tuple(_options(sharing))],  # noqa: UP007 (a union built from a tuple)
+        Field(discriminator="type"),
+        BeforeValidator(typed(registry.DEFAULT_SHARING)),
+    ]
+    decoder_union = Annotated[
+        Union[tuple(_options(decoders))],  # noqa: UP007
+        Field(discriminator="type"),
+        BeforeValidator(typed(None)),
+    ]
+    encoder = create_model(
+        "Encoder",
+        __base__=Encoder,
+        __module__=__name__,
+        sharing=(dict[str, stage_union], Field({}, description=SHARING_HELP)),
+    )
+    return create_model(
+        "Spec",
+        __base__=Spec,
+        __module__=__name__,
+        encoder=(encoder, ...),
+        decoder=(decoder_union | None, None),
+    )

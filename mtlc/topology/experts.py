@@ -1,6 +1,6 @@
-"""The topology of a mixture-of-experts stage (`mmoe`, `cgc`, `ple`).
+"""The topology of a mixture-of-experts stage (mtlc.sharing.mmoe and the points built on it).
 
-A stage whose sharing has `layout = "experts"` becomes expert blocks and gate units:
+A mixture stage (mtlc.sharing.mmoe's `MixturePoint.build`) becomes expert blocks and gate units:
 
 - shared experts `s/expert0 …` (owner None) read the input every task shares;
 - each task's own experts `s/<task>_expert0 …` (owner the task) read that task's input;
@@ -20,48 +20,37 @@ since a gate sums them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from mtlc.layers.vocab import Shape
-from mtlc.spec.schema import MixtureOfExperts, Spec
+
+if TYPE_CHECKING:
+    from mtlc.topology.stage import StageBuild
 
 
-def expert_stage(
-    spec: Spec,
-    g: nx.DiGraph,
-    stage: str,
-    items: Any,
-    shape: Shape,
-    streams: tuple[dict[str, str], dict[str, str], dict[str, str]],
-    chain: str | None,
-    last: bool,
-    helpers: dict[str, Callable],
-) -> tuple[Shape, str | None]:
-    """Add stage `stage`'s experts and gates; return its output shape and its shared gate.
+def expert_stage(b: StageBuild) -> Shape:
+    """Add stage `b.stage`'s experts and gates; return its output shape.
 
-    `streams` is (stream, feature, origin) of the topology builder, updated in place;
-    `chain` the previous level's shared gate (PLE), `last` whether no level follows.
+    The options are a `mtlc.sharing.mmoe.MixtureOfExperts`; `b.carry` is the previous
+    level's shared gate (PLE), and this level leaves its own there when the next stage
+    has the same type.
     """
-    stream, feature, origin = streams
-    err, layers_of, link = helpers["err"], helpers["layers"], helpers["link"]
-    sharing: MixtureOfExperts = spec.sharing_of(stage)  # type: ignore[assignment]
-    where = ("encoder", "sharing", stage)
+    spec, g, stage, items, shape = b.spec, b.g, b.stage, b.items, b.shape
+    stream, feature, origin, link = b.stream, b.feature, b.origin, b.link
+    sharing: Any = b.sharing
+    where = b.where
     tasks = list(spec.tasks)
     kind = sharing.type
+    chain = b.carry
+    last = b.next_type != kind
     if len(tasks) < 2:
-        raise err(
-            spec,
+        raise b.error(
             where,
             f"'{kind}' gates experts between tasks, but the spec has one task ('{tasks[0]}'); "
             "use hard sharing",
         )
     if chain is None and len(set(feature.values())) > 1:
-        raise helpers["merge"](
-            spec, stage, tasks, feature, origin, f"{kind} experts read one shared input"
-        )
+        raise b.merge_error(tasks, f"{kind} experts read one shared input")
     shared_src = chain or stream[tasks[0]]
     shared, own = sharing.expert_sets()
     keys = sharing.expert_keys
@@ -71,14 +60,13 @@ def expert_stage(
         if isinstance(value, int):
             return [(items, ("encoder", "stages", stage))] * value
         if items and not hasattr(items, "out_shape"):
-            raise err(
-                spec,
+            raise b.error(
                 ("encoder", "stages", stage),
                 f"stage '{stage}' lists layers and its sharing lists its experts' layers "
                 f"under '{key}'; give the stage [] or give '{key}' a count",
             )
         if hasattr(items, "out_shape"):
-            raise err(spec, where + (key,), "a traced backbone's stage takes a count of experts")
+            raise b.error(where + (key,), "a traced backbone's stage takes a count of experts")
         return [(layers, where + (key, i)) for i, layers in enumerate(value)]
 
     sets = {None: expert_layers(shared, keys[0])}
@@ -90,18 +78,17 @@ def expert_stage(
     for owner, experts in sets.items():
         ids[owner] = []
         for i, (layer_items, path) in enumerate(experts):
-            layers, shape_out = layers_of(spec, layer_items, path, shape)
+            layers, shape_out = b.layers(layer_items, path, shape)
             if out is None:
                 out, first = shape_out, path
             elif tuple(shape_out) != tuple(out):
-                raise err(
-                    spec,
+                raise b.error(
                     path,
                     f"this expert outputs {list(shape_out)}, but the first expert ({_where(first)}) "
                     f"outputs {list(out)}: a gate sums experts of one shape",
                 )
             block = f"{stage}/expert{i}" if owner is None else f"{stage}/{owner}_expert{i}"
-            _fresh(spec, g, block, err)
+            _fresh(b, block)
             members = tuple(tasks) if owner is None else (owner,)
             g.add_node(
                 block,
@@ -123,22 +110,20 @@ def expert_stage(
         gates["shared"] = (None, [e for experts in ids.values() for e in experts])
     for name, (owner, experts) in gates.items():
         if sharing.top_k is not None and sharing.top_k > len(experts):
-            who = "the shared gate" if owner is None else f"task '{name}''s gate"
-            raise err(
-                spec,
+            whose = "the shared gate" if owner is None else f"task '{name}''s gate"
+            raise b.error(
                 where + ("top_k",),
-                f"top_k is {sharing.top_k}, but {who} mixes {len(experts)} expert(s)",
+                f"top_k is {sharing.top_k}, but {whose} mixes {len(experts)} expert(s)",
             )
         unit = f"{stage}/{kind}/{name}"
         if owner is None and name in tasks:
-            raise err(
-                spec,
+            raise b.error(
                 ("tasks", name),
                 f"task name '{name}' would share its node id with the shared gate '{unit}'; "
                 "rename the task",
                 key=True,
             )
-        _fresh(spec, g, unit, err)
+        _fresh(b, unit)
         members = (owner,) if owner else tuple(tasks)
         reads = stream[owner] if owner else shared_src
         g.add_node(
@@ -161,18 +146,18 @@ def expert_stage(
     for t in tasks:
         stream[t] = feature[t] = f"{stage}/{kind}/{t}"
         origin.setdefault(t, stage)
-    return out, (f"{stage}/{kind}/shared" if "shared" in gates else None)
+    b.carry = f"{stage}/{kind}/shared" if "shared" in gates else None
+    return out
 
 
 def _where(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
-def _fresh(spec: Spec, g: nx.DiGraph, node: str, err: Callable) -> None:
+def _fresh(b: StageBuild, node: str) -> None:
     """Refuse a node id some task's node already took (a task called `expert0_expert0`…)."""
-    if node in g:
-        raise err(
-            spec,
+    if node in b.g:
+        raise b.error(
             ("encoder", "sharing", node.split("/")[0]),
             f"the node id '{node}' is taken by another node; rename the task",
         )

@@ -10,12 +10,16 @@ model as one process with the same global batch*:
   by ``train.seed`` alone), cuts it into the same global batches of ``train.batch_size``
   and keeps samples ``rank, rank + N, …`` of each (:func:`shard`), the strided split
   ``DistributedSampler`` makes, without its padding: a short last batch is split unevenly.
-* **Losses.** A rank's loss ``L_t^r`` is a mean over its ``n_r`` samples, the global one
-  is ``L_t = Σ_r (n_r/n) L_t^r``. One all-reduce of the T weighted values gives every rank
-  ``L_t``; the balancer then sees ``ℓ_t = L_t + (n_r·N/n)(L_t^r − sg(L_t^r))`` (sg: stop
-  gradient), whose value is the global loss and whose gradient, after DDP averages it over
-  the N ranks, is ``Σ_r (n_r/n) ∇L_t^r = ∇L_t``. Any loss-level balancer, linear in the
-  losses or not, therefore gets the single-process gradient, and its learned parameters
+* **Losses.** A rank's loss ``L_k^r`` is a mean over ``c_k^r`` elements: its samples
+  (``n_r``), or for a loss that masks (ignored pixels) the valid elements it counted
+  (:func:`mtlc.losses.masked_mean`). The global loss is ``L_k = Σ_r c_k^r L_k^r / C_k``
+  with ``C_k = Σ_r c_k^r``, exactly the mean one process takes over the whole batch. One
+  all-reduce of the 2K values ``c·L`` and ``c`` (K losses: tasks and intermediate
+  predictions) gives every rank ``L_k``; the balancer then sees
+  ``ℓ_k = L_k + (c_k^r·N/C_k)(L_k^r − sg(L_k^r))`` (sg: stop gradient), whose value is
+  the global loss and whose gradient, after DDP averages it over the N ranks, is
+  ``Σ_r (c_k^r/C_k) ∇L_k^r = ∇L_k``. Any loss-level balancer, linear in the losses or
+  not, therefore gets the single-process gradient, and its learned parameters
   (uncertainty's s_t), which depend only on the global values, stay equal on every rank.
   A rank whose share of a short last batch is empty runs one sample with weight 0.
 * **Gradient-level balancers** reduce what they measure before solving
@@ -96,6 +100,12 @@ class Ranks:
         dist.all_gather_object(out, obj)
         return out
 
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` (picklable) on every rank."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def merge_metrics(self, metrics: dict[str, dict[str, Any]]) -> None:
         """Add the other ranks' metric totals to ``metrics`` (``{task: {name: Metric}}``)."""
         everyone = self.gather(metrics)
@@ -114,21 +124,46 @@ class Ranks:
             buffer.copy_(y.to(buffer.device))
 
     def global_losses(
-        self, losses: dict[str, Tensor], share: float, stop: bool
+        self, losses: dict[str, Tensor], counts: dict[str, Tensor | float], stop: bool
     ) -> tuple[dict[str, Tensor], bool]:
-        """(ℓ_t per loss, whether any rank asked to stop): the module docstring's ℓ_t."""
-        local = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
-        flag = torch.tensor([1.0 if stop else 0.0], device=local.device)
-        summed = self.all_sum(torch.cat([local * share, flag]))
-        scale = share * self.world
+        """(ℓ_k per loss, whether any rank asked to stop): the module docstring's ℓ_k.
+
+        ``counts[k]`` is what this rank's mean ``losses[k]`` is over (:func:`loss_counts`).
+        The sums are taken in float64 so that pixel counts stay exact.
+        """
+        k = len(losses)
+        local = torch.stack([v.detach().double().reshape(()) for v in losses.values()])
+        count = torch.stack([torch.as_tensor(counts[key]).to(local).reshape(()) for key in losses])
+        flag = torch.tensor([1.0 if stop else 0.0], dtype=local.dtype, device=local.device)
+        summed = self.all_sum(torch.cat([local * count, count, flag]))
+        total, everyone = summed[:k], summed[k : 2 * k]
+        some = everyone > 0  # no valid element on any rank: the loss is 0, as in one process
+        mean = torch.where(some, total / everyone.where(some, 1.0), 0.0)
+        scale = count / everyone.where(some, 1.0) * self.world
         out = {
-            k: g + scale * (v - v.detach())
-            for (k, v), g in zip(losses.items(), summed[:-1].to(local.dtype))
+            key: g.to(v.dtype) + s.to(v.dtype) * (v - v.detach())
+            for (key, v), g, s in zip(losses.items(), mean, scale)
         }
         return out, bool(summed[-1] > 0)
 
     def barrier(self) -> None:
         dist.barrier()
+
+
+def loss_counts(losses: dict[str, Tensor], share: float) -> dict[str, Tensor | float]:
+    """What each of this rank's mean losses is over, for :meth:`Ranks.global_losses`.
+
+    A masked loss's own count of valid elements (:func:`mtlc.losses.normaliser`); for a
+    plain mean, the rank's share n_r/n of the samples (every sample has as many elements).
+    A rank with an empty share (share 0) counts nothing.
+    """
+    from mtlc.losses import normaliser
+
+    out: dict[str, Tensor | float] = {}
+    for key, loss in losses.items():
+        count = normaliser(loss)
+        out[key] = share if count is None else (count if share > 0 else count * 0)
+    return out
 
 
 def shard(batch: dict[str, Tensor], ranks: Ranks) -> tuple[dict[str, Tensor], float, int]:
@@ -211,7 +246,18 @@ def join(device: str) -> tuple[Ranks, torch.device]:
     return Ranks(rank=rank, world=world, local_rank=local_rank, device=where), where
 
 
-def leave() -> None:
-    """Leave the process group (end of the run, whatever its outcome)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def leave(together: bool = True) -> None:
+    """Leave the process group (end of the run, whatever its outcome).
+
+    ``together``: every rank ended the same way (done, or a stop they agreed on), so they
+    meet in a barrier first and tear the group down at the same moment. A rank that
+    leaves while another still works in the group (rank 0 writes the summary and plots
+    after the last collective) can abort in gloo's teardown (SIGABRT, "terminate called
+    without an active exception"), which fails the job after it succeeded. A rank that
+    fails alone skips the barrier (the others may never reach it); torchrun stops them.
+    """
+    if not dist.is_initialized():
+        return
+    if together:
+        dist.barrier()
+    dist.destroy_process_group()

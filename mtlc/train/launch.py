@@ -9,7 +9,8 @@ directly does the same, and is how several machines are used.
 Everything that can be checked is checked here first, so bad input is one line and exit
 2 before any process starts: the spec, its data and model (built once on the CPU), the
 run folder, ``--resume`` with another number of processes, a global batch smaller than
-the number of processes, ``sync_bn`` without CUDA. How the job ended is then read from
+the number of processes, ``sync_bn`` without CUDA, BatchNorm on 1-D features with batches
+that leave a process a single sample. How the job ended is then read from
 the processes' exit codes: 1 diverged (rank 0 printed why), 130 stopped by Ctrl-C after
 saving, a rank killed by a signal named with the last good checkpoint.
 """
@@ -82,6 +83,7 @@ def check_launch(
     """Everything ``mtlc train`` would refuse, checked once before any process starts."""
     import torch
 
+    from mtlc.train.baselines import baseline_tasks
     from mtlc.train.sinks import tensorboard_available
     from mtlc.train.state import check_resumable
     from mtlc.train.trainer import Trainer
@@ -94,18 +96,22 @@ def check_launch(
             f"--nproc {nproc}: this machine has {torch.cuda.device_count()} GPU(s), one per "
             "process is needed (several machines: run torchrun on each, see the README)"
         )
-    if baselines and nproc > 1:
-        raise TrainError(
-            "--baselines with --nproc: train the baselines with one process first "
-            "(mtlc train --baselines), then the multi-process run finds them in the run folder"
-        )
+    if baselines and not baseline_tasks(spec):
+        raise TrainError("--baselines: no output task has metrics, so there is no Δm to compute")
     if tensorboard:
         tensorboard_available()
     runfolder.check(run_dir, resume=resume, force=force)
     if resume:
         check_resumable(spec, run_dir, nproc)
     check_job(spec, nproc, "cuda" if gpus else "cpu")
-    trainer = Trainer(spec, device="cpu", allow_import=allow_import, console=None, progress=False)
+    trainer = Trainer(
+        spec,
+        device="cpu",
+        allow_import=allow_import,
+        console=None,
+        progress=False,
+        processes=nproc,
+    )
     check_job(spec, nproc, "cuda" if gpus else "cpu", samples=len(trainer.train_data))
     return run_dir
 

@@ -10,7 +10,7 @@ from mtlc.spec import Spec, load_spec
 from mtlc.train import distributed, runfolder
 from mtlc.train.baselines import baseline_metrics, find_baselines
 from mtlc.train.checkpoint import load_checkpoint
-from mtlc.train.errors import RunResult, TrainError
+from mtlc.train.errors import Diverged, Interrupted, RunResult
 from mtlc.train.launch import check_job
 from mtlc.train.setup import load_model_state
 from mtlc.train.sinks import tensorboard_available
@@ -51,8 +51,9 @@ def train(
         ranks, torch_device = distributed.join(device)
     else:
         torch_device = resolve_device(device)
+    together = False  # whether every rank ends the same way (distributed.leave)
     try:
-        return _train(
+        result = _train(
             spec,
             run_dir,
             ranks,
@@ -65,9 +66,14 @@ def train(
             console,
             progress,
         )
+        together = True
+        return result
+    except (Diverged, Interrupted):
+        together = True  # agreed by every rank in the step's all-reduce
+        raise
     finally:
         if ranks is not None:
-            distributed.leave()
+            distributed.leave(together)
 
 
 def _train(
@@ -105,8 +111,6 @@ def _train(
             )
     if ranks is not None:
         check_job(spec, processes, torch_device.type)
-        if baselines is True and processes > 1:
-            raise TrainError("--baselines needs one process (train the baselines first)")
     trainer = Trainer(
         spec,
         device=torch_device,
@@ -121,7 +125,12 @@ def _train(
         runfolder.prepare(run_dir, resume=resume, force=force)
     if baselines is True:
         found = baseline_metrics(
-            spec, run_dir, device=torch_device, allow_import=allow_import, console=console
+            spec,
+            run_dir,
+            device=torch_device,
+            allow_import=allow_import,
+            console=console,
+            ranks=ranks,
         )
     elif isinstance(baselines, dict):
         found = baselines

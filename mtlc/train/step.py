@@ -28,6 +28,7 @@ from torch import nn
 
 from mtlc.balancers.base import StepLog
 from mtlc.compiler import SHARED_KEY
+from mtlc.train.distributed import loss_counts
 from mtlc.train.errors import Diverged
 from mtlc.train.speed import autocast
 
@@ -79,6 +80,10 @@ class Stepping:
                 k: self.losses[k.split(":")[0]](out[k], batch[self.targets[k.split(":")[0]]])
                 for k in self.pred_keys
             }
+        return out, self.task_losses(parts), parts
+
+    def task_losses(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each task's loss: its final prediction's plus ``supervision`` × its intermediates'."""
         per_task: dict[str, torch.Tensor] = {}
         for key, loss in parts.items():
             task = key.split(":")[0]
@@ -86,7 +91,7 @@ class Stepping:
                 per_task[task] = per_task[task] + self.supervision * loss
             else:
                 per_task[task] = loss
-        return out, per_task, parts
+        return per_task
 
     def balance(
         self, out: dict[str, torch.Tensor], per_task: dict[str, torch.Tensor]
@@ -118,7 +123,7 @@ class Stepping:
             self.model.train()
         out, per_task, parts = self.forward_losses(batch, training=True)
         if self.ranks is not None:
-            per_task, parts = self._global_losses(per_task, parts, share)
+            per_task, parts = self._global_losses(parts, share)
         self.optimizer.zero_grad(set_to_none=True)
         total = self.balance(out, per_task)
         intermediate = [k for k in parts if ":" in k]
@@ -144,17 +149,16 @@ class Stepping:
         )
 
     def _global_losses(
-        self, per_task: dict[str, torch.Tensor], parts: dict[str, torch.Tensor], share: float
+        self, parts: dict[str, torch.Tensor], share: float
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Several processes: the losses of the global batch, and the ranks' stop vote.
 
-        (:mod:`mtlc.train.distributed`); the intermediate losses ride along for the log.
+        Every supervised prediction's loss is made global on its own (with its own count
+        of valid elements, :mod:`mtlc.train.distributed`), then summed into the tasks'.
         """
-        intermediate = {k: v for k, v in parts.items() if ":" in k}
-        both, stop = self.ranks.global_losses({**per_task, **intermediate}, share, self._stop_asked)
+        both, stop = self.ranks.global_losses(parts, loss_counts(parts, share), self._stop_asked)
         self._stop = self._stop or stop
-        per_task = {t: both[t] for t in per_task}
-        return per_task, {k: both.get(k, v) for k, v in parts.items()}
+        return self.task_losses(both), both
 
     def _optimizer_step(self, finite: bool = True) -> float:
         """Clip, step the optimizer (not when fp16 overflowed) and the schedule; the lr used."""
@@ -256,10 +260,11 @@ class Stepping:
 
         def recompute() -> dict[str, torch.Tensor]:
             with torch.no_grad():
-                losses = self.forward_losses(batch, self.model)[1]
+                _, losses, parts = self.forward_losses(batch, self.model)
             if ranks is None:
                 return losses
-            return {k: v.detach() for k, v in ranks.global_losses(losses, share, False)[0].items()}
+            both = ranks.global_losses(parts, loss_counts(parts, share), False)[0]
+            return {k: v.detach() for k, v in self.task_losses(both).items()}
 
         targets = {t: batch[key] for t, key in self.targets.items() if key in batch and share > 0}
         merge = ranks.merge_metrics if ranks is not None else None

@@ -74,7 +74,10 @@ class Trainer(EpochLoop, Checkpointing, Stepping, Validating):
         progress: bool = True,
         splits: tuple[str, ...] = ("train", "val"),
         ranks: Ranks | None = None,
+        processes: int = 1,
     ):
+        """``processes``: with no ``ranks``, the size of the job this run will be checked
+        for (``mtlc train --nproc N`` builds it once on the CPU before starting N)."""
         from mtlc.compiler import compile_spec
 
         self.spec = spec
@@ -128,7 +131,9 @@ class Trainer(EpochLoop, Checkpointing, Stepping, Validating):
         self.task_metrics = {t: list(task.metrics) for t, task in spec.tasks.items()}
         self.optimizer = build_optimizer(spec, self.model, list(self.balancer.parameters()))
         samples = len(self.train_data) if self.train_data is not None else 0
-        self.drop_last = self._single_sample_batches(samples)
+        self.drop_last = self._single_sample_batches(
+            samples, ranks.world if ranks is not None else processes
+        )
         self.batches_per_epoch = num_batches(
             samples, spec.train.batch_size, drop_last=self.drop_last
         )
@@ -160,33 +165,51 @@ class Trainer(EpochLoop, Checkpointing, Stepping, Validating):
             torch.manual_seed(rank_seed(spec.train.seed, ranks.rank))  # dropout differs by rank
         self._start_rng = self._rng_state()
 
-    def _single_sample_batches(self, samples: int) -> bool:
-        """Whether to drop a last training batch of one sample (refuse when all are).
+    def _single_sample_batches(self, samples: int, world: int) -> bool:
+        """Whether to drop a short last training batch (refuse when every batch is short).
 
-        A BatchNorm layer on 1-D features cannot train on a batch of one sample. A split
-        whose size leaves one sample over loses it each epoch (like a DataLoader's
-        ``drop_last``, but only for that batch and only for such a model); a batch size
-        or a training split of one cannot train at all and is refused here.
+        A BatchNorm layer on 1-D features cannot train on a batch of one sample, and with
+        N processes each normalises over its own share of the batch (``train.sync_bn``
+        aside). A last batch that leaves a process fewer than 2 samples (one process: a
+        last batch of one; an empty share runs a placeholder sample) is dropped each
+        epoch (like a DataLoader's ``drop_last``, but only for that batch and only for
+        such a model); full batches that do, or a training split too small for any
+        batch, cannot train at all and are refused here, before any process starts.
         """
         size = self.spec.train.batch_size
-        if samples == 0 or (size > 1 and samples % size != 1):
+        if self.spec.train.sync_bn:
+            world = 1  # SyncBatchNorm normalises over the whole global batch
+        last = samples % size
+        if samples == 0 or (size // world >= 2 and (last == 0 or last // world >= 2)):
             return False
         sample = self._to_device({self.spec.input_name: self.val_data[self.spec.input_name][:1]})
         # the labelled graph calls every BatchNorm itself (the fused one calls some as one)
         layers = per_sample_batchnorm(self.compiled.plain[1], sample[self.spec.input_name])
         if not layers:
             return False
-        if size == 1 or samples == 1:
-            where = ("train", "batch_size") if samples > 1 else ("train", "data")
+        layer = f"BatchNorm layer '{layers[0]}' normalises one value per channel per sample"
+        if samples < 2 * world:
             raise spec_error(
                 self.spec,
-                where,
-                f"BatchNorm layer '{layers[0]}' normalises one value per channel per sample "
-                "and cannot train on batches of one sample: "
+                ("train", "data"),
+                f"{layer} and cannot train on batches of one sample: the training split needs "
+                + (
+                    "at least 2 samples"
+                    if world == 1
+                    else f"{2 * world} samples or more for {world} processes (2 per process)"
+                ),
+            )
+        if size // world < 2:
+            raise spec_error(
+                self.spec,
+                ("train", "batch_size"),
+                f"{layer} and cannot train on batches of one sample: "
                 + (
                     "set train.batch_size to 2 or more"
-                    if samples > 1
-                    else "the training split needs at least 2 samples"
+                    if world == 1
+                    else f"{world} processes share train.batch_size {size}, so one gets "
+                    f"{size // world} sample(s): set it to {2 * world} or more "
+                    "(or train.sync_bn: true on CUDA)"
                 ),
             )
         return True

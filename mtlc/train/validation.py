@@ -1,17 +1,20 @@
 """Validation: every task's loss and metrics over the whole validation split.
 
-On several processes each rank scores its share of every batch (the same strided split
-as training) with the plain model (its forward runs no collective, so ranks may skip an
-empty share), and the totals are summed over the ranks: loss sums and sample counts in
-one all-reduce, metric totals (confusion matrices, sums, counts) merged, so N processes
-report the metrics of one process on the same data.
+A loss is the mean over the split's elements it counts: each batch's mean is weighted by
+what it is over (its valid elements for a masked loss, :func:`mtlc.losses.masked_mean`,
+else its samples), so batches with few valid pixels weigh little, as in one mean over
+the split. On several processes each rank scores its share of every batch (the same
+strided split as training) with the plain model (its forward runs no collective, so
+ranks may skip an empty share), and the totals are summed over the ranks: loss sums and
+counts in one all-reduce, metric totals (confusion matrices, sums, counts) merged, so N
+processes report the losses and metrics of one process on the same data.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mtlc.train.distributed import shard
+from mtlc.train.distributed import loss_counts, shard
 
 
 class Validating:
@@ -27,27 +30,34 @@ class Validating:
         if self.ranks is not None:
             self.ranks.broadcast_buffers(self.model)  # every rank scores rank 0's model
         metrics = {t: {m: build_metric(m) for m in self.spec.tasks[t].metrics} for t in self.tasks}
-        sums = dict.fromkeys(self.tasks, 0.0)
-        n = 0
+        sums = dict.fromkeys(self.pred_keys, 0.0)  # Σ count·mean per supervised prediction
+        counts = dict.fromkeys(self.pred_keys, 0.0)
         for batch in iterate_batches(self.val_data, self.spec.train.batch_size, shuffle=False):
             if self.ranks is not None:
                 batch, share, _ = shard(batch, self.ranks)
                 if share == 0:
                     continue
             batch = self._to_device(batch)
-            out, per_task, _ = self.forward_losses(batch, self.model)
+            out, _, parts = self.forward_losses(batch, self.model)
             size = batch[self.spec.input_name].shape[0]
-            values = torch.stack([v.float() for v in per_task.values()]).tolist()
-            for t, v in zip(per_task, values):
-                sums[t] += v * size
-            n += size
+            weights = loss_counts(parts, float(size))
+            pairs = [
+                (v.detach().double(), torch.as_tensor(weights[k]).to(v.device, torch.float64))
+                for k, v in parts.items()
+            ]
+            values = torch.stack([m * c for m, c in pairs] + [c for _, c in pairs]).tolist()
+            for k, v, c in zip(parts, values, values[len(parts) :]):
+                sums[k] += v
+                counts[k] += c
             for t, ms in metrics.items():
                 for m in ms.values():
                     m.update(out[t], batch[self.targets[t]])
         if self.ranks is not None:
-            totals = self.ranks.all_sum(torch.tensor([*sums.values(), n], dtype=torch.float64))
-            sums, n = dict(zip(sums, totals[:-1].tolist())), int(totals[-1])
+            local = torch.tensor([*sums.values(), *counts.values()], dtype=torch.float64)
+            totals = self.ranks.all_sum(local).tolist()
+            sums, counts = dict(zip(sums, totals)), dict(zip(counts, totals[len(sums) :]))
             self.ranks.merge_metrics(metrics)
-        val_loss = {t: s / max(n, 1) for t, s in sums.items()}
+        means = {k: torch.tensor(s / counts[k] if counts[k] else 0.0) for k, s in sums.items()}
+        val_loss = {t: float(v) for t, v in self.task_losses(means).items()}
         results = {t: {k: m.compute() for k, m in ms.items()} for t, ms in metrics.items() if ms}
         return val_loss, results

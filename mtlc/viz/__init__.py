@@ -24,7 +24,7 @@ def dot_source(
     """The DOT source of a spec's drawing (path, dict or Spec).
 
     Parameter counts are always shown; `cost` adds FLOPs; `checkpoint` annotates what a
-    trained run learned (cross-stitch α, NDDR block strengths, uncertainty σ).
+    trained run learned (each sharing point's `learned` readout, uncertainty σ).
     """
     return _sources(spec, level, cost, checkpoint, overrides)[1][0]
 
@@ -64,13 +64,12 @@ def _sources(
         from mtlc.checkpoint import load_checkpoint
         from mtlc.viz.learned import learned
 
-        found = learned(compiled, load_checkpoint(checkpoint), str(checkpoint))
-        notes.alpha, notes.nddr, notes.sigma = found["alpha"], found["nddr"], found["sigma"]
-        from mtlc.viz.gates import gate_units, mean_gate_weights
-
-        if gate_units(compiled.topology):
-            state = load_checkpoint(checkpoint)["model"]
-            notes.gates, notes.gate_samples = mean_gate_weights(loaded, state, str(checkpoint))
+        found = learned(compiled, load_checkpoint(checkpoint), str(checkpoint), loaded)
+        notes.learned, notes.samples, notes.sigma = (
+            found["learned"],
+            found["samples"],
+            found["sigma"],
+        )
     return loaded.name, topology_sources(compiled.topology, notes)
 
 

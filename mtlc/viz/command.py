@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from mtlc.clitools import fail, guarded, set_option
+from mtlc.clitools import allow_import_option, fail, guarded, set_option
 
 
 @click.command()
@@ -33,6 +33,7 @@ from mtlc.clitools import fail, guarded, set_option
     type=click.Path(exists=True, dir_okay=False),
     help="A checkpoint of this spec: show learned cross-stitch α, NDDR strengths, uncertainty σ.",
 )
+@allow_import_option
 @set_option
 @guarded
 def viz(
@@ -41,6 +42,7 @@ def viz(
     level: str,
     cost: bool,
     checkpoint: str | None,
+    allow_import: tuple[str, ...],
     overrides: tuple[str, ...],
 ) -> None:
     """Draw SPEC's task-sharing topology: one column per task, one row per stage.
@@ -48,18 +50,30 @@ def viz(
     Every sharing point has its paper's shape (cross-stitch mixing nodes, NDDR concat and
     1×1 convs, MTAN gates, PAD-Net distillation, PAP-Net affinities, JTRL turns) and
     every box its parameter count. Without graphviz installed only .dot can be written.
+    With --checkpoint, mixture-of-experts gates show their mean weights on the spec's
+    validation split; when that split cannot be loaded they are left out, with a note.
     """
+    import warnings
+
     from mtlc.viz import draw
+    from mtlc.viz.gates import GateWeightsSkipped
     from mtlc.viz.render import GraphvizMissing
 
     if checkpoint is not None and level != "topology":
         raise click.UsageError("--checkpoint annotates the topology view; drop --level ops")
     try:
-        path = draw(
-            spec, output, level=level, cost=cost, checkpoint=checkpoint, overrides=overrides
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", GateWeightsSkipped)
+            path = draw(
+                spec, output, level=level, cost=cost, checkpoint=checkpoint, overrides=overrides
+            )
     except GraphvizMissing as exc:
         fail(str(exc), code=1)
+    for w in caught:
+        if issubclass(w.category, GateWeightsSkipped):
+            click.echo(f"note: {w.message}", err=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     click.echo(f"wrote {path}")
 
 

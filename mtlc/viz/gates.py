@@ -1,14 +1,20 @@
-"""The mean gate weights of a trained mixture-of-experts model, for `viz --checkpoint`.
+"""Mean module outputs of a trained model over validation data, for `viz --checkpoint`.
 
 A gate's weights depend on its input, so unlike cross-stitch α they cannot be read off
 the checkpoint: the model (with the checkpoint's weights, in eval mode) is run over the
-spec's validation split (its first `limit` samples) and each gate's softmax output is
-averaged over the samples. The gate modules are found through the fx labels (the
-call_module node of a unit that has `experts`), so this file knows no sharing type.
+spec's validation split (its first `limit` samples) and the output of each asked unit's
+module is averaged over the samples. The modules are found through the fx labels (the
+call_module node labelled with the unit), so this file knows no sharing type.
+
+The validation split is loaded with the imports the caller allowed (`--allow-import` on
+`mtlc viz`, or `with mtlc.allow_import(...)`). A split that cannot be loaded (files not on
+this machine, a `callable` not allowed) does not stop the drawing: the means are left
+out and a :class:`GateWeightsSkipped` warning says why, once.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -17,25 +23,29 @@ from mtlc.compiler import compile_spec
 from mtlc.spec import Spec
 
 
-def gate_units(topology: Any) -> list[str]:
-    """The topology's gate units (those that mix experts), in graph order."""
-    return [u for u, d in topology.graph.nodes(data=True) if d["kind"] == "unit" and "experts" in d]
+class GateWeightsSkipped(UserWarning):
+    """The gates' mean weights are not drawn: the validation split could not be loaded."""
 
 
-def mean_gate_weights(
-    spec: Spec, state: dict[str, torch.Tensor], where: str, limit: int = 2048
-) -> tuple[dict[str, list[float]], int]:
-    """{gate unit: mean weight per expert (the unit's `experts` order)} and the sample count."""
+def mean_unit_outputs(
+    spec: Spec, state: dict[str, torch.Tensor], where: str, units: list[str], limit: int = 2048
+) -> tuple[dict[str, list[Any]], int]:
+    """{unit: its module's output averaged over samples, as a list} and the sample count."""
     from mtlc.data.batches import iterate_batches
+    from mtlc.imports import allowed_imports
+    from mtlc.train.errors import TrainError
     from mtlc.train.setup import load_model_state, load_split
 
-    compiled = compile_spec(spec)
-    units = gate_units(compiled.topology)
     if not units:
         return {}, 0
-    model = compiled.supervised
-    load_model_state(model, state, where)
+    model = compile_spec(spec).supervised
+    load_model_state(model, state, where)  # a checkpoint of another model fails here
     model.eval()
+    try:
+        data = load_split(spec, "val", allowed_imports())
+    except TrainError as exc:
+        warnings.warn(f"gate weights not shown: {exc}", GateWeightsSkipped, stacklevel=2)
+        return {}, 0
     sums: dict[str, torch.Tensor] = {}
     handles = []
     for node in model.graph.nodes:
@@ -46,7 +56,6 @@ def mean_gate_weights(
                 sums[block] = sums.get(block, 0) + out.detach().double().sum(0)
 
             handles.append(model.get_submodule(node.target).register_forward_hook(record))
-    data = load_split(spec, "val", frozenset())
     seen = 0
     try:
         with torch.no_grad():

@@ -15,8 +15,11 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from mtlc.colors import SHARED, SHARED_FILL, task_colours, tint
 from mtlc.compiler import Compiled
-from mtlc.viz.topology_view import SHARED, SHARED_FILL, _Dot, _html, shape_text, task_colours, tint
+from mtlc.viz.dot import DotWriter as _Dot
+from mtlc.viz.dot import html_label as _html
+from mtlc.viz.dot import shape_text
 
 
 def _meta_shape(meta) -> str:
