@@ -153,32 +153,12 @@ class AttentionPoint(StagePoint):
                 f"split: the blocks but the last give {list(u_b)}, the last block {list(out)}; "
                 "the mask needs the same H×W",
             )
-        g.add_node(
-            block,
-            kind="block",
-            stage=stage,
-            owner=None,
-            tasks=tuple(tasks),
-            layers=layers[:-1] if split else layers,
-            in_shape=shape,
-            out_shape=u_b,
-            sharing=sharing.type,
-        )
+        b.add_block(block, None, tuple(tasks), layers[:-1] if split else layers, shape, u_b)
         link(src, block, tuple(tasks))
         gated = block
         if split:  # MTAN on ResNet: u_b above, the last block gives u_t
             gated = f"{stage}/last"
-            g.add_node(
-                gated,
-                kind="block",
-                stage=stage,
-                owner=None,
-                tasks=tuple(tasks),
-                layers=layers[-1:],
-                in_shape=u_b,
-                out_shape=out,
-                sharing=sharing.type,
-            )
+            b.add_block(gated, None, tuple(tasks), layers[-1:], u_b, out)
             link(block, gated, tuple(tasks))
         refine = None
         if trunk is not None:

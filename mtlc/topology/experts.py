@@ -90,17 +90,7 @@ def expert_stage(b: StageBuild) -> Shape:
             block = f"{stage}/expert{i}" if owner is None else f"{stage}/{owner}_expert{i}"
             _fresh(b, block)
             members = tuple(tasks) if owner is None else (owner,)
-            g.add_node(
-                block,
-                kind="block",
-                stage=stage,
-                owner=owner,
-                tasks=members,
-                layers=layers,
-                in_shape=shape,
-                out_shape=shape_out,
-                sharing=kind,
-            )
+            b.add_block(block, owner, members, layers, shape, shape_out)
             link(shared_src if owner is None else stream[owner], block, members)
             ids[owner].append(block)
     assert out is not None

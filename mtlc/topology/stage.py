@@ -154,9 +154,31 @@ class StageBuild:
                 key=True,
             )
 
+    def add_block(
+        self,
+        block: str,
+        owner: str | None,
+        members: tuple[str, ...],
+        layers: list[Layer],
+        in_shape: Shape,
+        out_shape: Shape,
+    ) -> None:
+        """A node of the stage's layers: what every point's copies, trunks and experts are."""
+        self.g.add_node(
+            block,
+            kind="block",
+            stage=self.stage,
+            owner=owner,
+            tasks=members,
+            layers=layers,
+            in_shape=in_shape,
+            out_shape=out_shape,
+            sharing=self.sharing.type,
+        )
+
     def add_copies(self) -> Shape:
         """Copies of the stage's layers: one per group (`shared` layout) or per task."""
-        g, tasks, sharing, stage = self.g, self.tasks, self.sharing, self.stage
+        tasks, sharing, stage = self.tasks, self.sharing, self.stage
         groups = sharing.groups or [tasks]
         if sharing.layout == "shared":
             copies = [tuple(gr) for gr in groups]
@@ -171,17 +193,7 @@ class StageBuild:
             layers, out = self.layers(self.items, ("encoder", "stages", stage), self.shape)
             block = f"{stage}/{who(members, tasks)}"
             owner = None if len(members) == len(tasks) and len(tasks) > 1 else "+".join(members)
-            g.add_node(
-                block,
-                kind="block",
-                stage=stage,
-                owner=owner,
-                tasks=members,
-                layers=layers,
-                in_shape=self.shape,
-                out_shape=out,
-                sharing=sharing.type,
-            )
+            self.add_block(block, owner, members, layers, self.shape, out)
             self.link(sources.pop(), block, members)
             for t in members:
                 self.stream[t] = self.feature[t] = block

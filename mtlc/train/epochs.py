@@ -130,21 +130,24 @@ class EpochLoop:
         from mtlc.train.plots import write_plots
 
         summary = self.summary(status)
-        try:
-            runfolder.write_summary(run_dir, summary)
-        except WriteError:
-            if status == "completed":
-                raise
+
+        def written() -> bool:
+            """Write the summary; False when the disk refused it for a run that failed."""
+            try:
+                runfolder.write_summary(run_dir, summary)
+            except WriteError:
+                if status == "completed":
+                    raise
+                return False
+            return True
+
+        if not written():
             return summary
         try:
             summary["plots"] = write_plots(run_dir)
         except Exception as exc:  # a plot never fails a run
             summary["plots"] = f"plots skipped: {first_line(exc)}"
-        try:
-            runfolder.write_summary(run_dir, summary)
-        except WriteError:
-            if status == "completed":
-                raise
+        written()
         return summary
 
     def _loop(self, run_dir: Path, log: runfolder.MetricsLog, writer: Any) -> None:
