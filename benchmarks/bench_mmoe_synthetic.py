@@ -22,12 +22,15 @@ size; they are options here.
 
 Each run draws its own task (directions, sines), data and initialisation from its seed;
 every model and correlation of a seed sees the same draw but for the angle between w_1
-and w_2. Reported: the final validation MSE (mean over the two tasks) per model and
-correlation, mean ± standard deviation (min–max) over the seeds; each model's loss at p
-divided by its loss at the first correlation for the same seed (the paired ratio, which
-takes out how hard each seed's draw is), mean ± standard deviation (min–max); and the
-mean validation loss at ``--curve`` points of training, to show whether the runs have
-converged.
+and w_2. The data constants the paper leaves open (c, m and the noise) are ``--scale``,
+``--sines`` and ``--noise``; a larger c makes the sine terms of higher frequency in x and
+so the tasks harder to fit. Reported: the final validation MSE (mean over the two tasks)
+per model and correlation, mean ± standard deviation, median (min–max) over the seeds (a
+few runs stuck on a plateau pull the mean, hence the median); the training MSE over the
+last 100 steps, the same way (the paper plots training loss); each model's validation
+loss at p divided by its loss at the first correlation for the same seed (the paired
+ratio, which takes out how hard each seed's draw is); and the mean validation loss at
+``--curve`` points of training, to show whether the runs have converged.
 
 The MoE rows need the ``mmoe``, ``cgc`` and ``ple`` sharing points; an mtlc without them
 runs the shared-bottom row and says which rows it skipped.

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).parent.parent
 TOY = {
@@ -48,6 +49,10 @@ TOY = {
         "32",
         "--correlations",
         "1.0,0.0",
+        "--scale",
+        "3",
+        "--sines",
+        "4",
     ],
     "bench_balancers.py": [
         "--reps",
@@ -154,9 +159,38 @@ def test_benchmark_runs(script):
     if script == "bench_mmoe_synthetic.py":  # every table, a row per model, the command
         out = proc.stdout
         assert out.startswith("command: python benchmarks/bench_mmoe_synthetic.py --seeds 2")
-        for title in ("learning-rate search", "final validation MSE", "paired ratio", "after"):
+        titles = ("learning-rate search", "final validation MSE", "training MSE", "paired ratio")
+        for title in (*titles, "after"):
             assert title in out
-        # a row in the search, final and ratio tables, and one per correlation in the curve
-        assert out.count("| mmoe") == 5 and out.count("| shared_bottom") == 5
+        # a row in the search, final, training and ratio tables, one per correlation in the curve
+        assert out.count("| mmoe") == 6 and out.count("| shared_bottom") == 6
+        assert "dim 8, c 3, m 4, noise std 0.1;" in out  # the data constants reach the data
+        assert ", median " in out  # medians beside the means
         assert "over p = [0.0] on 1 tuning seed" in out  # --tune-at
         assert "| shared_bottom, p = 0.0 |" in out and "| 1 steps | 3 steps |" in out
+
+
+def test_mmoe_study_passes_the_data_constants_to_the_data():
+    # --scale/--sines/--noise must reach the correlated data set: the generated targets
+    # follow its formula with these c, m and noise (checked against a direct computation)
+    import importlib.util
+
+    from mtlc.spec import load_spec
+    from mtlc.train.trainer import Trainer
+
+    path = ROOT / "benchmarks" / "bench_mmoe_synthetic.py"
+    loader = importlib.util.spec_from_file_location("bench_mmoe_synthetic", path)
+    bench = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(bench)
+    args = bench.argparse.Namespace(
+        dim=6, train=40, val=8, batch=8, bottom=4, scale=3.0, sines=2, noise=0.0
+    )
+    data = load_spec(bench.spec_dict("mmoe", args, 0.0, 5, 1e-3)).train.data
+    assert (data.options["scale"], data.options["sines"], data.options["noise"]) == (3.0, 2, 0.0)
+    d = Trainer(load_spec(bench.spec_dict("shared_bottom", args, 0.0, 5, 1e-3))).train_data
+    w, a, b = (d.info[k].double() for k in ("task_weights", "alphas", "betas"))
+    assert torch.allclose(w.norm(dim=1), torch.full((2,), 3.0, dtype=torch.float64), atol=1e-5)
+    assert a.shape == (2,)
+    lin = d["x"].double() @ w.T
+    y = lin + torch.sin(lin.unsqueeze(-1) * a + b).sum(-1)  # noise 0: exactly the formula
+    assert torch.allclose(torch.cat([d["y1"], d["y2"]], 1).double(), y, atol=1e-4)
