@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from spread import median_p10_p90
 
 from mtlc.compiler import compile_spec
 from mtlc.data.batches import iterate_batches
@@ -49,11 +50,6 @@ def largest_spec() -> Path:
         if load_spec(p).train is not None and load_spec(p).train.data.name in GENERATED
     }
     return max(flops, key=flops.get)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:
@@ -111,7 +107,7 @@ def main() -> None:
         print(
             f"  {name:<20} median {1e3 * statistics.median(times[name]):8.2f} ms   "
             f"speed-up {statistics.median(ratios):.3f} "
-            f"(p10 {percentile(ratios, 0.1):.3f}, p90 {percentile(ratios, 0.9):.3f})"
+            f"(p10 {median_p10_p90(ratios)[1]:.3f}, p90 {median_p10_p90(ratios)[2]:.3f})"
         )
 
 

@@ -32,12 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from spread import median_p10_p90
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "hard.yaml"
 
@@ -84,14 +85,6 @@ def run_nproc(nproc: int, out: Path, args: argparse.Namespace) -> float:
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     return json.loads((out / "summary.json").read_text())["train_samples_per_s"]
-
-
-def spread(values: list[float]) -> tuple[float, float, float]:
-    """(median, p10, p90); with fewer than 2 values the one value thrice."""
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    deciles = statistics.quantiles(values, n=10, method="inclusive")
-    return statistics.median(values), deciles[0], deciles[-1]
 
 
 def process_counts(args: argparse.Namespace) -> list[int]:
@@ -151,8 +144,8 @@ def main() -> None:
         values = speed[c]
         name = "plain (in-process)" if c is None else f"--nproc {c}"
         ratios = [v / p for v, p in zip(values, plain)]
-        m, lo, hi = spread(values)
-        rm, rlo, rhi = spread(ratios)
+        m, lo, hi = median_p10_p90(values)
+        rm, rlo, rhi = median_p10_p90(ratios)
         print(f"{name:>22}  {m:8.1f} ({lo:.1f}-{hi:.1f})   {rm:.2f}x ({rlo:.2f}-{rhi:.2f})")
 
 

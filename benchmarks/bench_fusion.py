@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from spread import median_p10_p90
 
 from mtlc.compiler import compile_spec
 from mtlc.compiler.fuse import fuse
@@ -62,11 +63,6 @@ def step(model: torch.nn.Module, x: torch.Tensor, sync) -> float:
     for p in model.parameters():
         p.grad = None
     return elapsed
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:
@@ -145,7 +141,7 @@ def main() -> None:
         ratios = [x / y for x, y in zip(times[a], times[b], strict=True)]
         print(
             f"  {a} / {b}: median {statistics.median(ratios):.3f} "
-            f"(p10 {percentile(ratios, 0.1):.3f}, p90 {percentile(ratios, 0.9):.3f})"
+            f"(p10 {median_p10_p90(ratios)[1]:.3f}, p90 {median_p10_p90(ratios)[2]:.3f})"
         )
 
 

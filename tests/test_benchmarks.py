@@ -87,12 +87,25 @@ TOY = {
 def test_every_benchmark_has_a_toy_run():
     # bench_startup_compile.py times fresh processes only; test_cli_build covers what it checks;
     # bench_distributed_scaling.py runs `mtlc train --nproc`, which test_distributed runs;
-    # gpu_check.py runs the others on a GPU (its CPU run is tested below)
+    # gpu_check.py runs the others on a GPU (its CPU run is tested below);
+    # spread.py is the scripts' shared median/p10/p90 (tested below)
     assert {p.name for p in (ROOT / "benchmarks").glob("*.py")} - set(TOY) == {
         "bench_startup_compile.py",
         "bench_distributed_scaling.py",
         "gpu_check.py",
+        "spread.py",
     }
+
+
+def test_spread_is_the_median_and_the_inclusive_deciles():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from spread import median_p10_p90
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    # 0..10: the deciles of eleven evenly spaced values are the values 1 and 9
+    assert median_p10_p90([float(v) for v in range(10, -1, -1)]) == (5.0, 1.0, 9.0)
+    assert median_p10_p90([3.0]) == (3.0, 3.0, 3.0)
 
 
 def test_gpu_check_without_cuda_runs_nothing_and_says_so(tmp_path):
