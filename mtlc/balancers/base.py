@@ -231,8 +231,9 @@ class Balancer(torch.nn.Module):
         return self.step_log().now()[0]
 
     # A balancer whose logged values are computed from tensors (parameters, buffers on the
-    # device) implements log_tensors() and log_values() instead of weights() and
-    # extra_state_for_log(): then logging them costs the host no wait per step.
+    # device) implements log_tensors() (and log_values(), unless it logs one [T] tensor of
+    # weights) instead of weights() and extra_state_for_log(): then logging them costs the
+    # host no wait per step.
 
     def log_tensors(self) -> tuple[Tensor, ...] | None:
         """The tensors this step's logged values are computed from, or ``None`` (the
@@ -241,8 +242,12 @@ class Balancer(torch.nn.Module):
 
     def log_values(self, values: list[Any]) -> tuple[dict[str, float], dict[str, float]]:
         """``(weights, extra)`` from the host values of :meth:`log_tensors` (``tolist()``
-        each). It runs later, so it may read only what never changes (tasks, options)."""
-        raise NotImplementedError
+        each). It runs later, so it may read only what never changes (tasks, options).
+
+        The default is the usual case: :meth:`log_tensors` is one ``[T]`` tensor, the
+        task weights, and there is no extra value."""
+        (w,) = values
+        return dict(zip(self.tasks, w, strict=True)), {}
 
     def step_log(self) -> StepLog:
         """This step's values for the log, taken after the backward, before the update."""

@@ -21,13 +21,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mtlc.balancers.gradient import GradientBalancer, needs_losses
+from mtlc.balancers.gradient import RunningGradients
 
 EPS = 1e-8
 
 
-class DBMTL(GradientBalancer):
-    allows_representation = False
+class DBMTL(RunningGradients):
+    state_buffer, step_buffer = "buffer", "db_step"
 
     def __init__(
         self,
@@ -40,30 +40,13 @@ class DBMTL(GradientBalancer):
     ) -> None:
         super().__init__(tasks, kinds, wrt=wrt)
         self.beta, self.beta_sigma = float(beta), float(beta_sigma)
-        self.register_buffer("buffer", torch.zeros(len(self.tasks), 0))
-        self.register_buffer("db_step", torch.zeros((), dtype=torch.float64))
-        self._steps = 0  # the host copy of `db_step`: k is needed on the host, unread
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
-        saved = state_dict.get(prefix + "buffer")
-        if saved is not None and saved.shape != self.buffer.shape:
-            self.buffer = torch.zeros_like(saved, device=self.buffer.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._steps = int(self.db_step)
 
     def head_weights(self, losses: Tensor) -> Tensor:
         return 1.0 / (losses + EPS)
 
     def aggregate(self, J: Tensor, losses: Tensor | None) -> Tensor:
-        losses = needs_losses("db_mtl", losses)
-        if J.shape[0] != len(self.tasks):
-            raise ValueError("db_mtl needs every task's loss at every step")
-        if self.buffer.shape != J.shape:
-            self.buffer = torch.zeros_like(J)
+        losses, k = self.start_step("db_mtl", J, losses)
         with torch.no_grad():
-            self.db_step += 1
-            self._steps += 1
-            k = float(self._steps)
             log_grads = J / (losses.reshape(-1, 1).to(J.dtype) + EPS)
             beta = self.beta / k**self.beta_sigma
             buf = log_grads + beta * (self.buffer.to(J.dtype) - log_grads)

@@ -69,7 +69,3 @@ class DWA(Balancer):
 
     def log_tensors(self) -> tuple[Tensor, ...]:
         return (self.current(),)
-
-    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
-        (w,) = values
-        return {t: w[i] for i, t in enumerate(self.tasks)}, {}

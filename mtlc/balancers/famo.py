@@ -103,9 +103,5 @@ class FAMO(Balancer):
             self._pending = False
 
     def log_tensors(self) -> tuple[Tensor, ...]:
-        return (self.z(),)
-
-    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
         """The task weights z_t (the effective weight of L_t also has 1/(c·L_t))."""
-        (z,) = values
-        return {t: z[i] for i, t in enumerate(self.tasks)}, {}
+        return (self.z(),)

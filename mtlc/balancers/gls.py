@@ -39,15 +39,11 @@ class GLS(Balancer):
         return total
 
     def log_tensors(self) -> tuple[Tensor, ...]:
+        """``∂L/∂L_t = L/(T·L_t)`` at the last step (1/T before the first, and for a task
+        without a loss in it)."""
         last = getattr(self, "_last", None)
         return (
             last
             if last is not None
             else torch.full((len(self.tasks),), 1.0 / len(self.tasks), dtype=torch.float64),
         )
-
-    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
-        """``∂L/∂L_t = L/(T·L_t)`` at the last step (1/T before the first, and for a task
-        without a loss in it)."""
-        (w,) = values
-        return {t: w[i] for i, t in enumerate(self.tasks)}, {}

@@ -220,12 +220,8 @@ class GradientBalancer(Balancer):
         self._step_weights = None
 
     def log_tensors(self) -> tuple[Tensor, ...]:
-        return (self.last_weights,)
-
-    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
         """The last step's weight on each task's gradient (1 before the first step)."""
-        (w,) = values
-        return {t: w[i] for i, t in enumerate(self.tasks)}, {}
+        return (self.last_weights,)
 
 
 def needs_jacobian_locally(balancer: GradientBalancer) -> None:
@@ -260,6 +256,50 @@ class GramianMethod(GradientBalancer):
         w = self.gramian_weights(gram, losses).to(torch.float64)
         self._step_weights = w
         return (w.to(J64.device) @ J64).to(J.dtype)
+
+
+class RunningGradients(GradientBalancer):
+    """A method that tracks the task gradients in a ``[T, P]`` buffer and counts its steps k
+    (MoCo's ``y``, DB-MTL's EMA).
+
+    The buffer has the size of the target, so it works on the shared parameters only; it is
+    created at the first step (when P is known) and takes a checkpoint's shape on load. k is
+    a buffer (exact resume) mirrored on the host (``_steps``), so ``β_k`` never waits for the
+    device. Subclasses name the two buffers (``state_buffer``, ``step_buffer``: checkpoint
+    keys) and call :meth:`start_step` at the top of :meth:`aggregate`.
+    """
+
+    allows_representation = False
+    state_buffer: ClassVar[str]
+    step_buffer: ClassVar[str]
+
+    def __init__(
+        self, tasks: Sequence[str], kinds: Mapping[str, str], *, wrt: str = "parameters"
+    ) -> None:
+        super().__init__(tasks, kinds, wrt=wrt)
+        self.register_buffer(self.state_buffer, torch.zeros(len(self.tasks), 0))
+        self.register_buffer(self.step_buffer, torch.zeros((), dtype=torch.float64))
+        self._steps = 0  # the host copy of the step buffer: k is needed on the host, unread
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        saved = state_dict.get(prefix + self.state_buffer)
+        current = getattr(self, self.state_buffer)
+        if saved is not None and saved.shape != current.shape:
+            setattr(self, self.state_buffer, torch.zeros_like(saved, device=current.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._steps = int(getattr(self, self.step_buffer))
+
+    def start_step(self, method: str, J: Tensor, losses: Tensor | None) -> tuple[Tensor, float]:
+        """Check the step has every task, size the state to ``J``, count the step: ``(losses, k)``."""
+        losses = needs_losses(method, losses)
+        if J.shape[0] != len(self.tasks):
+            raise ValueError(f"{method} needs every task's loss at every step")
+        if getattr(self, self.state_buffer).shape != J.shape:
+            setattr(self, self.state_buffer, torch.zeros_like(J))
+        with torch.no_grad():
+            getattr(self, self.step_buffer).add_(1)
+        self._steps += 1
+        return losses, float(self._steps)
 
 
 def needs_losses(method: str, losses: Tensor | None) -> Tensor:

@@ -86,7 +86,3 @@ class GradNorm(Balancer):
 
     def log_tensors(self) -> tuple[Tensor, ...]:
         return (self.loss_weights(),)
-
-    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
-        (w,) = values
-        return {t: w[i] for i, t in enumerate(self.tasks)}, {}

@@ -458,9 +458,5 @@ class MGDA(Balancer):
         return alpha @ J
 
     def log_tensors(self) -> tuple[Tensor, ...]:
-        return (self.alpha,)
-
-    def log_values(self, values: list) -> tuple[dict[str, float], dict[str, float]]:
         """The last α (tasks absent from the last step have 0; 1/T before the first step)."""
-        (alpha,) = values
-        return {t: alpha[i] for i, t in enumerate(self.tasks)}, {}
+        return (self.alpha,)

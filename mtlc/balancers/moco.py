@@ -22,11 +22,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mtlc.balancers.gradient import GradientBalancer, needs_losses
+from mtlc.balancers.gradient import RunningGradients
 
 
-class MoCo(GradientBalancer):
-    allows_representation = False
+class MoCo(RunningGradients):
+    state_buffer, step_buffer = "y", "moco_step"
 
     def __init__(
         self,
@@ -44,30 +44,12 @@ class MoCo(GradientBalancer):
         self.beta, self.beta_sigma = float(beta), float(beta_sigma)
         self.gamma, self.gamma_sigma, self.rho = float(gamma), float(gamma_sigma), float(rho)
         n = len(self.tasks)
-        self.register_buffer("y", torch.zeros(n, 0))
         self.register_buffer("lambd", torch.full((n,), 1.0 / n, dtype=torch.float64))
-        self.register_buffer("moco_step", torch.zeros((), dtype=torch.float64))
-        self._steps = 0  # the host copy of `moco_step`: k is needed on the host, unread
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
-        # y is created at the first step with the target's size; take the saved one's shape.
-        saved = state_dict.get(prefix + "y")
-        if saved is not None and saved.shape != self.y.shape:
-            self.y = torch.zeros_like(saved, device=self.y.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._steps = int(self.moco_step)
 
     def aggregate(self, J: Tensor, losses: Tensor | None) -> Tensor:
-        losses = needs_losses("moco", losses)
+        losses, k = self.start_step("moco", J, losses)
         n = J.shape[0]
-        if n != len(self.tasks):
-            raise ValueError("moco needs every task's loss at every step")
-        if self.y.shape != J.shape:
-            self.y = torch.zeros_like(J)
         with torch.no_grad():
-            self.moco_step += 1
-            self._steps += 1
-            k = float(self._steps)
             norms = J.norm(dim=1, keepdim=True)
             grads = J / (norms + 1e-8) * losses.reshape(-1, 1).to(J.dtype)
             y = self.y.to(J.dtype)
