@@ -77,6 +77,22 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def representation_targets(
+    shared_repr: Tensor | Sequence[Tensor] | None,
+    missing: str,
+    detached: str,
+    path: tuple[str, ...] = (),
+) -> list[Tensor]:
+    """The shared representation as a list of targets for a gradient-level backward; the
+    caller's messages for a missing one (at spec ``path``) and one outside the graph."""
+    if shared_repr is None:
+        raise BalancerError(missing, path)
+    found = [shared_repr] if isinstance(shared_repr, Tensor) else list(shared_repr)
+    if not found or not all(z.requires_grad for z in found):
+        raise BalancerError(detached)
+    return found
+
+
 @dataclass(frozen=True)
 class StepLog:
     """One step's balancer values for the log, possibly still on their way from the device.
@@ -189,6 +205,18 @@ class Balancer(torch.nn.Module):
                 )
             out[task] = float(v)
         return out
+
+    def store_per_task(self, buffer: Tensor, values: Tensor, names: Sequence[str]) -> None:
+        """Write the present tasks' ``values`` (in the order of ``names``) into the ``[T]``
+        ``buffer``, 0 for a task absent from the step; device to device: nothing waits."""
+        with torch.no_grad():
+            values = values.detach().to(buffer.device, buffer.dtype)
+            if list(names) == list(self.tasks):
+                buffer.copy_(values)
+            else:
+                buffer.zero_()
+                for j, t in enumerate(names):
+                    buffer[self.index(t)] = values[j]
 
     def present(self, losses: Mapping[str, Tensor]) -> list[str]:
         """The tasks with a loss this step, in declaration order.

@@ -68,16 +68,9 @@ class FAMO(Balancer):
         z = (z if full else torch.stack([z[i] for i in idx])).to(stacked.device, stacked.dtype)
         d = stacked - 0.0 + EPS
         c = (z / d).sum().detach()
-        with torch.no_grad():  # device to device, no index tensor sent: nothing waits
-            before = stacked.detach().double().to(self.before.device)
-            if full:
-                self.before.copy_(before)
-            else:
-                self.before.zero_()
-                for j, i in enumerate(idx):
-                    self.before[i] = before[j]
-            self.pending.fill_(full)
-            self._pending = full
+        self.store_per_task(self.before, stacked, names)
+        self.pending.fill_(full)
+        self._pending = full
         return (torch.log(d) * z / c).sum()
 
     def after_step(self, view: StepView) -> None:

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mtlc.balancers.base import Balancer, BalancerError
+from mtlc.balancers.base import Balancer, BalancerError, representation_targets
 
 log = logging.getLogger("mtlc")
 
@@ -140,19 +140,14 @@ class GradientBalancer(Balancer):
     ) -> list[Tensor]:
         if self.wrt == "parameters":
             return [p for p in shared_params if p.requires_grad]
-        if shared_repr is None:
-            raise BalancerError(
-                f"{self.name()} wrt: representation needs the shared representation; the trainer"
-                " must pass shared_repr= (not detached), or use wrt: parameters",
-                ("wrt",),
-            )
-        found = [shared_repr] if isinstance(shared_repr, Tensor) else list(shared_repr)
-        if not found or not all(z.requires_grad for z in found):
-            raise BalancerError(
-                f"{self.name()} wrt: representation: the shared representation must be part of"
-                " the autograd graph (not detached)"
-            )
-        return found
+        return representation_targets(
+            shared_repr,
+            f"{self.name()} wrt: representation needs the shared representation; the trainer"
+            " must pass shared_repr= (not detached), or use wrt: parameters",
+            f"{self.name()} wrt: representation: the shared representation must be part of"
+            " the autograd graph (not detached)",
+            ("wrt",),
+        )
 
     @classmethod
     def name(cls) -> str:
@@ -203,20 +198,14 @@ class GradientBalancer(Balancer):
 
     def _record(self, J: Tensor, g: Tensor, names: Sequence[str]) -> None:
         weights = getattr(self, "_step_weights", None)
-        with torch.no_grad():
-            if weights is None:
+        if weights is None:
+            with torch.no_grad():
                 norms = (J * J).sum(dim=1)
                 proj = J @ g
                 weights = torch.where(
                     norms > 0, proj / norms.clamp(min=1e-30), torch.ones_like(proj)
                 )
-            weights = weights.detach().to(self.last_weights.device, torch.float64)
-            if list(names) == list(self.tasks):
-                self.last_weights.copy_(weights)  # device to device: nothing waits
-            else:
-                self.last_weights.zero_()
-                for j, t in enumerate(names):
-                    self.last_weights[self.index(t)] = weights[j]
+        self.store_per_task(self.last_weights, weights, names)
         self._step_weights = None
 
     def log_tensors(self) -> tuple[Tensor, ...]:

@@ -48,7 +48,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mtlc.balancers.base import Balancer, BalancerError, did_you_mean, is_number
+from mtlc.balancers.base import (
+    Balancer,
+    BalancerError,
+    did_you_mean,
+    is_number,
+    representation_targets,
+)
 
 NORMALIZATIONS = ("l2", "loss", "loss+", "none")
 MODES = ("exact", "ub")
@@ -338,17 +344,12 @@ class MGDA(Balancer):
     ) -> list[Tensor]:
         if self.mode == "exact":
             return [p for p in shared_params if p.requires_grad]
-        if shared_repr is None:
-            raise BalancerError(
-                "mgda mode 'ub' needs a shared representation; the trainer must pass"
-                " shared_repr= (the shared encoder's output, not detached), or use mode: exact"
-            )
-        targets = [shared_repr] if isinstance(shared_repr, Tensor) else list(shared_repr)
-        if not targets or not all(z.requires_grad for z in targets):
-            raise BalancerError(
-                "mgda mode 'ub': shared_repr must be part of the autograd graph (not detached)"
-            )
-        return targets
+        return representation_targets(
+            shared_repr,
+            "mgda mode 'ub' needs a shared representation; the trainer must pass"
+            " shared_repr= (the shared encoder's output, not detached), or use mode: exact",
+            "mgda mode 'ub': shared_repr must be part of the autograd graph (not detached)",
+        )
 
     def task_gradients(self, losses: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
         """The ``[T, P]`` matrix of ``∂L_t/∂targets``, flattened and concatenated (None → 0).
@@ -431,14 +432,7 @@ class MGDA(Balancer):
             ).to(device=stacked.device, dtype=torch.float64)
         total = (alpha.to(stacked.dtype) * stacked).sum()
         total.backward()
-        with torch.no_grad():
-            alpha = alpha.to(self.alpha.device)
-            if list(names) == list(self.tasks):
-                self.alpha.copy_(alpha)  # no index tensor to send: nothing waits
-            else:
-                index = torch.tensor([self.index(t) for t in names], device=self.alpha.device)
-                self.alpha.zero_()
-                self.alpha.index_copy_(0, index, alpha)
+        self.store_per_task(self.alpha, alpha, names)
         return total.detach()
 
     @property
