@@ -206,15 +206,18 @@ class Balancer(torch.nn.Module):
             out[task] = float(v)
         return out
 
-    def store_per_task(self, buffer: Tensor, values: Tensor, names: Sequence[str]) -> None:
+    def store_per_task(
+        self, buffer: Tensor, values: Tensor, names: Sequence[str], absent: float = 0.0
+    ) -> None:
         """Write the present tasks' ``values`` (in the order of ``names``) into the ``[T]``
-        ``buffer``, 0 for a task absent from the step; device to device: nothing waits."""
+        ``buffer``, ``absent`` for a task absent from the step; device to device: nothing
+        waits."""
         with torch.no_grad():
             values = values.detach().to(buffer.device, buffer.dtype)
             if list(names) == list(self.tasks):
                 buffer.copy_(values)
             else:
-                buffer.zero_()
+                buffer.fill_(absent)
                 for j, t in enumerate(names):
                     buffer[self.index(t)] = values[j]
 

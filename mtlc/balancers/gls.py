@@ -29,12 +29,8 @@ class GLS(Balancer):
         with torch.no_grad():  # on the device: the log reads it later (Balancer.step_log)
             n = len(self.tasks)
             last = torch.full((n,), 1.0 / n, dtype=torch.float64, device=stacked.device)
-            derivative = (total / (len(names) * stacked.clamp(min=FLOOR))).double()
-            if len(names) == n:
-                last.copy_(derivative)
-            else:
-                for i, t in enumerate(names):
-                    last[self.index(t)] = derivative[i]
+            derivative = total / (len(names) * stacked.clamp(min=FLOOR))
+            self.store_per_task(last, derivative, names, absent=1.0 / n)
             self._last = last
         return total
 

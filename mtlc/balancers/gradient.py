@@ -118,6 +118,8 @@ class GradientBalancer(Balancer):
         self.wrt = wrt
         n = len(self.tasks)
         self.register_buffer("last_weights", torch.ones(n, dtype=torch.float64))
+        # The step's weights on the task gradients, where aggregate() has them (_record).
+        self._step_weights: Tensor | None = None
 
     @property
     def needs_shared_repr(self) -> bool:
@@ -173,9 +175,8 @@ class GradientBalancer(Balancer):
             total.backward()
             return total.detach()
         J = jacobian(task_losses, targets)
-        ranks = getattr(self, "ranks", None)
-        if ranks is not None and self.wrt == "parameters":
-            J = ranks.mean(J)
+        if self.wrt == "parameters":
+            J = self.ranks.mean(J)
         values = values.to(J.device, J.dtype)
         g = self.aggregate(J, values).to(J.dtype)
         self._record(J, g, names)
@@ -197,7 +198,7 @@ class GradientBalancer(Balancer):
         return total.detach()
 
     def _record(self, J: Tensor, g: Tensor, names: Sequence[str]) -> None:
-        weights = getattr(self, "_step_weights", None)
+        weights = self._step_weights
         if weights is None:
             with torch.no_grad():
                 norms = (J * J).sum(dim=1)
@@ -215,8 +216,7 @@ class GradientBalancer(Balancer):
 
 def needs_jacobian_locally(balancer: GradientBalancer) -> None:
     """Methods that need J itself cannot run on the representation across processes."""
-    ranks = getattr(balancer, "ranks", None)
-    if balancer.wrt == "representation" and getattr(ranks, "world", 1) > 1:
+    if balancer.wrt == "representation" and balancer.ranks.world > 1:
         raise BalancerError(
             f"{balancer.name()} needs the Jacobian itself, which cannot be reduced over"
             " processes on the per-sample representation; use wrt: parameters",
@@ -239,9 +239,8 @@ class GramianMethod(GradientBalancer):
         if losses is not None:
             losses = losses.to(torch.float64)
         gram = J64 @ J64.T
-        ranks = getattr(self, "ranks", None)
-        if ranks is not None and self.wrt == "representation":
-            gram = ranks.sample_gramian(gram)  # the global Gramian of the per-sample rows
+        if self.wrt == "representation":
+            gram = self.ranks.sample_gramian(gram)  # the global Gramian of the per-sample rows
         w = self.gramian_weights(gram, losses).to(torch.float64)
         self._step_weights = w
         return (w.to(J64.device) @ J64).to(J.dtype)
