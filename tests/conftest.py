@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 SMALL = """\
 mtlc: 1
@@ -19,6 +20,34 @@ tasks:
   seg:   {head: [conv(4, 1), upsample(2)], loss: cross_entropy, metrics: [miou]}
   depth: {head: [conv(1, 1), upsample(2)], loss: l1, metrics: [abs_err]}
 """
+
+
+# NDDR mixing the two task columns of a two-stage conv net (test_tables, test_viz)
+NDDR = """\
+mtlc: 1
+name: tiny-nddr
+input: {image: [3, 8, 8]}
+encoder:
+  stages:
+    s1: [conv(4, 3), relu]
+    s2: [conv(6, 3), relu]
+  sharing:
+    s2: nddr
+tasks:
+  seg:   {head: [conv(3, 1)], loss: cross_entropy}
+  depth: {head: [conv(1, 1)], loss: l1}
+"""
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: two OpenMP threads on a shared 2-core machine spin
+    against each other (100x slower). Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

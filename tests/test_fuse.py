@@ -27,12 +27,7 @@ SPECS = sorted(Path(__file__).resolve().parent.parent.glob("specs/*.yaml"))
 TOL = {"rtol": 1e-9, "atol": 1e-9}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fused_ops(gm: torch.fx.GraphModule) -> list[str]:
@@ -131,8 +126,9 @@ def test_cpu_policy_only_merges_copies_computing_one_value():
     assert len(calls) == len([n for n in plain.graph.nodes if n.op == "call_module"]) - 6
 
 
-def test_grouped_conv_has_the_groups_and_flops_of_the_separate_convs():
-    gm = compile_spec(SPECS[0].parent / "nddr.yaml").model
+def unfused_and_fused_flops(name: str) -> list[int]:
+    """FLOPs of specs/<name>.yaml's model on a 2×3×64×64 input, unfused then fused for cuda."""
+    gm = compile_spec(SPECS[0].parent / f"{name}.yaml").model
     fused = fuse(gm, "cuda")
     x = torch.randn(2, 3, 64, 64)
     counts = []
@@ -140,19 +136,17 @@ def test_grouped_conv_has_the_groups_and_flops_of_the_separate_convs():
         with FlopCounterMode(display=False) as fc:
             m(x)
         counts.append(fc.get_total_flops())
+    return counts
+
+
+def test_grouped_conv_has_the_groups_and_flops_of_the_separate_convs():
+    counts = unfused_and_fused_flops("nddr")
     # nddr has no mix einsum: every FLOP is a conv's, and they are the same multiply-adds
     assert counts[0] == counts[1] > 0
 
 
 def test_cross_stitch_mix_flops_are_the_only_difference():
-    gm = compile_spec(SPECS[0].parent / "cross_stitch.yaml").model
-    fused = fuse(gm, "cuda")
-    x = torch.randn(2, 3, 64, 64)
-    counts = []
-    for m in (gm, fused):
-        with FlopCounterMode(display=False) as fc:
-            m(x)
-        counts.append(fc.get_total_flops())
+    counts = unfused_and_fused_flops("cross_stitch")
     # the unfused mix is element-wise (counted as other ops); the einsum is a batched
     # matmul: 2·N·T·T·C·H·W per unit (s1: 16 ch at 32², s2: 32 at 16², s3: 64 at 16²)
     mix = sum(2 * 2 * 3 * 3 * c * h * h for c, h in ((16, 32), (32, 16), (64, 16)))

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 from test_run_safety import _fill_disk, cli, files, one_error, tiny, trained  # noqa: F401
-from test_train import one_thread  # noqa: F401 - one_thread is an autouse fixture
 
 import mtlc
 from mtlc import atomic
 from mtlc.profile import command as profile_command
 from mtlc.train import command
 from mtlc.viz import command as viz_command
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LONG = "x" * 300
 

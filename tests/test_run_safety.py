@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_train import TINY, one_thread  # noqa: F401 - one_thread is an autouse fixture
+from test_train import TINY
 
 from mtlc import atomic, commands
 from mtlc.train import command, runfolder
 from mtlc.train.checkpoint import load_checkpoint
 from mtlc.train.run import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

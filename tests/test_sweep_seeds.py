@@ -8,11 +8,12 @@ import statistics
 from pathlib import Path
 
 import pytest
-from test_train import one_thread  # noqa: F401 - autouse fixture
 from test_train_commands import run, tiny  # noqa: F401 - fixture
 
 from mtlc.delta import delta_m
 from mtlc.train import command
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_seeds_fold_into_mean_and_std_with_baselines_and_a_plot(tiny: Path, tmp_path: Path):  # noqa: F811

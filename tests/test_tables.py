@@ -11,26 +11,14 @@ from rich.console import Console
 from mtlc.commands import _table, build_report
 from mtlc.profile.comparison import _Fitting, comparison, short_names
 from mtlc.profile.report import profile_spec
+from tests.conftest import NDDR
 
 SPECS = sorted((Path(__file__).parent.parent / "specs").glob("*.yaml"))
 
-# Parameters by hand: s1 shared 3·4·9+4 = 112; s2 per task 4·6·9+6 = 222 (both shared:
-# NDDR mixes each column into the other task); NDDR per task a 1×1 conv 12→6 without
-# bias (72) + BN (12) = 84, used by that task alone; heads 6·3+3 = 21 and 6·1+1 = 7.
-NDDR = """\
-mtlc: 1
-name: tiny-nddr
-input: {image: [3, 8, 8]}
-encoder:
-  stages:
-    s1: [conv(4, 3), relu]
-    s2: [conv(6, 3), relu]
-  sharing:
-    s2: nddr
-tasks:
-  seg:   {head: [conv(3, 1)], loss: cross_entropy}
-  depth: {head: [conv(1, 1)], loss: l1}
-"""
+# NDDR (tests/conftest.py) parameters by hand: s1 shared 3·4·9+4 = 112; s2 per task
+# 4·6·9+6 = 222 (both shared: NDDR mixes each column into the other task); NDDR per task
+# a 1×1 conv 12→6 without bias (72) + BN (12) = 84, used by that task alone; heads
+# 6·3+3 = 21 and 6·1+1 = 7.
 
 
 def _cells(table) -> dict[str, dict[str, str]]:

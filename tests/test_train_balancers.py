@@ -23,12 +23,7 @@ GRADIENT = [n for n in BALANCERS if resolve(BALANCERS, n).level == "gradient"]
 ON_REPR = [n for n in GRADIENT if n != "mgda" and resolve(BALANCERS, n).allows_representation]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from test_train import TINY, one_thread  # noqa: F401 - one_thread is an autouse fixture
+from test_train import TINY
 
 from mtlc import losses
 from mtlc.train import command, runfolder, sweep, sweep_results
 from mtlc.train.checkpoint import load_checkpoint
 from mtlc.train.compare import compare_runs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

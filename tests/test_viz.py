@@ -29,6 +29,7 @@ from mtlc.topology import build_topology
 from mtlc.viz import dot_source, draw
 from mtlc.viz.dot import COLUMN_WIDTH, NODESEP
 from mtlc.viz.topology_view import Notes, topology_dot
+from tests.conftest import NDDR
 
 # svg, png, pdf and html need graphviz's `dot`; CI installs it where it can.
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz 'dot' not installed")
@@ -71,21 +72,6 @@ tasks:
   depth:  {head: [conv(1, 1)], loss: l1}
   normal: {head: [conv(3, 1)], loss: cosine}
   edge:   {head: [conv(1, 1)], loss: bce, auxiliary: true}
-"""
-
-NDDR = """\
-mtlc: 1
-name: tiny-nddr
-input: {image: [3, 8, 8]}
-encoder:
-  stages:
-    s1: [conv(4, 3), relu]
-    s2: [conv(6, 3), relu]
-  sharing:
-    s2: nddr
-tasks:
-  seg:   {head: [conv(3, 1)], loss: cross_entropy}
-  depth: {head: [conv(1, 1)], loss: l1}
 """
 
 
