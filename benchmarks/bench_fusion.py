@@ -24,12 +24,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import yaml
 from spread import median_p10_p90
+from timing import step
 
 from mtlc.compiler import compile_spec
 from mtlc.compiler.fuse import fuse
@@ -52,17 +52,6 @@ def spec_with(tasks: int) -> dict:
         base = list(spec["tasks"].values())
         spec["tasks"] = {f"t{i}": dict(base[i % 3]) for i in range(tasks)}
     return spec
-
-
-def step(model: torch.nn.Module, x: torch.Tensor, sync) -> float:
-    start = time.perf_counter()
-    out = model(x)
-    sum(v.float().mean() for v in out.values()).backward()
-    sync()
-    elapsed = time.perf_counter() - start
-    for p in model.parameters():
-        p.grad = None
-    return elapsed
 
 
 def main() -> None:

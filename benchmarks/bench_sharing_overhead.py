@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from timing import step
 from torch import nn
 
 from mtlc.compiler import compile_spec
@@ -167,17 +167,6 @@ def matched(spec: str, hand: nn.Module) -> nn.Module:
     for t in TASKS:
         torch.testing.assert_close(a[t], b[t], rtol=1e-5, atol=1e-5)
     return model
-
-
-def step(model: nn.Module, x: torch.Tensor, sync) -> float:
-    start = time.perf_counter()
-    out = model(x)
-    sum(v.float().mean() for v in out.values()).backward()
-    sync()
-    elapsed = time.perf_counter() - start
-    for p in model.parameters():
-        p.grad = None
-    return elapsed
 
 
 def compare(spec: str, hand: nn.Module, args) -> dict:

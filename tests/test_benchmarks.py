@@ -88,12 +88,14 @@ def test_every_benchmark_has_a_toy_run():
     # bench_startup_compile.py times fresh processes only; test_cli_build covers what it checks;
     # bench_distributed_scaling.py runs `mtlc train --nproc`, which test_distributed runs;
     # gpu_check.py runs the others on a GPU (its CPU run is tested below);
-    # spread.py is the scripts' shared median/p10/p90 (tested below)
+    # spread.py is the scripts' shared median/p10/p90 (tested below), timing.py their timed
+    # step (run by bench_fusion's and bench_sharing_overhead's toy runs)
     assert {p.name for p in (ROOT / "benchmarks").glob("*.py")} - set(TOY) == {
         "bench_startup_compile.py",
         "bench_distributed_scaling.py",
         "gpu_check.py",
         "spread.py",
+        "timing.py",
     }
 
 

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from mtlc.errors import MtlcError
+from mtlc.losses import normaliser
 
 SEED_STRIDE = 1_000_003  # rank r > 0 seeds its own random stream with seed + r × this
 
@@ -157,8 +158,6 @@ def loss_counts(losses: dict[str, Tensor], share: float) -> dict[str, Tensor | f
     plain mean, the rank's share n_r/n of the samples (every sample has as many elements).
     A rank with an empty share (share 0) counts nothing.
     """
-    from mtlc.losses import normaliser
-
     out: dict[str, Tensor | float] = {}
     for key, loss in losses.items():
         count = normaliser(loss)

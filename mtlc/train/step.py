@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtlc.balancers.base import StepLog
+from mtlc.balancers.base import StepLog, StepView
 from mtlc.compiler import SHARED_KEY
 from mtlc.train.distributed import loss_counts
 from mtlc.train.errors import Diverged
@@ -77,8 +77,9 @@ class Stepping:
             if training and self.scaler is not None:
                 out = self.scaler.scale_outputs(out, keep=SHARED_KEY)
             parts = {
-                k: self.losses[k.split(":")[0]](out[k], batch[self.targets[k.split(":")[0]]])
+                k: self.losses[t](out[k], batch[self.targets[t]])
                 for k in self.pred_keys
+                for t in (k.split(":")[0],)
             }
         return out, self.task_losses(parts), parts
 
@@ -207,25 +208,9 @@ class Stepping:
         """A step's record; a non-finite task loss stops the run (Diverged)."""
         values = launched.values.tolist()
         losses = dict(zip(launched.tasks, values))
-        for task, value in losses.items():
-            if not math.isfinite(value):
-                raise Diverged(
-                    f"the loss of task '{task}' is {value} at step {launched.step} "
-                    f"(epoch {launched.epoch})",
-                    task=task,
-                    step=launched.step,
-                    run_dir=Path("."),
-                )
+        _check_finite(losses, "the loss", launched)
         weights, extra = launched.balancer.read([t.tolist() for t in launched.logged])
-        for task, value in weights.items():
-            if not math.isfinite(value):
-                raise Diverged(
-                    f"the balancer's weight of task '{task}' is {value} at step "
-                    f"{launched.step} (epoch {launched.epoch})",
-                    task=task,
-                    step=launched.step,
-                    run_dir=Path("."),
-                )
+        _check_finite(weights, "the balancer's weight", launched)
         record: dict[str, Any] = {
             "type": "step",
             "epoch": launched.epoch,
@@ -254,8 +239,6 @@ class Stepping:
         accumulates are merged over the ranks (a rank with no samples adds none), and
         ``recompute()`` gives the global losses.
         """
-        from mtlc.balancers.base import StepView
-
         ranks = self.ranks
 
         def recompute() -> dict[str, torch.Tensor]:
@@ -269,6 +252,19 @@ class Stepping:
         targets = {t: batch[key] for t, key in self.targets.items() if key in batch and share > 0}
         merge = ranks.merge_metrics if ranks is not None else None
         return StepView(out, targets, self.task_metrics, recompute, merge)
+
+
+def _check_finite(values: dict[str, float], what: str, launched: Launched) -> None:
+    """Diverged for the first task whose value (``what``: its loss, its weight) is not finite."""
+    for task, value in values.items():
+        if not math.isfinite(value):
+            raise Diverged(
+                f"{what} of task '{task}' is {value} at step {launched.step} "
+                f"(epoch {launched.epoch})",
+                task=task,
+                step=launched.step,
+                run_dir=Path("."),
+            )
 
 
 def _read_later(

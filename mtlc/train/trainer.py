@@ -25,6 +25,7 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 
 from mtlc.compiler.labels import shared_parameters
-from mtlc.data.batches import num_batches
+from mtlc.data.batches import iterate_batches, num_batches
 from mtlc.devices import resolve_device
 from mtlc.spec import Spec, spec_error
 from mtlc.train.distributed import Ranks, rank_seed, shard, wrap
@@ -106,8 +107,10 @@ class Trainer(EpochLoop, Checkpointing, Stepping, Validating):
         self._said: set[str] = set()
         self.train_forward = self._compiled_forward(spec.train.compile_mode)
         self.tasks = list(self.compiled.topology.tasks)
-        self.pred_keys = [k for k in self.compiled.topology.predictions]
-        self.pred_keys.sort(key=lambda k: (":" in k, self.tasks.index(k.split(":")[0])))
+        self.pred_keys = sorted(
+            self.compiled.topology.predictions,
+            key=lambda k: (":" in k, self.tasks.index(k.split(":")[0])),
+        )
         self.targets = {t: task.target or t for t, task in spec.tasks.items()}
         self.losses = loss_functions(spec)
         self.supervision = spec.decoder.supervision if spec.decoder is not None else 1.0
@@ -243,8 +246,6 @@ class Trainer(EpochLoop, Checkpointing, Stepping, Validating):
 
         Yields (this process's batch, its share of the global batch, the global size).
         """
-        from mtlc.data.batches import iterate_batches
-
         self.generator.set_state(self.epoch_generator)
         it = iterate_batches(
             self.train_data,
@@ -253,12 +254,11 @@ class Trainer(EpochLoop, Checkpointing, Stepping, Validating):
             generator=self.generator,
             drop_last=self.drop_last,
         )
-        for i, batch in enumerate(it):
-            if i >= self.batch:
-                if self.ranks is None:
-                    yield batch, 1.0, batch[self.spec.input_name].shape[0]
-                else:
-                    yield shard(batch, self.ranks)
+        for batch in itertools.islice(it, self.batch, None):  # the batches done are skipped
+            if self.ranks is None:
+                yield batch, 1.0, batch[self.spec.input_name].shape[0]
+            else:
+                yield shard(batch, self.ranks)
 
     def request_stop(self) -> None:
         """Ask the loop to save and stop after the current step (what Ctrl-C does).
