@@ -44,6 +44,7 @@ runs the shared-bottom row and says which rows it skipped.
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import shlex
 import statistics
@@ -104,6 +105,7 @@ def spec_dict(
                 "correlation": correlation,
                 "scale": args.scale,
                 "sines": args.sines,
+                "sine_params": args.sine_params,
                 "noise": args.noise,
                 "seed": seed,
             },
@@ -169,6 +171,20 @@ def spread(xs: list[float], fmt: str) -> str:
     return f"{mean:{fmt}} ± {sd:{fmt}}, median {med:{fmt}} ({min(xs):{fmt}}–{max(xs):{fmt}})"
 
 
+def sign_test(xs: list[float], refs: list[float]) -> str:
+    """``k of n higher, p = …``: the exact two-sided sign test of ``xs`` against ``refs``.
+
+    Paired by seed, so each seed's draw (how hard its task is) cancels. Ties are dropped,
+    as the sign test does; at the reference correlation every pair ties.
+    """
+    higher = sum(x > r for x, r in zip(xs, refs))
+    n = higher + sum(x < r for x, r in zip(xs, refs))
+    if n == 0:
+        return "–"
+    tail = sum(math.comb(n, i) for i in range(min(higher, n - higher) + 1)) / 2**n
+    return f"{higher} of {n} higher, p = {min(1.0, 2 * tail):.2g}"
+
+
 def table(title: str, rows: dict[str, list[str]], columns: list[str]) -> None:
     print(f"\n{title}")
     print("| model | " + " | ".join(columns) + " |")
@@ -225,6 +241,12 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="the data's c = |w_t|")
     parser.add_argument("--sines", type=int, default=10, help="the data's m (sine terms)")
     parser.add_argument("--noise", type=float, default=0.1, help="the data's noise std")
+    parser.add_argument(
+        "--sine-params", default="normal", help="the data's α, β: normal or integer (α_j = j)"
+    )
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="the study's seeds are this and the next ones"
+    )
     parser.add_argument("--bottom", type=int, default=113, help="shared-bottom width")
     parser.add_argument("--correlations", default="1.0,0.5,0.0")
     parser.add_argument("--models", default="shared_bottom,mmoe,cgc,ple")
@@ -255,7 +277,8 @@ def main() -> None:
     }
     params: dict[str, int] = {}
     trains: dict[str, dict[float, list[float]]] = {m: {p: [] for p in correlations} for m in models}
-    keys = [(name, p, seed) for seed in range(args.seeds) for p in correlations for name in models]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    keys = [(name, p, seed) for seed in seeds for p in correlations for name in models]
     jobs = [(spec_dict(n, args, p, seed, lrs[n]), args.steps, points) for n, p, seed in keys]
     results = run_all(jobs, args.jobs, args.threads)
     for (name, p, _), (curve, params[name], train_loss) in zip(keys, results):
@@ -264,8 +287,9 @@ def main() -> None:
     took = time.perf_counter() - start
     print(
         f"\ncorrelated: {args.train} train / {args.val} val samples, dim {args.dim}, "
-        f"c {args.scale:g}, m {args.sines}, noise std {args.noise:g}; "
-        f"{args.steps} steps of batch {args.batch} (Adam); {args.seeds} seeds; "
+        f"c {args.scale:g}, m {args.sines}, {args.sine_params} α and β, noise std "
+        f"{args.noise:g}; {args.steps} steps of batch {args.batch} (Adam); {args.seeds} seeds "
+        f"({seeds.start}–{seeds.stop - 1}); "
         f"{args.jobs} process(es) of {args.threads} thread(s); {took:.0f} s in all"
     )
     finals = {m: {p: [c[-1] for c in cs] for p, cs in by_p.items()} for m, by_p in curves.items()}
@@ -297,6 +321,12 @@ def main() -> None:
             ]
             for m in models
         },
+        columns,
+    )
+    table(
+        f"direction: in how many seeds the validation loss at p is higher than at p = {ref}, "
+        "and the two-sided sign test's p-value (no effect: higher in half the seeds)",
+        {m: [sign_test(finals[m][p], finals[m][ref]) for p in correlations] for m in models},
         columns,
     )
     table(

@@ -53,6 +53,10 @@ TOY = {
         "3",
         "--sines",
         "4",
+        "--sine-params",
+        "integer",
+        "--first-seed",
+        "7",
     ],
     "bench_balancers.py": [
         "--reps",
@@ -178,8 +182,10 @@ def test_benchmark_runs(script):
         for title in (*titles, "after"):
             assert title in out
         # a row in the search, final, training and ratio tables, one per correlation in the curve
-        assert out.count("| mmoe") == 6 and out.count("| shared_bottom") == 6
-        assert "dim 8, c 3, m 4, noise std 0.1;" in out  # the data constants reach the data
+        # and the direction table
+        assert out.count("| mmoe") == 7 and out.count("| shared_bottom") == 7
+        assert "dim 8, c 3, m 4, integer α and β, noise std 0.1;" in out  # reach the data
+        assert "2 seeds (7–8)" in out and " higher, p = " in out
         assert ", median " in out  # medians beside the means
         assert "over p = [0.0] on 1 tuning seed" in out  # --tune-at
         assert "| shared_bottom, p = 0.0 |" in out and "| 1 steps | 3 steps |" in out
@@ -198,7 +204,15 @@ def test_mmoe_study_passes_the_data_constants_to_the_data():
     bench = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(bench)
     args = bench.argparse.Namespace(
-        dim=6, train=40, val=8, batch=8, bottom=4, scale=3.0, sines=2, noise=0.0
+        dim=6,
+        train=40,
+        val=8,
+        batch=8,
+        bottom=4,
+        scale=3.0,
+        sines=2,
+        noise=0.0,
+        sine_params="normal",
     )
     data = load_spec(bench.spec_dict("mmoe", args, 0.0, 5, 1e-3)).train.data
     assert (data.options["scale"], data.options["sines"], data.options["noise"]) == (3.0, 2, 0.0)
@@ -209,3 +223,20 @@ def test_mmoe_study_passes_the_data_constants_to_the_data():
     lin = d["x"].double() @ w.T
     y = lin + torch.sin(lin.unsqueeze(-1) * a + b).sum(-1)  # noise 0: exactly the formula
     assert torch.allclose(torch.cat([d["y1"], d["y2"]], 1).double(), y, atol=1e-4)
+    args.sine_params = "integer"
+    d = Trainer(load_spec(bench.spec_dict("mmoe", args, 0.0, 5, 1e-3))).train_data
+    assert d.info["alphas"].tolist() == [1, 2] and d.info["betas"].tolist() == [0, 1]
+
+
+def test_mmoe_study_sign_test():
+    # the exact two-sided sign test, by hand: 5 of 5 higher → 2 / 2^5; 4 of 5 → 2·6/32;
+    # ties are dropped (the third pair), and all ties give no test
+    import importlib.util
+
+    path = ROOT / "benchmarks" / "bench_mmoe_synthetic.py"
+    loader = importlib.util.spec_from_file_location("bench_mmoe_synthetic", path)
+    bench = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(bench)
+    assert bench.sign_test([2, 2, 2, 2, 2], [1] * 5) == "5 of 5 higher, p = 0.062"
+    assert bench.sign_test([2, 2, 1, 2, 0, 2], [1] * 6) == "4 of 5 higher, p = 0.38"
+    assert bench.sign_test([0, 0], [0, 0]) == "–"

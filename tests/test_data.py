@@ -202,6 +202,26 @@ def test_correlated_noise_is_the_papers_variance_001_by_default():
         assert abs(_pearson(residual[:, 0], residual[:, 1])) < 0.03  # independent per task
 
 
+def test_correlated_integer_sine_params():
+    # α_j = j, β_j = (j − 1)²: the public generator's values; the targets follow the formula
+    # with them, and the directions are the same draw as with the normal α, β
+    d = correlated.load("val", val=300, dim=12, sines=5, noise=0.0, sine_params="integer")
+    a, b = d.info["alphas"].double(), d.info["betas"].double()
+    assert a.tolist() == [1, 2, 3, 4, 5] and b.tolist() == [0, 1, 4, 9, 16]
+    lin = d["x"].double() @ d.info["task_weights"].double().T
+    y = lin + sum(torch.sin(j * lin + (j - 1) ** 2) for j in range(1, 6))
+    assert torch.allclose(torch.cat([d["y1"], d["y2"]], 1).double(), y, atol=1e-4)
+    normal = correlated.load("val", val=300, dim=12, sines=5, noise=0.0)
+    assert torch.equal(normal.info["task_weights"], d.info["task_weights"])
+    assert not torch.equal(normal["y1"], d["y1"])
+    with pytest.raises(
+        DataError,
+        match=r"train\.data\.sine_params: expected one of normal, "
+        r"integer, got 'integers' \(did you mean 'integer'\?\)",
+    ):
+        correlated.load("train", sine_params="integers")
+
+
 def test_correlated_splits_share_the_task_but_not_the_samples():
     tr = correlated.load("train", train=50, dim=10)
     va = correlated.load("val", val=50, dim=10)

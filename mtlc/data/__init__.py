@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +145,16 @@ def check_range(key: str, value: float, lo: float | None = None, hi: float | Non
         else:
             want = f"at most {hi}"
         raise DataError(f"{option_path(key)}: expected a value {want}, got {value!r}.")
+
+
+def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    """Raise DataError (with a did-you-mean) unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), list(choices), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DataError(
+            f"{option_path(key)}: expected one of {', '.join(choices)}, got {value!r}{hint}."
+        )
 
 
 def check_memory(key: str, what: str, needed: float) -> None:

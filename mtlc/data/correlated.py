@@ -11,7 +11,13 @@ Mixture-of-Experts", KDD 2018, section 3.2:
    by the tasks and ``ε_t ~ N(0, 0.01)`` i.i.d.
 
 The paper calls c, m, α and β "given parameters" and does not give their values; mtlc's
-choices are c = 1, m = 10 and α_j, β_j drawn once per seed from N(0, 1). The paper writes
+choices are c = 1, m = 10 and, by default (``sine_params: normal``), α_j, β_j drawn once per
+seed from N(0, 1): slow, smooth sines that a small network fits almost to the noise.
+``sine_params: integer`` takes α_j = j and β_j = (j − 1)² for j = 1..m instead, the values
+of the public generator of this data in google-research (``multitask/synthetic``, "the
+original paper does not provide the values"): sines up to frequency m in w_tᵀx, a wiggly
+target that binds a small network's capacity, the regime of the paper's study (see
+``benchmarks/bench_mmoe_synthetic.py``). The paper writes
 the noise as N(0, 0.01), read here in the usual N(μ, σ²) notation: variance 0.01, so the
 option ``noise`` (a standard deviation) defaults to 0.1.
 
@@ -22,8 +28,8 @@ correlation p, and two tasks t, s ≥ 2 have correlation p² (they are related t
 only). For T = 2 this is exactly the paper's construction.
 
 Options: ``train`` (8000), ``val`` (2000), ``dim`` (100), ``tasks`` (2), ``correlation`` p
-(0.5, in [−1, 1]), ``scale`` c (1.0), ``sines`` m (10), ``noise`` (0.1, the standard
-deviation of ε).
+(0.5, in [−1, 1]), ``scale`` c (1.0), ``sines`` m (10), ``sine_params`` (``normal`` or
+``integer``, above), ``noise`` (0.1, the standard deviation of ε).
 
 Tensors: ``x`` float32 [N, dim] and ``y1``, ``y2``, … float32 [N, 1]. The task (the u's,
 α, β) depends on ``seed`` only, so train and val share it; the samples x and ε of each
@@ -40,6 +46,7 @@ import torch
 from mtlc.data import (
     TensorData,
     check_memory,
+    check_choice,
     check_options,
     check_range,
     check_split,
@@ -56,14 +63,26 @@ SCHEMA = {
     "correlation": (float, 0.5),
     "scale": (float, 1.0),
     "sines": (int, 10),
+    "sine_params": (str, "normal"),
     "noise": (float, 0.1),
 }
+SINE_PARAMS = ("normal", "integer")
 
 
 def generate_task(
-    dim: int, tasks: int, correlation: float, scale: float, sines: int, generator: torch.Generator
+    dim: int,
+    tasks: int,
+    correlation: float,
+    scale: float,
+    sines: int,
+    generator: torch.Generator,
+    sine_params: str = "normal",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Task weights [T, dim] and the shared α [m], β [m] (float64)."""
+    """Task weights [T, dim] and the shared α [m], β [m] (float64).
+
+    The directions are drawn first and the normal α, β after them, so a seed gives the same
+    directions whichever ``sine_params`` is chosen.
+    """
     gauss = torch.randn(dim, tasks, generator=generator, dtype=torch.float64)
     q, r = torch.linalg.qr(gauss)
     u = (q * torch.sign(torch.diagonal(r))).T  # [T, dim], orthonormal rows
@@ -72,6 +91,9 @@ def generate_task(
     w[0] = scale * u[0]
     for t in range(1, tasks):
         w[t] = scale * (p * u[0] + math.sqrt(max(0.0, 1.0 - p * p)) * u[t])
+    if sine_params == "integer":
+        j = torch.arange(sines, dtype=torch.float64)
+        return w, j + 1, j * j
     alphas = torch.randn(sines, generator=generator, dtype=torch.float64)
     betas = torch.randn(sines, generator=generator, dtype=torch.float64)
     return w, alphas, betas
@@ -88,6 +110,7 @@ def load(split: str, *, seed: int = 0, **options) -> TensorData:
     check_range("correlation", o["correlation"], -1.0, 1.0)
     check_range("sines", o["sines"], 0)
     check_range("noise", o["noise"], 0.0)
+    check_choice("sine_params", o["sine_params"], SINE_PARAMS)
     n, dim, tasks = o[split], o["dim"], o["tasks"]
     # x in float64 and float32, the float64 sines (3 live copies) and the task vectors
     needed = n * (dim * 12 + tasks * o["sines"] * 24 + tasks * 20) + dim * tasks * 24
@@ -95,7 +118,7 @@ def load(split: str, *, seed: int = 0, **options) -> TensorData:
 
     g_task = torch.Generator().manual_seed(derived_seed(seed, "correlated", "task"))
     w, alphas, betas = generate_task(
-        o["dim"], o["tasks"], o["correlation"], o["scale"], o["sines"], g_task
+        o["dim"], o["tasks"], o["correlation"], o["scale"], o["sines"], g_task, o["sine_params"]
     )
     g = torch.Generator().manual_seed(derived_seed(seed, "correlated", split))
     n = o[split]
