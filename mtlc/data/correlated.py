@@ -45,8 +45,8 @@ import torch
 
 from mtlc.data import (
     TensorData,
-    check_memory,
     check_choice,
+    check_memory,
     check_options,
     check_range,
     check_split,
