@@ -5,10 +5,13 @@ Kept free of torch so that importing the CLI (and `mtlc --help`) stays instant.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
+import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -72,3 +75,34 @@ def fail(message: str, code: int = 2) -> None:
     """Exit with a one-line error for problems found by the command itself."""
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def exit_without_teardown(command: Callable[[], Any]) -> NoReturn:
+    """Run ``command``, then end the process with its exit status, skipping teardown.
+
+    For the processes of a torchrun job. After a rank has left its process group, the
+    interpreter's own exit still destroys the C++ objects torch.distributed left behind
+    (gloo's threads, the store's connection) and can abort there (SIGABRT, "terminate
+    called without an active exception", with no Python frame on the stack): torchrun
+    then reports a job that finished and wrote everything as failed. Everything mtlc
+    writes is closed before the command returns (checkpoints, summary, event files), so
+    ``os._exit`` after flushing the two streams loses nothing. Exit codes are kept: the
+    command's ``sys.exit`` status, 1 with the traceback for an uncaught exception.
+    """
+    code = 0
+    try:
+        command()
+    except SystemExit as exc:
+        if isinstance(exc.code, int) or exc.code is None:
+            code = exc.code or 0
+        else:  # sys.exit("message"): Python prints it and exits 1
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing to keep
+                stream.flush()
+    os._exit(code)

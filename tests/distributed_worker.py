@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mtlc.clitools import exit_without_teardown
 from mtlc.spec import load_spec
 from mtlc.train import distributed
 from mtlc.train.errors import Diverged, Interrupted
@@ -124,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_without_teardown(main)  # as `python -m mtlc` does in a torchrun job
