@@ -14,7 +14,8 @@ import torch
 from mtlc.balancers import Balancer, BalancerError, build_balancer
 from mtlc.balancers.dtp import DTP
 from mtlc.balancers.fixed import Fixed
-from mtlc.balancers.mgda import MGDA, mgda_weights, min_norm
+from mtlc.balancers.mgda import MGDA, mgda_weights
+from mtlc.balancers.min_norm import min_norm
 from mtlc.balancers.uncertainty import Uncertainty
 
 TASKS = ("seg", "depth")

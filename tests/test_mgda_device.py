@@ -12,7 +12,8 @@ import pytest
 import scipy.optimize
 import torch
 
-from mtlc.balancers.mgda import MGDA, _min_norm_gram, mgda_weights, min_norm_enumerate
+from mtlc.balancers.mgda import MGDA, mgda_weights
+from mtlc.balancers.min_norm import _min_norm_gram, min_norm_enumerate
 
 KINDS = {"a": "regression", "b": "regression", "c": "regression"}
 
