@@ -17,7 +17,8 @@ from reference_resnet import RefASPP, RefResNet
 from mtlc.cli import main
 from mtlc.compiler import compile_spec
 from mtlc.errors import SpecError
-from mtlc.layers.vocab import LayerError, infer_shape, parse_layer, parse_layers
+from mtlc.layers.parse import parse_layer, parse_layers
+from mtlc.layers.vocab import LayerError, infer_shape
 
 DEPTHS = {"resnet18": (False, [2, 2, 2, 2]), "resnet34": (False, [3, 4, 6, 3])}
 DEPTHS |= {"resnet50": (True, [3, 4, 6, 3]), "resnet101": (True, [3, 4, 23, 3])}

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mtlc.layers.modules import build_module
-from mtlc.layers.vocab import LAYERS, LayerError, infer_shape, parse_layer, rejoin_calls
+from mtlc.layers.parse import parse_layer, rejoin_calls
+from mtlc.layers.vocab import LAYERS, LayerError, infer_shape
 
 MAP = (6, 12, 12)
 VEC = (24,)

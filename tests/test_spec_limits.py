@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from mtlc import registry
 from mtlc.cli import main
 from mtlc.errors import SpecError
-from mtlc.layers.vocab import infer_shape, parse_layer
+from mtlc.layers.parse import parse_layer
+from mtlc.layers.vocab import infer_shape
 from mtlc.spec import load_spec, parse_spec_text
 from mtlc.spec.names import MODULE_ATTRIBUTES
 from mtlc.spec.schema import LOSS_OPTIONS

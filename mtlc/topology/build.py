@@ -24,7 +24,8 @@ from typing import Any
 
 import networkx as nx
 
-from mtlc.layers.vocab import Shape, parse_layer
+from mtlc.layers.parse import parse_layer
+from mtlc.layers.vocab import Shape
 from mtlc.sharing.point import DECODER_STAGE, decoder_point, stage_point
 from mtlc.spec.names import name_problem
 from mtlc.spec.schema import Spec

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from mtlc.layers.vocab import Layer, LayerError, Shape, infer_shape, parse_layers, rejoin_calls
+from mtlc.layers.parse import parse_layers, rejoin_calls
+from mtlc.layers.vocab import Layer, LayerError, Shape, infer_shape
 from mtlc.spec.base import StageSharing
 
 if TYPE_CHECKING:

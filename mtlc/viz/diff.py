@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mtlc.layers.vocab import parse_layers, rejoin_calls
+from mtlc.layers.parse import parse_layers, rejoin_calls
 from mtlc.spec import Spec
 from mtlc.topology import Topology, build_topology
 from mtlc.topology.backbone import backbone_stages
