@@ -21,18 +21,18 @@ LOSSES: dict[str, str] = {
 }
 
 METRICS: dict[str, str] = {
-    "miou": "mtlc.metrics:MeanIoU",
-    "pixel_acc": "mtlc.metrics:PixelAccuracy",
-    "accuracy": "mtlc.metrics:Accuracy",
-    "abs_err": "mtlc.metrics:AbsError",
-    "rel_err": "mtlc.metrics:RelError",
-    "rmse": "mtlc.metrics:RMSE",
-    "delta1": "mtlc.metrics:Delta1",
-    "angle_mean": "mtlc.metrics:AngleMean",
-    "angle_median": "mtlc.metrics:AngleMedian",
-    "within_11.25": "mtlc.metrics:Within11",
-    "within_22.5": "mtlc.metrics:Within22",
-    "within_30": "mtlc.metrics:Within30",
+    "miou": "mtlc.metrics.classification:MeanIoU",
+    "pixel_acc": "mtlc.metrics.classification:PixelAccuracy",
+    "accuracy": "mtlc.metrics.classification:Accuracy",
+    "abs_err": "mtlc.metrics.regression:AbsError",
+    "rel_err": "mtlc.metrics.regression:RelError",
+    "rmse": "mtlc.metrics.regression:RMSE",
+    "delta1": "mtlc.metrics.regression:Delta1",
+    "angle_mean": "mtlc.metrics.regression:AngleMean",
+    "angle_median": "mtlc.metrics.regression:AngleMedian",
+    "within_11.25": "mtlc.metrics.regression:Within11",
+    "within_22.5": "mtlc.metrics.regression:Within22",
+    "within_30": "mtlc.metrics.regression:Within30",
 }
 
 BALANCERS: dict[str, str] = {
