@@ -22,6 +22,29 @@ tasks:
 """
 
 
+# three tasks (one auxiliary) that train in a second on 24 shapes scenes: the `tiny` fixture
+# of the training tests (test_train, test_train_balancers, test_train_commands, test_run_safety)
+TINY_TRAIN = """\
+mtlc: 1
+name: tiny
+input: {image: [3, 16, 16]}
+encoder:
+  stages:
+    s1: [conv(8, 3), bn, relu, maxpool(2)]
+    s2: [conv(8, 3), bn, relu]
+tasks:
+  seg:   {head: [dropout(0.2), conv(5, 1), upsample(2)], loss: cross_entropy, metrics: [miou, pixel_acc]}
+  depth: {head: [conv(1, 1), upsample(2)], loss: l1, metrics: [abs_err]}
+  edge:  {head: [conv(1, 1), upsample(2)], loss: bce, auxiliary: true}
+balancer: {type: fixed}
+train:
+  data: {name: shapes, train: 24, val: 8, size: 16}
+  epochs: 2
+  batch_size: 8
+  optimizer: {type: adam, lr: 0.01}
+"""
+
+
 # NDDR mixing the two task columns of a two-stage conv net (test_tables, test_viz)
 NDDR = """\
 mtlc: 1
@@ -65,3 +88,9 @@ def write_spec(tmp_path: Path):
 @pytest.fixture
 def small_spec(write_spec) -> Path:
     return write_spec(SMALL)
+
+
+@pytest.fixture
+def tiny(write_spec) -> Path:
+    """TINY_TRAIN written to tiny.yaml."""
+    return write_spec(TINY_TRAIN, "tiny.yaml")

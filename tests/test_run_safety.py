@@ -17,19 +17,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_train import TINY
 
 from mtlc import atomic, commands
 from mtlc.train import command, runfolder
 from mtlc.train.checkpoint import load_checkpoint
 from mtlc.train.run import train
+from tests.conftest import TINY_TRAIN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def tiny(write_spec) -> Path:
-    return write_spec(TINY, "tiny.yaml")
 
 
 def cli(cmd, *args) -> tuple[int, list[str]]:
@@ -72,7 +67,7 @@ def trained(tiny: Path, out: Path, *args) -> Path:
 
 def test_force_in_the_specs_own_folder_removes_nothing(tiny: Path, tmp_path: Path):
     """The audit's case: `mtlc train spec.yaml --out . --force` in the spec's folder."""
-    (tmp_path / "spec.yaml").write_text("# my spec, with comments\n" + TINY)
+    (tmp_path / "spec.yaml").write_text("# my spec, with comments\n" + TINY_TRAIN)
     (tmp_path / "summary.json").write_text('{"mine": true}')
     before = files(tmp_path)
     code, lines = cli(command.train, tmp_path / "spec.yaml", "--out", tmp_path, "--force")
@@ -512,7 +507,7 @@ def test_batchnorm_drops_a_last_batch_of_one_and_refuses_batches_of_one(write_sp
     one_error(code, lines, 2, "train.batch_size: BatchNorm layer", "set train.batch_size to 2")
     assert not (tmp_path / "c").exists()
     # images: BatchNorm normalises over the pixels too, so a last batch of one trains
-    tiny = write_spec(TINY.replace("train: 24", "train: 25"), "tiny25.yaml")
+    tiny = write_spec(TINY_TRAIN.replace("train: 24", "train: 25"), "tiny25.yaml")
     assert (
         train(tiny, out=tmp_path / "d", device="cpu", overrides=["train.epochs=1"]).summary["steps"]
         == 4

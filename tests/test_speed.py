@@ -25,7 +25,8 @@ from mtlc.train.run import train
 from mtlc.train.setup import fits_on_device
 from mtlc.train.trainer import Trainer
 
-TINY = """\
+# cross-stitch between two task columns: amp, channels-last and compile on a real mix
+STITCHED = """\
 mtlc: 1
 name: tiny
 input: {image: [3, 16, 16]}
@@ -51,8 +52,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def tiny(write_spec) -> Path:
-    return write_spec(TINY, "tiny.yaml")
+def stitched(write_spec) -> Path:
+    return write_spec(STITCHED, "stitched.yaml")
 
 
 def trainer(spec: Path, *sets: str) -> Trainer:
@@ -63,13 +64,13 @@ def first_batch(tr: Trainer) -> dict[str, torch.Tensor]:
     return tr._to_device(next(iterate_batches(tr.train_data, 8, shuffle=False)))
 
 
-def test_defaults_are_off(tiny):
-    t = load_spec(tiny).train
+def test_defaults_are_off(stitched):
+    t = load_spec(stitched).train
     assert (t.amp, t.channels_last, t.compile, t.compile_mode) == ("off", False, False, None)
 
 
-def test_bf16_autocast_runs_the_convolutions_in_bf16_and_trains(tiny):
-    tr = trainer(tiny, "train.amp=bf16")
+def test_bf16_autocast_runs_the_convolutions_in_bf16_and_trains(stitched):
+    tr = trainer(stitched, "train.amp=bf16")
     seen = []
     conv = tr.compiled.plain[1].get_submodule("encoder.s1.shared.conv0")
     conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
@@ -82,8 +83,8 @@ def test_bf16_autocast_runs_the_convolutions_in_bf16_and_trains(tiny):
     assert seen[-1] == torch.float32
 
 
-def test_channels_last_stores_nhwc_and_computes_the_same(tiny):
-    plain, nhwc = trainer(tiny), trainer(tiny, "train.channels_last=true")
+def test_channels_last_stores_nhwc_and_computes_the_same(stitched):
+    plain, nhwc = trainer(stitched), trainer(stitched, "train.channels_last=true")
     weight = nhwc.model.get_submodule("encoder.s1.shared.conv0").weight
     assert weight.is_contiguous(memory_format=torch.channels_last)
     assert not weight.is_contiguous()
@@ -94,10 +95,11 @@ def test_channels_last_stores_nhwc_and_computes_the_same(tiny):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
-def test_fp16_on_the_cpu_is_refused_before_anything_is_written(tiny, tmp_path):
+def test_fp16_on_the_cpu_is_refused_before_anything_is_written(stitched, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(
-        main, ["train", str(tiny), "--device", "cpu", "--out", str(out), "--set", "train.amp=fp16"]
+        main,
+        ["train", str(stitched), "--device", "cpu", "--out", str(out), "--set", "train.amp=fp16"],
     )
     assert result.exit_code == 2
     line = result.output.strip().splitlines()[-1]
@@ -105,19 +107,19 @@ def test_fp16_on_the_cpu_is_refused_before_anything_is_written(tiny, tmp_path):
     assert not out.exists()
 
 
-def test_a_missing_compiler_is_said_once_and_training_runs_eager(tiny, monkeypatch):
+def test_a_missing_compiler_is_said_once_and_training_runs_eager(stitched, monkeypatch):
     monkeypatch.setattr(speed, "compiler_missing", lambda device: "no C++ compiler found")
     import mtlc.train.trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "compiler_missing", speed.compiler_missing)
     with pytest.warns(UserWarning, match="train.compile: no C\\+\\+ compiler found") as said:
-        tr = trainer(tiny, "train.compile=true")
+        tr = trainer(stitched, "train.compile=true")
     assert tr.train_forward is tr.model
     tr.train_step(first_batch(tr))
     assert len(said) == 1
 
 
-def test_a_compiler_failure_falls_back_once_and_the_run_continues(tiny, monkeypatch):
+def test_a_compiler_failure_falls_back_once_and_the_run_continues(stitched, monkeypatch):
     def broken(model, mode):
         def call(*args):
             raise RuntimeError("backend exploded\nlong trace")
@@ -125,8 +127,8 @@ def test_a_compiler_failure_falls_back_once_and_the_run_continues(tiny, monkeypa
         return call
 
     monkeypatch.setattr(speed.torch, "compile", broken)
-    tr, eager = trainer(tiny, "train.compile={mode: reduce-overhead}"), trainer(tiny)
-    assert load_spec(tiny, ["train.compile={mode: reduce-overhead}"]).train.compile_mode == (
+    tr, eager = trainer(stitched, "train.compile={mode: reduce-overhead}"), trainer(stitched)
+    assert load_spec(stitched, ["train.compile={mode: reduce-overhead}"]).train.compile_mode == (
         "reduce-overhead"
     )
     batch = first_batch(tr)
@@ -138,10 +140,10 @@ def test_a_compiler_failure_falls_back_once_and_the_run_continues(tiny, monkeypa
 
 
 @pytest.mark.slow
-def test_torch_compile_trains_like_eager(tiny):
+def test_torch_compile_trains_like_eager(stitched):
     if speed.compiler_missing(torch.device("cpu")):
         pytest.skip("no C++ compiler for torch.compile on the CPU")
-    tr, eager = trainer(tiny, "train.compile=true"), trainer(tiny)
+    tr, eager = trainer(stitched, "train.compile=true"), trainer(stitched)
     batch = first_batch(tr)
     for _ in range(2):
         a, b = tr.train_step(batch), eager.train_step(batch)
@@ -150,10 +152,10 @@ def test_torch_compile_trains_like_eager(tiny):
 
 
 @pytest.mark.parametrize("balancer", ["fixed", "uncertainty", "mgda"])
-def test_loss_scaler_is_exact_with_a_power_of_two_scale(tiny, balancer):
+def test_loss_scaler_is_exact_with_a_power_of_two_scale(stitched, balancer):
     # The scaler (what fp16 uses) multiplies the gradients entering the model by 2^16
     # and divides them back: exact in float32, so training is unchanged for any balancer.
-    scaled, plain = (trainer(tiny, f"balancer.type={balancer}") for _ in range(2))
+    scaled, plain = (trainer(stitched, f"balancer.type={balancer}") for _ in range(2))
     scaled.scaler = speed.LossScaler()
     batch = first_batch(plain)
     for _ in range(3):
@@ -164,8 +166,8 @@ def test_loss_scaler_is_exact_with_a_power_of_two_scale(tiny, balancer):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_loss_scaler_skips_an_overflowing_step_and_halves_the_scale(tiny):
-    tr = trainer(tiny)
+def test_loss_scaler_skips_an_overflowing_step_and_halves_the_scale(stitched):
+    tr = trainer(stitched)
     tr.scaler = speed.LossScaler(init=2.0**16)
     before = {k: v.clone() for k, v in tr.model.state_dict().items() if "weight" in k}
     # every gradient overflows float32; finite, so the halving shows (inf / 2 is inf)
@@ -183,11 +185,11 @@ def test_loss_scaler_skips_an_overflowing_step_and_halves_the_scale(tiny):
 
 @pytest.mark.parametrize("balancer", ["uncertainty", "mgda", "rlw"])
 def test_read_backs_happen_once_per_log_interval_with_every_step_logged(
-    tmp_path, tiny, monkeypatch, balancer
+    tmp_path, stitched, monkeypatch, balancer
 ):
     # uncertainty's s_t and MGDA's α are tensors: the log takes copies at each step and
     # reads them with the losses; RLW draws its weights on the host: read there, no wait
-    spec = TINY.replace("train: 24", "train: 56").replace("epochs: 1", "epochs: 2")
+    spec = STITCHED.replace("train: 24", "train: 56").replace("epochs: 1", "epochs: 2")
     spec = spec.replace("{type: fixed}", f"{{type: {balancer}}}")
     path = tmp_path / "s.yaml"
     path.write_text(spec)
@@ -227,10 +229,10 @@ def test_read_backs_happen_once_per_log_interval_with_every_step_logged(
         assert {f"s_{t}" for t in ("seg", "depth")} <= set(steps[0]["balancer"])
 
 
-def test_data_lives_on_the_device_only_when_it_fits(tiny):
+def test_data_lives_on_the_device_only_when_it_fits(stitched):
     assert fits_on_device(100, 400) and not fits_on_device(101, 400)
     # on the CPU batches are slices of the host tensors: nothing moves
-    tr = trainer(tiny)
+    tr = trainer(stitched)
     assert all(v.device.type == "cpu" for v in tr.train_data.tensors.values())
 
 
@@ -243,15 +245,17 @@ def test_data_lives_on_the_device_only_when_it_fits(tiny):
         (["train.channels_last=maybe"], "train.channels_last"),
     ],
 )
-def test_bad_switch_values_are_located_errors(tiny, sets, key):
-    args = ["build", str(tiny)] + [a for s in sets for a in ("--set", s)]
+def test_bad_switch_values_are_located_errors(stitched, sets, key):
+    args = ["build", str(stitched)] + [a for s in sets for a in ("--set", s)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     line = result.output.strip().splitlines()[-1]
     assert key in line and "Traceback" not in result.output
 
 
-def test_fp16_loss_scale_is_checkpointed_and_resume_continues_from_it(tiny, tmp_path, monkeypatch):
+def test_fp16_loss_scale_is_checkpointed_and_resume_continues_from_it(
+    stitched, tmp_path, monkeypatch
+):
     # fp16 autocast runs on the CPU too (only the spec check refuses it there, for speed),
     # so the real fp16 path runs here with a scaler that changes its scale every 2 steps
     import mtlc.train.trainer as trainer_module
@@ -263,7 +267,7 @@ def test_fp16_loss_scale_is_checkpointed_and_resume_continues_from_it(tiny, tmp_
         trainer_module, "LossScaler", lambda: speed.LossScaler(init=2.0**10, interval=2)
     )
     sets = ["train.amp=fp16", "train.epochs=2", "balancer={type: uncertainty}"]
-    train(tiny, out=tmp_path / "a", device="cpu", progress=False, overrides=sets)
+    train(stitched, out=tmp_path / "a", device="cpu", progress=False, overrides=sets)
     real = Trainer._end_epoch
 
     def end_epoch_then_stop(self, *args):
@@ -272,13 +276,13 @@ def test_fp16_loss_scale_is_checkpointed_and_resume_continues_from_it(tiny, tmp_
 
     monkeypatch.setattr(Trainer, "_end_epoch", end_epoch_then_stop)
     with pytest.raises(Interrupted):
-        train(tiny, out=tmp_path / "b", device="cpu", progress=False, overrides=sets)
+        train(stitched, out=tmp_path / "b", device="cpu", progress=False, overrides=sets)
     monkeypatch.setattr(Trainer, "_end_epoch", real)
     stopped = load_checkpoint(tmp_path / "b" / "last.pt")
     steps = stopped["step"]  # the stop is honoured after the next step: 4
     assert 3 < steps < 6
     assert stopped["scaler"] == {"scale": 2.0 ** (10 + steps // 2), "good": steps % 2}
-    train(tiny, out=tmp_path / "b", device="cpu", progress=False, overrides=sets, resume=True)
+    train(stitched, out=tmp_path / "b", device="cpu", progress=False, overrides=sets, resume=True)
     a, b = (load_checkpoint(tmp_path / r / "last.pt") for r in "ab")
     assert a["scaler"] == b["scaler"] == {"scale": 2.0**13, "good": 0}  # 6 steps: 3 doublings
     for k, v in a["model"].items():

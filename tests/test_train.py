@@ -24,36 +24,12 @@ from mtlc.train.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from mtlc.train.errors import Diverged, Interrupted, TrainError
 from mtlc.train.run import train
 from mtlc.train.trainer import Trainer
+from tests.conftest import TINY_TRAIN
 
 SPECS = sorted(Path(__file__).resolve().parent.parent.glob("specs/*.yaml"))
 
-TINY = """\
-mtlc: 1
-name: tiny
-input: {image: [3, 16, 16]}
-encoder:
-  stages:
-    s1: [conv(8, 3), bn, relu, maxpool(2)]
-    s2: [conv(8, 3), bn, relu]
-tasks:
-  seg:   {head: [dropout(0.2), conv(5, 1), upsample(2)], loss: cross_entropy, metrics: [miou, pixel_acc]}
-  depth: {head: [conv(1, 1), upsample(2)], loss: l1, metrics: [abs_err]}
-  edge:  {head: [conv(1, 1), upsample(2)], loss: bce, auxiliary: true}
-balancer: {type: fixed}
-train:
-  data: {name: shapes, train: 24, val: 8, size: 16}
-  epochs: 2
-  batch_size: 8
-  optimizer: {type: adam, lr: 0.01}
-"""
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def tiny(write_spec) -> Path:
-    return write_spec(TINY, "tiny.yaml")
 
 
 def tiny_overrides(path: Path) -> list[str]:
@@ -303,7 +279,7 @@ def test_shared_parameters_are_the_encoder_of_a_hard_spec():
 
 def test_cross_stitch_units_get_their_lr_mult_group(write_spec):
     path = write_spec(
-        TINY.replace(
+        TINY_TRAIN.replace(
             "tasks:",
             "  sharing:\n    s1: {type: cross_stitch, lr_mult: 100}\n    s2: separate\ntasks:",
         ),

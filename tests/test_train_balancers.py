@@ -17,18 +17,14 @@ from mtlc.spec import load_spec
 from mtlc.train.checkpoint import load_checkpoint
 from mtlc.train.run import train
 from mtlc.train.trainer import Trainer
-from tests.test_train import SPECS, TINY, raw_losses, tiny_overrides
+from tests.conftest import TINY_TRAIN
+from tests.test_train import SPECS, raw_losses, tiny_overrides
 
 GRADIENT = [n for n in BALANCERS if resolve(BALANCERS, n).level == "gradient"]
 ON_REPR = [n for n in GRADIENT if n != "mgda" and resolve(BALANCERS, n).allows_representation]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def tiny(write_spec) -> Path:
-    return write_spec(TINY, "tiny.yaml")
 
 
 def lowers(spec) -> list[dict]:
@@ -97,7 +93,7 @@ def test_famo_updates_its_logits_after_each_step(tiny: Path):
 
 
 def test_on_representation_on_a_spec_without_one_is_located(write_spec):
-    text = TINY.replace(
+    text = TINY_TRAIN.replace(
         "    s2: [conv(8, 3), bn, relu]",
         "    s2: [conv(8, 3), bn, relu]\n  sharing: {s2: separate}",
     ).replace("balancer: {type: fixed}", "balancer: {type: upgrad, wrt: representation}")
@@ -138,7 +134,7 @@ def test_bad_balancers_are_located_errors_with_exit_2(write_spec, args, expected
 
     path = write_spec(ONE_TASK, "one.yaml")
     if args and "moco" in args[-1]:  # needs two tasks to get past the one-task check
-        path = write_spec(TINY, "one.yaml")
+        path = write_spec(TINY_TRAIN, "one.yaml")
         cmd = ["train", str(path), "--device", "cpu", *args]
     else:
         cmd = ["build", str(path), *args]

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from test_train import TINY
 
 from mtlc import losses
 from mtlc.train import command, runfolder, sweep, sweep_results
@@ -22,11 +21,6 @@ from mtlc.train.checkpoint import load_checkpoint
 from mtlc.train.compare import compare_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def tiny(write_spec) -> Path:
-    return write_spec(TINY, "tiny.yaml")
 
 
 def run(cmd, *args: str):
