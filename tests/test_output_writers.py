@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_run_safety import _fill_disk, cli, files, one_error, tiny, trained  # noqa: F401
+from test_run_safety import _fill_disk, cli, files, one_error, trained
 
 import mtlc
 from mtlc import atomic

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from test_train_commands import run, tiny  # noqa: F401 - fixture
+from test_train_commands import run
 
 from mtlc.delta import delta_m
 from mtlc.train import command
