@@ -40,7 +40,7 @@ from mtlc.balancers.base import (
     is_number,
     representation_targets,
 )
-from mtlc.balancers.min_norm import _gram, _out_dtype, _solve
+from mtlc.balancers.min_norm import gram_matrix, out_dtype, solve_gram
 
 NORMALIZATIONS = ("l2", "loss", "loss+", "none")
 MODES = ("exact", "ub")
@@ -69,8 +69,8 @@ def mgda_weights(
         raise BalancerError(
             f"mgda_weights needs a [T, P] matrix with T ≥ 1, got {tuple(grads.shape)}"
         )
-    return gram_weights(_gram(grads), losses, normalize, max_iter=max_iter, tol=tol).to(
-        device=grads.device, dtype=_out_dtype(grads)
+    return gram_weights(gram_matrix(grads), losses, normalize, max_iter=max_iter, tol=tol).to(
+        device=grads.device, dtype=out_dtype(grads)
     )
 
 
@@ -89,7 +89,7 @@ def gram_weights(
             raise BalancerError(f"mgda_weights got {values.numel()} losses for {n} gradients")
         scale = scale * torch.where(values > 0, 1.0 / values, torch.ones_like(values))
     gram = gram * scale[:, None] * scale[None, :]
-    return _solve(gram, max_iter, tol)
+    return solve_gram(gram, max_iter, tol)
 
 
 class MGDA(Balancer):
@@ -215,9 +215,9 @@ class MGDA(Balancer):
             values = stacked.detach().to(torch.float64)
             # several processes: the global Gram matrix, so every rank gets the same α
             if self.mode == "exact":
-                gram = _gram(self.ranks.mean(grads))
+                gram = gram_matrix(self.ranks.mean(grads))
             else:
-                gram = self.ranks.sample_gramian(_gram(grads))
+                gram = self.ranks.sample_gramian(gram_matrix(grads))
             alpha = gram_weights(
                 gram, values, self.normalize, max_iter=self.max_iter, tol=self.tol
             ).to(device=stacked.device, dtype=torch.float64)

@@ -52,7 +52,7 @@ def _min_norm_2(v11: float, v12: float, v22: float) -> tuple[float, float]:
     return c, v22 + c * (v12 - v22)
 
 
-def _gram(grads: Tensor) -> Tensor:
+def gram_matrix(grads: Tensor) -> Tensor:
     """``grads @ grads.T`` accumulated in float64 block by block, on ``grads``' device."""
     t, p = grads.shape
     gram = torch.zeros(t, t, dtype=torch.float64, device=grads.device)
@@ -126,7 +126,7 @@ def min_norm_enumerate(gram: Tensor) -> Tensor:
     return torch.where(meaningful, best, uniform)
 
 
-def _solve(gram: Tensor, max_iter: int, tol: float) -> Tensor:
+def solve_gram(gram: Tensor, max_iter: int, tol: float) -> Tensor:
     """α for a Gram matrix: on an accelerator by enumeration (T ≤ ENUMERATE_MAX, no host
     sync), else by Frank–Wolfe on the CPU (faster there: 2 ms against 10 ms at T = 8)."""
     if gram.device.type != "cpu" and gram.shape[0] <= ENUMERATE_MAX:
@@ -222,9 +222,10 @@ def min_norm(grads: Tensor, *, max_iter: int = 250, tol: float = 1e-6) -> Tensor
     """
     if grads.dim() != 2 or grads.shape[0] < 1:
         raise BalancerError(f"min_norm needs a [T, P] matrix with T ≥ 1, got {tuple(grads.shape)}")
-    alpha = _solve(_gram(grads), max_iter, tol)
-    return alpha.to(device=grads.device, dtype=_out_dtype(grads))
+    alpha = solve_gram(gram_matrix(grads), max_iter, tol)
+    return alpha.to(device=grads.device, dtype=out_dtype(grads))
 
 
-def _out_dtype(grads: Tensor) -> torch.dtype:
+def out_dtype(grads: Tensor) -> torch.dtype:
+    """The dtype weights come back in: the gradients' own, float64 for integer input."""
     return grads.dtype if grads.is_floating_point() else torch.float64

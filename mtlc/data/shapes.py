@@ -47,7 +47,7 @@ from mtlc.data import (
     check_split,
     derived_seed,
 )
-from mtlc.data.shapes_render import FOV_DEGREES, _render_chunk
+from mtlc.data.shapes_render import FOV_DEGREES, render_chunk
 
 __all__ = ["CLASS_NAMES", "load", "render"]
 
@@ -192,7 +192,7 @@ def render(
         chunk = {k: v[lo : lo + _CHUNK] for k, v in scenes.items()}
         g = torch.Generator().manual_seed(seeds[i])
         with torch.no_grad():
-            for key, value in _render_chunk(chunk, size, g).items():
+            for key, value in render_chunk(chunk, size, g).items():
                 out[key][lo : lo + _CHUNK] = value
 
     workers = max(1, min(torch.get_num_threads(), len(starts), os.cpu_count() or 1))

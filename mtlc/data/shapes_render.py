@@ -189,7 +189,11 @@ def _camera(sc: dict[str, torch.Tensor], size: int):
     return origin, dirs, (right, up, fwd)
 
 
-def _render_chunk(sc: dict[str, torch.Tensor], size: int, g: torch.Generator):
+def render_chunk(
+    sc: dict[str, torch.Tensor], size: int, g: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Ray-cast one chunk of sampled scenes (``sc``) at ``size``×``size``: the image and
+    its per-pixel targets, keyed as the data set's tensors."""
     n = sc["cam_h"].shape[0]
     origin, dirs, (right, up, fwd) = _camera(sc, size)
     params = _object_params(sc)
