@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from mtlc.compiler.reload import new_graph
 from mtlc.layers.modules import build_module
 from mtlc.layers.vocab import Layer, Shape, infer_shape
 from mtlc.topology import Topology
@@ -43,7 +44,7 @@ class Emitter:
     def __init__(self, topology: Topology):
         self.topology = topology
         self.root = nn.Module()
-        self.graph = fx.Graph()
+        self.graph = new_graph()
         # topology node -> {task or output key: fx node carrying that task's value}
         self.values: dict[str, dict[str, fx.Node]] = {}
 

@@ -36,6 +36,7 @@ import torch
 from torch import fx, nn
 
 from mtlc.compiler.fused_ops import Fused, rule_for
+from mtlc.compiler.reload import new_graph
 
 FUSED_ROOT = "fused"  # top-level container of the fused ops in the rewritten GraphModule
 
@@ -61,7 +62,7 @@ class ColumnFusion:
         self.gm = gm
         self.device = device
         self.modules = dict(gm.named_modules())
-        self.graph = fx.Graph()
+        self.graph = new_graph()
         self.env: dict[fx.Node, fx.Node] = {}
         self.stacks: dict[fx.Node, tuple[Stack, int]] = {}
         self.done: set[fx.Node] = set()

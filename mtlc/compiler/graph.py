@@ -24,6 +24,7 @@ from torch import fx
 from mtlc.compiler.columns import freeze_stages, load_task_inits
 from mtlc.compiler.emitter import Emitter, module_prefix
 from mtlc.compiler.labels import SHARED_KEY, task_sets
+from mtlc.compiler.reload import new_graph
 from mtlc.compiler.weights import load_backbone_weights
 from mtlc.sharing.point import unit_point
 from mtlc.spec import Spec, load_spec
@@ -175,7 +176,7 @@ def compile_spec(
         supervised_out[SHARED_KEY] = em.values[topo.shared_repr][topo.tasks[0]]
     _label_tasks(em.graph, supervised_out)
     full = em.graph
-    final = fx.Graph()
+    final = new_graph()
     remap: dict[fx.Node, fx.Node] = {}
     final.graph_copy(full, remap)
     final.output({t: remap[supervised_out[t]] for t in topo.outputs})

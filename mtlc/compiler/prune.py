@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from torch import fx
 
 from mtlc.compiler.labels import output_keys
+from mtlc.compiler.reload import new_graph
 
 
 def ancestors(gm: fx.GraphModule, key: str) -> set[str]:
@@ -33,7 +34,7 @@ def pruned(gm: fx.GraphModule, keys: Iterable[str]) -> fx.GraphModule:
     The copy holds the *same* module objects as `gm` (no weights are copied); modules
     no kept node calls are dropped from it.
     """
-    graph = fx.Graph()
+    graph = new_graph()
     remap: dict[fx.Node, fx.Node] = {}
     outputs = output_keys(gm.graph)
     graph.graph_copy(gm.graph, remap)
