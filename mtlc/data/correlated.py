@@ -14,11 +14,11 @@ The paper calls c, m, α and β "given parameters" and does not give their value
 choices are c = 1, m = 10 and, by default (``sine_params: normal``), α_j, β_j drawn once per
 seed from N(0, 1): slow, smooth sines that a small network fits almost to the noise.
 ``sine_params: integer`` takes α_j = j and β_j = (j − 1)² for j = 1..m instead, the values
-of the public generator of this data in google-research (``multitask/synthetic``, "the
-original paper does not provide the values"): sines up to frequency m in w_tᵀx, a wiggly
-target that binds a small network's capacity, the regime of the paper's study (see
-``benchmarks/bench_mmoe_synthetic.py``). The paper writes
-the noise as N(0, 0.01), read here in the usual N(μ, σ²) notation: variance 0.01, so the
+of the public generator of this data in the google-research repository ("Simple generator
+for synthetic multi-task data"; "the original paper does not provide the values"): sines
+up to frequency m in w_tᵀx, a wiggly target that binds a small network's capacity, the
+regime in which the paper's finding shows (benchmarks/RESULTS.md). The paper writes the
+noise as N(0, 0.01), read here in the usual N(μ, σ²) notation: variance 0.01, so the
 option ``noise`` (a standard deviation) defaults to 0.1.
 
 The linear parts ``w_tᵀx`` of two tasks then have Pearson correlation exactly p in
