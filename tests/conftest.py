@@ -23,7 +23,7 @@ tasks:
 
 
 # three tasks (one auxiliary) that train in a second on 24 shapes scenes: the `tiny` fixture
-# of the training tests (test_train, test_train_balancers, test_train_commands, test_run_safety)
+# of the training tests (test_train*, test_run_safety, test_output_writers, test_sweep_seeds)
 TINY_TRAIN = """\
 mtlc: 1
 name: tiny

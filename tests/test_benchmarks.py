@@ -240,3 +240,7 @@ def test_mmoe_study_sign_test():
     assert bench.sign_test([2, 2, 2, 2, 2], [1] * 5) == "5 of 5 higher, p = 0.062"
     assert bench.sign_test([2, 2, 1, 2, 0, 2], [1] * 6) == "4 of 5 higher, p = 0.38"
     assert bench.sign_test([0, 0], [0, 0]) == "–"
+    nan = float("nan")  # a diverged run is the worse of its pair, both ways round
+    assert bench.sign_test([nan, 2, 2, 2, 2], [1] * 5) == "5 of 5 higher, p = 0.062"
+    assert bench.sign_test([1] * 5, [nan, 2, 2, 2, 2]) == "0 of 5 higher, p = 0.062"
+    assert bench.sign_test([nan], [nan]) == "–"

@@ -38,6 +38,7 @@ def run_command(body: str) -> subprocess.CompletedProcess:
         ("sys.exit(None)", 0, "", ""),
         ("sys.exit('bad thing')", 1, "", "bad thing\n"),
         ("raise ValueError('boom')", 1, "", "ValueError: boom"),
+        ("raise KeyboardInterrupt", 130, "", "KeyboardInterrupt"),
     ],
 )
 def test_exit_status_and_output_are_kept_and_teardown_skipped(body, code, out, err):

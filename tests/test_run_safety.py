@@ -403,6 +403,47 @@ def test_an_unreadable_data_folder_is_one_line(tmp_path: Path, monkeypatch):
         load_dataset({"name": "nyuv2", "root": str(root)}, "train")
 
 
+CORRELATED = """\
+mtlc: 1
+name: x
+input: {x: [8]}
+encoder:
+  stages: {s: [linear(4), relu]}
+tasks:
+  y1: {head: [linear(1)], loss: mse}
+  y2: {head: [linear(1)], loss: mse}
+train:
+  data: {name: correlated, train: 16, val: 8, dim: 8, %s}
+"""
+
+
+@pytest.mark.parametrize(
+    "option, where, message",
+    [
+        # the value (column 68) of an option the data set checks when it loads
+        (
+            "sine_params: integers",
+            "10:68: train.data.sine_params:",
+            "expected one of normal, integer, got 'integers' (did you mean 'integer'?).",
+        ),
+        ("correlation: 2.0", "10:68: train.data.correlation:", "expected a value between"),
+        # the key (column 55) of an option it does not know
+        (
+            "sine_param: integer",
+            "10:55: train.data.sine_param:",
+            "unknown option for data set 'correlated' (did you mean 'sine_params'?)",
+        ),
+    ],
+)
+def test_a_data_option_error_points_at_the_option_in_the_file(
+    write_spec, tmp_path: Path, option: str, where: str, message: str
+):
+    spec = write_spec(CORRELATED % option)
+    code, lines = cli(command.train, spec, "--out", tmp_path / "run", "--device", "cpu")
+    one_error(code, lines, 2, f"error: {spec}:{where} {message}")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
@@ -594,7 +635,8 @@ def test_a_refused_sweep_leaves_no_folder(tiny: Path, tmp_path: Path):
         "--set",
         "train.data={name: nyuv2, root: /nonexistent}",
     )
-    assert code == 2 and lines[-1].startswith("error: train.data.root"), lines
+    assert code == 2 and lines[-1].startswith("error: --set train.data={name: nyuv2,"), lines
+    assert lines[-1].endswith(": train.data.root: the folder '/nonexistent' does not exist.")
     assert not out.exists()
     foreign = tmp_path / "mine"
     foreign.mkdir()

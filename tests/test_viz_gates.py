@@ -88,9 +88,9 @@ def test_without_allow_import_the_picture_is_drawn_without_gate_weights(
     out = tmp_path / "g.dot"
     result = viz(out, checkpoint, "--set", CALLABLE)
     assert result.exit_code == 0, result.output
-    assert result.stderr == (
-        "note: gate weights not shown: train.data.function: importing 'userdata' "
-        "needs --allow-import userdata.\n"
+    assert result.stderr == (  # located at the --set that gave the option
+        f"note: gate weights not shown: --set {CALLABLE}: train.data.function: importing "
+        "'userdata' needs --allow-import userdata.\n"
     )
     assert result.stdout == f"wrote {out}\n"
     dot = out.read_text()

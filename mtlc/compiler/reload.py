@@ -7,8 +7,11 @@ graphs call (``call_function`` nodes: an MMoE gate's weighted sum, a fused colum
 would be traced *through* there, and some cannot be: they loop over or read the shape
 of their inputs (``Proxy object cannot be iterated``). A graph made by :func:`new_graph`
 names :class:`ReloadTracer` as its tracer, which keeps every mtlc function a
-``call_function`` node, as in the graph that was saved. mtlc's own checkpoints are state
-dicts and never need this.
+``call_function`` node, as in the graph that was saved: the loaded model has the same
+nodes, arguments and outputs. torch.fx keeps no node metadata through a pickle, so mtlc's
+labels (``node.meta["mtlc"]``: block, owner, tasks) and the class name are not in the
+loaded copy; ``build``, ``profile`` and ``viz`` compile from the spec and never read one.
+mtlc's own checkpoints are state dicts and never need this.
 """
 
 from __future__ import annotations

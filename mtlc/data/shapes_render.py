@@ -1,7 +1,7 @@
 """The ray caster behind the ``shapes`` data set: sampled scene parameters → image and labels.
 
 Given a batch of scenes (camera, light, primitives and colours, as
-:func:`mtlc.data.shapes._sample_scenes` draws them), every pixel's ray is cast
+the ``shapes`` data set's scene sampler draws them), every pixel's ray is cast
 analytically in torch against the ground plane, the back wall and each primitive, and
 the first hit gives all five labels from the same geometry: colour (Lambertian shading
 with ambient light and a shadow ray towards the light), class, z-depth, the surface

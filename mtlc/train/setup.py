@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Any
 
 import torch
@@ -91,6 +92,27 @@ def cosine_schedule(total: int) -> Any:
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
+_DATA_OPTION = re.compile(r"train\.data\.([A-Za-z_]\w*): (.*)", re.S)
+
+
+def located_data_error(spec: Spec, message: str) -> TrainError:
+    """A data set's error at its option's place in the spec file, when it names one.
+
+    A data set checks its own options when it loads (the spec's schema cannot know every
+    data set's), and names the option ``train.data.<key>: …`` (mtlc.data.option_path);
+    the key is then found in the file like any other spec error's: an unknown option at
+    its key, a bad value at the value. Other data errors (a file's own line) stay as
+    they are. Still a TrainError: whoever can do without the data (``viz``'s gate
+    weights) catches that.
+    """
+    found = _DATA_OPTION.fullmatch(message)
+    if found is None:
+        return TrainError(message)
+    key, rest = found.groups()
+    located = spec_error(spec, ("train", "data", key), rest, key="unknown option" in rest)
+    return TrainError(str(located))
+
+
 def load_split(spec: Spec, split: str, allow_import: frozenset[str]):
     """One split of the spec's data, checked against the spec's input and task targets."""
     from mtlc.data import DataError, load_dataset
@@ -100,7 +122,7 @@ def load_split(spec: Spec, split: str, allow_import: frozenset[str]):
     try:
         data = load_dataset(options, split, allow_import=allow_import)
     except DataError as exc:
-        raise TrainError(str(exc)) from None
+        raise located_data_error(spec, str(exc)) from None
     keys = data.keys()
     if spec.input_name not in keys:
         raise spec_error(
