@@ -104,10 +104,10 @@ def main() -> None:
     )
     for name in names:
         ratios = [a / b for a, b in zip(times["fp32"], times[name], strict=True)]
+        mid, p10, p90 = median_p10_p90(ratios)
         print(
             f"  {name:<20} median {1e3 * statistics.median(times[name]):8.2f} ms   "
-            f"speed-up {statistics.median(ratios):.3f} "
-            f"(p10 {median_p10_p90(ratios)[1]:.3f}, p90 {median_p10_p90(ratios)[2]:.3f})"
+            f"speed-up {mid:.3f} (p10 {p10:.3f}, p90 {p90:.3f})"
         )
 
 

@@ -128,10 +128,8 @@ def main() -> None:
         if a not in times or b not in times:
             continue
         ratios = [x / y for x, y in zip(times[a], times[b], strict=True)]
-        print(
-            f"  {a} / {b}: median {statistics.median(ratios):.3f} "
-            f"(p10 {median_p10_p90(ratios)[1]:.3f}, p90 {median_p10_p90(ratios)[2]:.3f})"
-        )
+        mid, p10, p90 = median_p10_p90(ratios)
+        print(f"  {a} / {b}: median {mid:.3f} (p10 {p10:.3f}, p90 {p90:.3f})")
 
 
 if __name__ == "__main__":

@@ -80,14 +80,14 @@ def fail(message: str, code: int = 2) -> None:
 def exit_without_teardown(command: Callable[[], Any]) -> NoReturn:
     """Run ``command``, then end the process with its exit status, skipping teardown.
 
-        For the processes of a torchrun job. After a rank has left its process group, the
-        interpreter's own exit still destroys the C++ objects torch.distributed left behind
-        (gloo's threads, the store's connection) and can abort there (SIGABRT, "terminate
-        called without an active exception", with no Python frame on the stack): torchrun
-        then reports a job that finished and wrote everything as failed. Everything mtlc
-        writes is closed before the command returns (checkpoints, summary, event files), so
-        ``os._exit`` after flushing the two streams loses nothing. Exit codes are kept: the
-        command's ``sys.exit`` status, 1 with the traceback for an uncaught exception (130 for
+    For the processes of a torchrun job. After a rank has left its process group, the
+    interpreter's own exit still destroys the C++ objects torch.distributed left behind
+    (gloo's threads, the store's connection) and can abort there (SIGABRT, "terminate
+    called without an active exception", with no Python frame on the stack): torchrun
+    then reports a job that finished and wrote everything as failed. Everything mtlc
+    writes is closed before the command returns (checkpoints, summary, event files), so
+    ``os._exit`` after flushing the two streams loses nothing. Exit codes are kept: the
+    command's ``sys.exit`` status, 1 with the traceback for an uncaught exception (130 for
     Ctrl-C, the status mtlc's own interrupted runs exit with).
     """
     code = 0

@@ -98,5 +98,10 @@ CLASSIFICATION_LOSSES = frozenset({"cross_entropy", "bce"})
 
 def resolve(table: dict[str, str], name: str) -> Any:
     """Import the object a registry entry points at."""
-    module, _, attr = table[name].partition(":")
+    return resolve_path(table[name])
+
+
+def resolve_path(path: str) -> Any:
+    """Import the object at ``module:attribute``."""
+    module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)

@@ -28,7 +28,7 @@ class GLS(Balancer):
         total = torch.exp(torch.log(stacked.clamp(min=FLOOR)).mean())
         with torch.no_grad():  # on the device: the log reads it later (Balancer.step_log)
             n = len(self.tasks)
-            last = torch.full((n,), 1.0 / n, dtype=torch.float64, device=stacked.device)
+            last = torch.empty(n, dtype=torch.float64, device=stacked.device)
             derivative = total / (len(names) * stacked.clamp(min=FLOOR))
             self.store_per_task(last, derivative, names, absent=1.0 / n)
             self._last = last

@@ -64,10 +64,15 @@ class GradNorm(Balancer):
         device = task_losses[0].device
         with torch.no_grad():
             values = torch.stack([x.detach().double() for x in task_losses])
-            initial = torch.stack([self.initial[i] for i in idx]).to(device)
-            initial = torch.where(initial == 0, values, initial)  # L_t(0): the first step's
-            for j, i in enumerate(idx):
-                self.initial[i] = initial[j]
+            if names == list(self.tasks):  # every task: one where over the whole buffer
+                initial = torch.where(self.initial == 0, values.to(self.initial), self.initial)
+                self.initial.copy_(initial)
+                initial = initial.to(device)
+            else:
+                initial = torch.stack([self.initial[i] for i in idx]).to(device)
+                initial = torch.where(initial == 0, values, initial)  # L_t(0): the first's
+                for j, i in enumerate(idx):
+                    self.initial[i] = initial[j]
         norms = []
         for x in task_losses:
             (g,) = torch.autograd.grad(x, last, retain_graph=True, allow_unused=True)

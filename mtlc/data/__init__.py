@@ -12,13 +12,14 @@ argument. Bad options raise :class:`DataError` with one sentence naming the key.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from mtlc.errors import did_you_mean
 
 __all__ = ["DataError", "TensorData", "check_options", "load_dataset", "option_path"]
 
@@ -104,8 +105,7 @@ def check_options(
     """
     for key in options:
         if key not in schema:
-            close = difflib.get_close_matches(str(key), list(schema), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(str(key), schema)
             valid = ", ".join(sorted(schema))
             raise DataError(
                 f"{option_path(str(key))}: unknown option for data set {dataset!r}{hint}; "
@@ -150,10 +150,9 @@ def check_range(key: str, value: float, lo: float | None = None, hi: float | Non
 def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
     """Raise DataError (with a did-you-mean) unless ``value`` is one of ``choices``."""
     if value not in choices:
-        close = difflib.get_close_matches(str(value), list(choices), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise DataError(
-            f"{option_path(key)}: expected one of {', '.join(choices)}, got {value!r}{hint}."
+            f"{option_path(key)}: expected one of {', '.join(choices)}, got {value!r}"
+            f"{did_you_mean(value, choices)}."
         )
 
 
@@ -210,8 +209,7 @@ def load_dataset(
         valid = ", ".join(sorted(registry.DATASETS))
         raise DataError(f"train.data.name: missing; choose one of {valid}.")
     if not isinstance(name, str) or name not in registry.DATASETS:
-        close = difflib.get_close_matches(str(name), list(registry.DATASETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(name), registry.DATASETS)
         valid = ", ".join(sorted(registry.DATASETS))
         raise DataError(f"train.data.name: unknown data set {name!r}{hint}; known: {valid}.")
     if "seed" in opts:

@@ -43,7 +43,6 @@ needed, a column that does not exist (with did-you-mean), a target that is also 
 from __future__ import annotations
 
 import csv
-import difflib
 import math
 import os
 import stat
@@ -62,6 +61,7 @@ from mtlc.data import (
     derived_seed,
     option_path,
 )
+from mtlc.errors import did_you_mean
 
 __all__ = ["load", "read_table"]
 
@@ -187,9 +187,7 @@ def _categories(tables: Sequence[Table], column: str) -> list[str]:
 
 def _check_column(table: Table, key: str, name: object) -> str:
     if not isinstance(name, str) or name not in table.header:
-        folded = [c for c in table.header if c.casefold() == str(name).casefold()]
-        close = folded or difflib.get_close_matches(str(name), table.header, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(name), table.header)
         raise DataError(
             f"{option_path(key)}: {str(table.path)!r} has no column {name!r}{hint}; "
             f"its columns are {', '.join(table.header)}."

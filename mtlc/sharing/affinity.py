@@ -164,11 +164,11 @@ class AffinityPoint(DecoderPoint):
 
     def draw(self, d: Drawer, u: str) -> dict[str, str]:
         a = d.g.nodes[u]
-        o = a.get("options", {})
+        o = a["options"]
         title = d.cluster(
             u,
             "PAP-Net affinity propagation",
-            f"at 1/{o.get('downsample', 2)} · {o.get('iterations', 3)} iterations · β {o.get('beta', 0.05):g}",
+            f"at 1/{o['downsample']} · {o['iterations']} iterations · β {o['beta']:g}",
         )
         mats = {t: f"{u}#affinity/{t}" for t in a["tasks"]}
         for t, p in mats.items():
@@ -183,7 +183,7 @@ class AffinityPoint(DecoderPoint):
 
     def draw_edges(self, d: Drawer, u: str) -> set[tuple[str, str]]:
         a = d.g.nodes[u]
-        source_of = {t: src for src, ts in d.in_edges(u).items() for t in ts}
+        source_of = d.source_of(u)
         for s in a["tasks"]:
             d.edge(source_of[s], f"{u}#affinity/{s}", (s,))
         for t in d.main(a["tasks"]):

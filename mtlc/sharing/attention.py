@@ -220,9 +220,7 @@ class AttentionPoint(StagePoint):
         gates = [u for u in units if d.g.nodes[u]["role"] == "gate"]
         if not gates:
             return None
-        half = len(d.tasks) // 2
-        left = [u for u in gates if d.col(d.g.nodes[u]["tasks"]) < half]
-        d.left.update(left)
+        left = [u for u in gates if _left_of_trunk(d, u)]
         row = left + blocks + [u for u in gates if u not in left]
         return row, COLUMN_WIDTH, "~trunk"  # the trunk straight down the middle
 
@@ -254,8 +252,14 @@ class AttentionPoint(StagePoint):
         if d.g.nodes[src]["kind"] != "block":
             return False
         # the shared trunk's feature, gated per task beside it
-        d.edge(src, unit, tasks, back=unit in d.left, color=SHARED)
+        d.edge(src, unit, tasks, back=_left_of_trunk(d, unit), color=SHARED)
         return True
+
+
+def _left_of_trunk(d: Drawer, u: str) -> bool:
+    """A task's gate drawn left of the trunk: the tasks in the left half of the columns."""
+    a = d.g.nodes[u]
+    return a.get("role") == "gate" and d.col(a["tasks"]) < len(d.tasks) // 2
 
 
 def _splittable(b: StageBuild, layers: list) -> None:
@@ -337,7 +341,7 @@ def _draw_refine(d: Drawer, u: str) -> None:
     a = d.g.nodes[u]
     before = d.g.nodes[next(iter(d.g.predecessors(u)))]["shape"]
     what = "3×3 conv-BN-ReLU" + ("" if mtan_pool(before, a["shape"]) == (1, 1) else " + pool")
-    tasks = d.by_column({t for ts in d.in_edges(u).values() for t in ts})
+    tasks = d.by_column(d.source_of(u))
     for i, t in enumerate(tasks):
         lines = [("b", "refine"), ("s", what)]
         lines += [("s", "shared weights")] + (d.cost_lines(u) if i == 0 else [])

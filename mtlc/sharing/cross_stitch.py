@@ -132,9 +132,7 @@ class CrossStitchPoint(StagePoint):
 
     def draw(self, d: Drawer, u: str) -> None:
         a = d.g.nodes[u]
-        opts = a.get("options", {})
-        init = opts.get("init", (0.9, 0.1))
-        gran = opts.get("granularity", "channel")
+        init, gran = a["options"]["init"], a["options"]["granularity"]
         title = d.cluster(
             u,
             f"cross-stitch · {a['stage']}",
@@ -184,5 +182,4 @@ def _alpha_label(d: Drawer, sources: list[str], row: list[float]) -> str:
     On the box, not on the T² edges: labels of edges that converge on one node
     overlap, and a reader could not tell which number belongs to which edge.
     """
-    lines = ["<B>Σα</B>"] + [d.weight(s, w) for s, w in zip(sources, row)]
-    return "<" + "<BR/>".join(lines) + ">"
+    return html_label([("b", "Σα")] + [("html", d.weight(s, w)) for s, w in zip(sources, row)])

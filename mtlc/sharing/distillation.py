@@ -105,7 +105,7 @@ class DistillationPoint(DecoderPoint):
 
     def draw_edges(self, d: Drawer, u: str) -> set[tuple[str, str]]:
         a = d.g.nodes[u]
-        source_of = {t: src for src, ts in d.in_edges(u).items() for t in ts}
+        source_of = d.source_of(u)
         for t in d.main(a["tasks"]):
             for s in a["tasks"]:
                 # the residual F_t thick, each gated message σ(W F_s) ⊙ F_s thin, ⊙-headed

@@ -170,19 +170,23 @@ class MixturePoint(StagePoint):
         with a checkpoint, each expert's mean weight on the validation split."""
         a = d.g.nodes[u]
         owner = a["owner"]
-        k = a.get("options", {}).get("top_k")
+        k = a["options"]["top_k"]
         n = len(a["experts"])
         title = f"gate · {owner or 'shared'}"
         lines = [("b", title), ("s", f"softmax over {n}" + (f", top-{k}" if k else "") + " → Σ")]
         lines += d.cost_lines(u)
-        label = html_label(lines)
         weights = d.notes.learned.get(u)
         if weights:
             experts = [e.split("/", 1)[1] for e in a["experts"]]
-            rows = [d.weight_text(e, w) for e, w in zip(experts, weights)]
-            rows.append(f'<FONT POINT-SIZE="8">mean of {d.notes.samples} val samples</FONT>')
-            label = label[:-1] + "<BR/>" + "<BR/>".join(rows) + ">"
-        attrs = {"label": label, "shape": "invtrapezium", "group": owner, "width": COLUMN_WIDTH}
+            lines += [("html", d.weight_text(e, w)) for e, w in zip(experts, weights)]
+            samples = f'<FONT POINT-SIZE="8">mean of {d.notes.samples} val samples</FONT>'
+            lines.append(("html", samples))
+        attrs = {
+            "label": html_label(lines),
+            "shape": "invtrapezium",
+            "group": owner,
+            "width": COLUMN_WIDTH,
+        }
         attrs.update(d.fill((owner,) if owner else tuple(d.tasks)))
         d.dot.node(u, **d.status(u, attrs))
 

@@ -121,7 +121,7 @@ class NDDRPoint(StagePoint):
         a = d.g.nodes[u]
         tasks = a["tasks"]
         c = a["shape"][0]
-        init = a.get("options", {}).get("init", (0.9, 0.1))
+        init = a["options"]["init"]
         title, detail, *cost = d.cluster(
             u, f"NDDR · {a['stage']}", f"init {init[0]:g}·I / {init[1]:g}·I"
         )
@@ -140,11 +140,11 @@ class NDDRPoint(StagePoint):
         )
         strengths = d.notes.learned.get(u)
         for i, t in enumerate(tasks):
-            label = html_label([("b", "1×1 conv · BN · ReLU"), ("s", f"{len(tasks) * c} → {c}")])
+            lines = [("b", "1×1 conv · BN · ReLU"), ("s", f"{len(tasks) * c} → {c}")]
             if strengths:  # per source block, in the source's colour
                 weights = " ".join(d.weight(s, w) for s, w in zip(tasks, strengths[i]))
-                label = label[:-1] + "<BR/>" + weights + ">"
-            d.part(f"{u}#{t}", t, label, width=COLUMN_WIDTH)
+                lines.append(("html", weights))
+            d.part(f"{u}#{t}", t, html_label(lines), width=COLUMN_WIDTH)
             d.dot.edge(f"{u}#concat", f"{u}#{t}", **d.edge_style((t,)))
         d.dot.close()
 

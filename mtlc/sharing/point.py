@@ -145,7 +145,7 @@ class DecoderPoint(Point):
 
     Options: ClassVar[type[DecoderBase]]
 
-    def predictions(self, options: DecoderBase, order: list[str], spec: Spec) -> list[str]:
+    def predictions(self, options: DecoderBase, spec: Spec) -> list[str]:
         """Supervised outputs the unit adds besides each task's refined features
         (`task:tag` keys that `emit` returns)."""
         return []
@@ -156,10 +156,7 @@ class DecoderPoint(Point):
 
 @functools.lru_cache(maxsize=64)
 def _instance(path: str) -> Point:
-    module, _, attr = path.partition(":")
-    import importlib
-
-    return getattr(importlib.import_module(module), attr)()
+    return registry.resolve_path(path)()
 
 
 def stage_point(name: str) -> StagePoint:

@@ -115,12 +115,12 @@ class RecursivePoint(DecoderPoint):
                 "the recursion needs at least one non-auxiliary task to take turns",
             )
 
-    def predictions(self, options: Recursive, order: list[str], spec: Spec) -> list[str]:
+    def predictions(self, options: Recursive, spec: Spec) -> list[str]:
         """Every turn's prediction `task:step<k>`, supervised like the final one."""
         return [
             f"{t}:step{step}"
             for step in range(1, options.steps + 1)
-            for t in order
+            for t in options.order or spec.tasks
             if not spec.tasks[t].auxiliary
         ]
 
@@ -166,10 +166,9 @@ class RecursivePoint(DecoderPoint):
 
     def draw(self, d: Drawer, u: str) -> dict[str, str]:
         a = d.g.nodes[u]
-        o = a.get("options", {})
-        order = o.get("order") or list(a["tasks"])
+        o = a["options"]
         title = d.cluster(
-            u, "JTRL recursive refinement", f"order {' → '.join(order)} · {o.get('steps', 1)} steps"
+            u, "JTRL recursive refinement", f"order {' → '.join(o['order'])} · {o['steps']} steps"
         )
         turns = _turns(d, u)
         for k, t in turns:
@@ -182,11 +181,11 @@ class RecursivePoint(DecoderPoint):
         if turns:
             d.title(u, title, f"{u}#{turns[0][0]}/{turns[0][1]}")
         d.dot.close()
-        return {t: f"{u}#1/{t}" for t in d.main(order)}
+        return {t: f"{u}#1/{t}" for t in d.main(o["order"])}
 
     def draw_edges(self, d: Drawer, u: str) -> set[tuple[str, str]]:
         a = d.g.nodes[u]
-        source_of = {t: src for src, ts in d.in_edges(u).items() for t in ts}
+        source_of = d.source_of(u)
         done: set[tuple[str, str]] = set()
         latest = {t: source_of[t] for t in a["tasks"]}
         for k, t in _turns(d, u):
@@ -203,7 +202,5 @@ class RecursivePoint(DecoderPoint):
 
 def _turns(d: Drawer, u: str) -> list[tuple[int, str]]:
     a = d.g.nodes[u]
-    order = a.get("options", {}).get("order") or list(a["tasks"])
-    steps = a.get("options", {}).get("steps", 1)
-    main = d.main(order)
-    return [(k, t) for k in range(1, steps + 1) for t in main]
+    o = a["options"]
+    return [(k, t) for k in range(1, o["steps"] + 1) for t in d.main(o["order"])]

@@ -57,16 +57,12 @@ class Topology:
         return [n for n, d in self.graph.nodes(data=True) if d["kind"] == kind]
 
 
-_err = spec_err
-_layers = parse_stage_layers
-
-
 def build_topology(spec: Spec) -> Topology:
     """The topology of a validated spec; raises a located SpecError where it cannot be built."""
     for t in spec.tasks:
         problem = name_problem(t)
         if problem:
-            raise _err(spec, ("tasks", t), f"task name {t!r} {problem}", key=True)
+            raise spec_err(spec, ("tasks", t), f"task name {t!r} {problem}", key=True)
     for s in spec.encoder.stages:
         problem = name_problem(s) or (
             f"is reserved ({', '.join(map(repr, _NOT_STAGES))} name parts of the topology)"
@@ -74,7 +70,7 @@ def build_topology(spec: Spec) -> Topology:
             else None
         )
         if problem:
-            raise _err(spec, ("encoder", "stages", s), f"stage name {s!r} {problem}", key=True)
+            raise spec_err(spec, ("encoder", "stages", s), f"stage name {s!r} {problem}", key=True)
 
     g = nx.DiGraph(name=spec.name)
     tasks = list(spec.tasks)
@@ -155,7 +151,7 @@ def _decoder(
     """Per-task features and initial predictions, then the decoder unit between them."""
     g, dec = topo.graph, spec.decoder
     if len(shape) != 3:
-        raise _err(
+        raise spec_err(
             spec,
             ("decoder", "type"),
             f"decoder '{dec.type}' needs feature maps [C, H, W] from the encoder, which outputs {list(shape)}",
@@ -169,11 +165,13 @@ def _decoder(
     order = getattr(dec, "order", None) or topo.tasks
     members = tuple(topo.tasks)  # every task makes features; `order` only says who takes turns
     if len(members) < 2:
-        raise _err(spec, ("decoder",), "a decoder needs at least two tasks to exchange features")
+        raise spec_err(
+            spec, ("decoder",), "a decoder needs at least two tasks to exchange features"
+        )
     out_shapes = {t: _head_shape(spec, t, feat_shape) for t in topo.tasks}
     for t, out in out_shapes.items():
         if len(out) != 3:
-            raise _err(
+            raise spec_err(
                 spec,
                 ("tasks", t, "head"),
                 f"decoder '{dec.type}' needs every task's head to output a map [C, H, W] for its intermediate predictions; got {list(out)}",
@@ -208,7 +206,7 @@ def _decoder(
         task = spec.tasks[t]
         pred = f"{DECODER_STAGE}/{t}/initial"
         if task.auxiliary:
-            layers, _ = _layers(spec, task.head, ("tasks", t, "head"), feat_shape)
+            layers, _ = parse_stage_layers(spec, task.head, ("tasks", t, "head"), feat_shape)
         else:
             layers = [parse_layer(f"conv({out_shapes[t][0]}, 1)")]
         g.add_node(
@@ -229,13 +227,13 @@ def _decoder(
             new_stream[t] = unit
         else:
             new_stream.pop(t)
-    for key in decoder_point(dec.type).predictions(dec, list(order), spec):
+    for key in decoder_point(dec.type).predictions(dec, spec):
         topo.predictions[key] = unit
     return new_stream
 
 
 def _head_shape(spec: Spec, t: str, shape: Shape) -> Shape:
-    return _layers(spec, spec.tasks[t].head, ("tasks", t, "head"), shape)[1]
+    return parse_stage_layers(spec, spec.tasks[t].head, ("tasks", t, "head"), shape)[1]
 
 
 _LOSS_NEEDS = {
@@ -257,7 +255,7 @@ def _heads(spec: Spec, topo: Topology, stream: dict[str, str], shape: Shape, lin
             )
             continue
         task = spec.tasks[t]
-        layers, out = _layers(spec, task.head, ("tasks", t, "head"), in_shape[t])
+        layers, out = parse_stage_layers(spec, task.head, ("tasks", t, "head"), in_shape[t])
         head = f"head/{t}"
         g.add_node(
             head,
@@ -278,13 +276,13 @@ def _output(spec: Spec, topo: Topology, t: str, src: str, out: Shape, link) -> N
     task = spec.tasks[t]
     need = _LOSS_NEEDS.get(task.loss_name)
     if need and out[0] < need[0]:
-        raise _err(
+        raise spec_err(
             spec,
             ("tasks", t, "head"),
             f"loss '{task.loss_name}' needs {need[1]}, but the head outputs {list(out)}",
         )
     if task.loss_name == "cosine" and len(out) not in (1, 3):
-        raise _err(
+        raise spec_err(
             spec,
             ("tasks", t, "head"),
             f"loss 'cosine' needs [C] or [C, H, W], but the head outputs {list(out)}",

@@ -134,7 +134,7 @@ class Ranks:
         """
         k = len(losses)
         local = torch.stack([v.detach().double().reshape(()) for v in losses.values()])
-        count = torch.stack([torch.as_tensor(counts[key]).to(local).reshape(()) for key in losses])
+        count = torch.stack([count_tensor(counts[key], local) for key in losses])
         flag = torch.tensor([1.0 if stop else 0.0], dtype=local.dtype, device=local.device)
         summed = self.all_sum(torch.cat([local * count, count, flag]))
         total, everyone = summed[:k], summed[k : 2 * k]
@@ -163,6 +163,17 @@ def loss_counts(losses: dict[str, Tensor], share: float) -> dict[str, Tensor | f
         count = normaliser(loss)
         out[key] = share if count is None else (count if share > 0 else count * 0)
     return out
+
+
+def count_tensor(count: Tensor | float, like: Tensor) -> Tensor:
+    """A :func:`loss_counts` value as a 0-d tensor of ``like``'s dtype and device.
+
+    A plain loss's count is a Python float: filled in on the device, not built on the
+    host and copied (a copy from ordinary host memory waits for the device).
+    """
+    if isinstance(count, Tensor):
+        return count.to(like).reshape(())
+    return like.new_full((), count)
 
 
 def shard(batch: dict[str, Tensor], ranks: Ranks) -> tuple[dict[str, Tensor], float, int]:
@@ -254,6 +265,9 @@ def leave(together: bool = True) -> None:
     after the last collective) can abort in gloo's teardown (SIGABRT, "terminate called
     without an active exception"), which fails the job after it succeeded. A rank that
     fails alone skips the barrier (the others may never reach it); torchrun stops them.
+    ``python -m mtlc`` ranks also skip the interpreter's teardown afterwards
+    (mtlc.clitools.exit_without_teardown); the barrier is still what keeps a process that
+    calls ``train`` from Python and goes on running from tearing down early.
     """
     if not dist.is_initialized():
         return

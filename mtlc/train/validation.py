@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from mtlc.train.distributed import loss_counts, shard
+from mtlc.train.distributed import count_tensor, loss_counts, shard
 
 
 class Validating:
@@ -41,10 +41,8 @@ class Validating:
             out, _, parts = self.forward_losses(batch, self.model)
             size = batch[self.spec.input_name].shape[0]
             weights = loss_counts(parts, float(size))
-            pairs = [
-                (v.detach().double(), torch.as_tensor(weights[k]).to(v.device, torch.float64))
-                for k, v in parts.items()
-            ]
+            means = {k: v.detach().double().reshape(()) for k, v in parts.items()}
+            pairs = [(m, count_tensor(weights[k], m)) for k, m in means.items()]
             values = torch.stack([m * c for m, c in pairs] + [c for _, c in pairs]).tolist()
             for k, v, c in zip(parts, values, values[len(parts) :]):
                 sums[k] += v

@@ -64,7 +64,7 @@ def _sources(
         from mtlc.checkpoint import load_checkpoint
         from mtlc.viz.learned import learned
 
-        found = learned(compiled, load_checkpoint(checkpoint), str(checkpoint), loaded)
+        found = learned(compiled, load_checkpoint(checkpoint), str(checkpoint))
         notes.learned, notes.samples, notes.sigma = (
             found["learned"],
             found["samples"],

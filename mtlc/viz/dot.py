@@ -117,10 +117,11 @@ def dot_attrs(attrs: dict[str, object]) -> str:
 
 
 def html_label(lines: list[tuple[str, str]]) -> str:
-    """An HTML-like label from (style, text) lines: 'b' bold title, 's' small, '' plain."""
+    """An HTML-like label from (style, text) lines: 'b' bold title, 's' small, '' plain,
+    'html' markup already made (a weight in its task's colour: `Drawer.weight`)."""
     out = []
     for style, text in lines:
-        t = html.escape(text, quote=False)
+        t = text if style == "html" else html.escape(text, quote=False)
         if style == "b":
             out.append(f"<B>{t}</B>")
         elif style == "s":

@@ -100,7 +100,6 @@ class DrawingKit:
         }
         self.dot = DotWriter()
         self.rulers: list[str] = []
-        self.left: set[str] = set()  # MTAN gates drawn left of their trunk
 
     def col(self, tasks: Iterable[str]) -> int:
         return min((self.tasks.index(t) for t in tasks if t in self.tasks), default=0)
@@ -211,6 +210,11 @@ class DrawingKit:
     def in_edges(self, u: str) -> dict[str, tuple[str, ...]]:
         """The tasks on each edge into `u`, by source."""
         return {src: tuple(self.g.edges[src, u]["tasks"]) for src in self.g.predecessors(u)}
+
+    def source_of(self, u: str) -> dict[str, str]:
+        """Each task's source block on the edges into `u` (units whose inputs carry one
+        task's stream per task)."""
+        return {t: src for src, ts in self.in_edges(u).items() for t in ts}
 
     def out_edges(self, u: str) -> dict[str, tuple[str, ...]]:
         """The tasks on each edge out of `u`, by destination."""

@@ -27,9 +27,10 @@ from mtlc.sharing.point import unit_point
 class Readout:
     """A checkpoint's weights, and the model's units, as a point's `learned` reads them."""
 
-    def __init__(self, compiled: Compiled, state: dict, spec: Any, where: str):
-        self.compiled, self.state, self.spec, self.where = compiled, state, spec, where
+    def __init__(self, compiled: Compiled, state: dict, where: str):
+        self.compiled, self.state, self.where = compiled, state, where
         self.topology = compiled.topology
+        self.spec = compiled.topology.spec  # the spec the model was compiled from
         self.samples = 0  # validation samples behind `mean_output`
         self._means: dict[str, list[Any]] | None = None
 
@@ -63,13 +64,13 @@ def uncertainty_sigma(compiled: Compiled, balancer: dict) -> dict[str, float]:
     return {t: math.exp(v / 2) for t, v in zip(tasks, s.float().tolist())}
 
 
-def learned(compiled: Compiled, ckpt: dict[str, Any], where: str, spec: Any) -> dict[str, Any]:
+def learned(compiled: Compiled, ckpt: dict[str, Any], where: str) -> dict[str, Any]:
     """`learned` (per unit), `samples` and `sigma` for `Notes`, from a checkpoint of this spec."""
     state = ckpt.get("model")
     if not isinstance(state, dict):
         raise MtlcError(f"{where} holds no model weights")
     check_fits(compiled, state, where)
-    readout = Readout(compiled, state, spec, where)
+    readout = Readout(compiled, state, where)
     found = {}
     for u, d in compiled.topology.graph.nodes(data=True):
         if d["kind"] == "unit" and (value := unit_point(d).learned(readout, u)):
